@@ -1,0 +1,486 @@
+//! vaporctl: the command-line client of vapord. It speaks only D-Bus (never
+//! libvirt), so it works for anyone polkit lets through.
+//!
+//! Exit codes: 0 success; 1 other failure; 2 usage; 3 not found;
+//! 4 not authorized; 5 invalid state; 6 invalid argument; 7 conflict;
+//! 69 vapord or libvirt unavailable.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use zbus::proxy::MethodFlags;
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, Proxy};
+
+const BUS_NAME: &str = "org.vapor.Virtualization";
+const ROOT: &str = "/org/vapor/Virtualization";
+const MANAGER: &str = "org.vapor.Virtualization.Manager";
+const VM: &str = "org.vapor.Virtualization.VirtualMachine";
+
+/// Manage virtual machines through vapord.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Talk to a vapord on the session bus (vapord --session).
+    #[arg(long, global = true)]
+    session: bool,
+    /// Never ask for a password; fail instead when polkit would ask.
+    #[arg(long, global = true)]
+    no_ask_password: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List every VM with its state.
+    List,
+    /// Show one VM's properties and configuration.
+    Show { vm: String },
+    /// Boot a VM.
+    Start { vm: String },
+    /// Ask a VM's guest OS to power off.
+    Shutdown { vm: String },
+    /// Ask a VM's guest OS to reboot.
+    Reboot { vm: String },
+    /// Stop a VM at once (pull the plug).
+    ForceStop { vm: String },
+    /// Freeze a VM.
+    Pause { vm: String },
+    /// Continue a paused VM.
+    Resume { vm: String },
+    /// Press a VM's reset button.
+    Reset { vm: String },
+    /// Turn starting with the host on or off.
+    Autostart {
+        vm: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Delete a VM (and, with --remove-storage, the storage that is its alone).
+    Delete {
+        vm: String,
+        /// Also delete volumes that belong to this VM alone.
+        #[arg(long)]
+        remove_storage: bool,
+        /// Force-stop the VM first if it is running.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<zbus::Error> for Failure {
+    fn from(e: zbus::Error) -> Self {
+        let (name, msg) = match &e {
+            zbus::Error::MethodError(name, msg, _) => {
+                (name.as_str().to_owned(), msg.clone().unwrap_or_default())
+            }
+            zbus::Error::FDO(f) => {
+                use zbus::DBusError;
+                (
+                    f.name().as_str().to_owned(),
+                    f.description().unwrap_or_default().to_owned(),
+                )
+            }
+            other => (String::new(), other.to_string()),
+        };
+        let short = name.rsplit('.').next().unwrap_or("");
+        let code = match short {
+            "NotFound" | "UnknownObject" => 3,
+            "NotAuthorized" | "InteractiveAuthorizationRequired" | "AccessDenied" => 4,
+            "InvalidState" => 5,
+            "InvalidArgument" | "InvalidArgs" => 6,
+            "Conflict" => 7,
+            "Unavailable" | "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => 69,
+            _ => 1,
+        };
+        let message = match short {
+            "ServiceUnknown" | "NameHasNoOwner" => {
+                format!("vapord is not running ({BUS_NAME} is not on the bus)")
+            }
+            "InteractiveAuthorizationRequired" if msg.is_empty() => {
+                "authentication is required".into()
+            }
+            _ if msg.is_empty() => name,
+            _ => msg,
+        };
+        Failure { code, message }
+    }
+}
+
+struct Client {
+    conn: Connection,
+    flags: MethodFlags,
+}
+
+impl Client {
+    async fn proxy(&self, path: &str, iface: &'static str) -> Result<Proxy<'static>, Failure> {
+        Ok(Proxy::new(&self.conn, BUS_NAME, path.to_owned(), iface).await?)
+    }
+
+    async fn call<B, R>(
+        &self,
+        path: &str,
+        iface: &'static str,
+        method: &str,
+        body: &B,
+    ) -> Result<R, Failure>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+        R: for<'d> zbus::wire::DynamicDeserialize<'d>,
+    {
+        let p = self.proxy(path, iface).await?;
+        p.call_with_flags(method, self.flags, body)
+            .await?
+            .ok_or_else(|| Failure {
+                code: 1,
+                message: format!("{method}: no reply"),
+            })
+    }
+
+    async fn lookup(&self, vm: &str) -> Result<String, Failure> {
+        let p: OwnedObjectPath = self
+            .call(ROOT, MANAGER, "LookupVirtualMachine", &(vm,))
+            .await?;
+        Ok(p.as_str().to_owned())
+    }
+
+    async fn all_vms(&self) -> Result<Vec<HashMap<String, OwnedVariant>>, Failure> {
+        type Managed = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>>;
+        let p = self
+            .proxy(ROOT, "org.freedesktop.DBus.ObjectManager")
+            .await?;
+        let objs: Managed = p.call("GetManagedObjects", &()).await?;
+        let mut vms: Vec<_> = objs
+            .into_values()
+            .filter_map(|mut ifaces| ifaces.remove(VM))
+            .collect();
+        vms.sort_by_key(|v| prop_str(v, "Name"));
+        Ok(vms)
+    }
+}
+
+fn prop_str(props: &HashMap<String, OwnedVariant>, key: &str) -> String {
+    match props.get(key).map(|v| props_json_value(v)) {
+        Some(Value::String(s)) => s,
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
+fn props_json_value(v: &zbus::Variant<'_>) -> Value {
+    match v {
+        zbus::Variant::Str(s) => json!(s.as_str()),
+        zbus::Variant::Bool(b) => json!(b),
+        zbus::Variant::U8(n) => json!(n),
+        zbus::Variant::U16(n) => json!(n),
+        zbus::Variant::U32(n) => json!(n),
+        zbus::Variant::U64(n) => json!(n),
+        zbus::Variant::I16(n) => json!(n),
+        zbus::Variant::I32(n) => json!(n),
+        zbus::Variant::I64(n) => json!(n),
+        zbus::Variant::F64(n) => json!(n),
+        other => json!(other.to_string()),
+    }
+}
+
+fn props_json(props: &HashMap<String, OwnedVariant>) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in props {
+        m.insert(k.clone(), props_json_value(v));
+    }
+    Value::Object(m)
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Start a text polkit agent for this process when run from a terminal, so
+/// polkit can ask for a password (as systemctl does).
+fn spawn_tty_agent() -> Option<std::process::Child> {
+    use std::io::IsTerminal;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::process::CommandExt;
+    if !std::io::stdin().is_terminal() || !std::path::Path::new("/usr/bin/pkttyagent").exists() {
+        return None;
+    }
+    let mut fds = [0; 2];
+    // SAFETY: plain pipe creation.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return None;
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let wfd = write.as_raw_fd();
+    let mut cmd = std::process::Command::new("/usr/bin/pkttyagent");
+    cmd.args([
+        "--process",
+        &std::process::id().to_string(),
+        "--notify-fd",
+        &wfd.to_string(),
+        "--fallback",
+    ]);
+    // SAFETY: only async-signal-safe fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(wfd, libc::F_GETFD);
+            libc::fcntl(wfd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().ok()?;
+    drop(write);
+    // The agent closes the fd once it is registered.
+    let mut buf = [0u8; 1];
+    let _ = std::io::Read::read(&mut &read, &mut buf);
+    Some(child)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let conn = if cli.session {
+        Connection::session().await
+    } else {
+        Connection::system().await
+    }
+    .map_err(|e| Failure {
+        code: 69,
+        message: format!("cannot connect to the D-Bus bus: {e}"),
+    })?;
+    let flags = if cli.no_ask_password {
+        MethodFlags::empty()
+    } else {
+        MethodFlags::ALLOW_INTERACTIVE_AUTH
+    };
+    let c = Client { conn, flags };
+    let json_out = cli.json;
+    let simple = |vm: &String, method: &'static str, done: &'static str| (vm.clone(), method, done);
+    let action = match &cli.cmd {
+        Cmd::List => {
+            let vms = c.all_vms().await?;
+            if json_out {
+                let v: Vec<Value> = vms.iter().map(props_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                let mut rows = vec![["NAME", "STATE", "VCPUS", "MEMORY", "AUTOSTART", "UUID"]
+                    .map(String::from)
+                    .to_vec()];
+                for v in &vms {
+                    rows.push(vec![
+                        prop_str(v, "Name"),
+                        prop_str(v, "State"),
+                        prop_str(v, "Vcpus"),
+                        format!("{} MiB", prop_str(v, "MemoryMiB")),
+                        if prop_str(v, "Autostart") == "true" {
+                            "yes"
+                        } else {
+                            "no"
+                        }
+                        .into(),
+                        prop_str(v, "Uuid"),
+                    ]);
+                }
+                print!("{}", table(&rows));
+            }
+            return Ok(());
+        }
+        Cmd::Show { vm } => {
+            let path = c.lookup(vm).await?;
+            let doc: String = c.call(&path, VM, "Describe", &()).await?;
+            let doc: Value = serde_json::from_str(&doc).map_err(|e| Failure {
+                code: 1,
+                message: format!("vapord sent invalid JSON: {e}"),
+            })?;
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+            } else {
+                print_show(&doc, &path);
+            }
+            return Ok(());
+        }
+        Cmd::Start { vm } => simple(vm, "Start", "started"),
+        Cmd::Shutdown { vm } => simple(vm, "Shutdown", "asked to shut down"),
+        Cmd::Reboot { vm } => simple(vm, "Reboot", "asked to reboot"),
+        Cmd::ForceStop { vm } => simple(vm, "ForceStop", "stopped"),
+        Cmd::Pause { vm } => simple(vm, "Pause", "paused"),
+        Cmd::Resume { vm } => simple(vm, "Resume", "resumed"),
+        Cmd::Reset { vm } => simple(vm, "Reset", "reset"),
+        Cmd::Autostart { vm, state } => {
+            let path = c.lookup(vm).await?;
+            let on = state == "on";
+            c.call::<_, ()>(&path, VM, "SetAutostart", &(on,)).await?;
+            if !json_out {
+                println!("{vm}: autostart {state}");
+            }
+            return Ok(());
+        }
+        Cmd::Delete {
+            vm,
+            remove_storage,
+            force,
+        } => {
+            let path = c.lookup(vm).await?;
+            let mut opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            opts.insert("remove_storage", (*remove_storage).into());
+            opts.insert("force", (*force).into());
+            let (removed, kept): (Vec<String>, Vec<(String, String)>) =
+                c.call(&path, VM, "Delete", &(opts,)).await?;
+            if json_out {
+                let kept: Vec<Value> = kept
+                    .iter()
+                    .map(|(p, why)| json!({"path": p, "reason": why}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"deleted": vm, "removed": removed, "kept": kept})
+                );
+            } else {
+                println!("{vm}: deleted");
+                for p in &removed {
+                    println!("  removed {p}");
+                }
+                for (p, why) in &kept {
+                    println!("  kept    {p} ({why})");
+                }
+            }
+            return Ok(());
+        }
+    };
+    let (vm, method, done) = action;
+    let path = c.lookup(&vm).await?;
+    c.call::<_, ()>(&path, VM, method, &()).await?;
+    if json_out {
+        println!("{}", json!({"vm": vm, "done": method}));
+    } else {
+        println!("{vm}: {done}");
+    }
+    Ok(())
+}
+
+fn print_show(doc: &Value, path: &str) {
+    let s = |k: &str| match &doc[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let rows = [
+        ("Name", s("name")),
+        ("UUID", s("uuid")),
+        ("Object", path.to_owned()),
+        ("State", format!("{} ({})", s("state"), s("state_reason"))),
+        ("vCPUs", format!("{} (max {})", s("vcpus"), s("max_vcpus"))),
+        (
+            "Memory",
+            format!(
+                "{} MiB (current {} MiB)",
+                s("memory_mib"),
+                s("current_memory_mib")
+            ),
+        ),
+        ("Autostart", s("autostart")),
+        ("Persistent", s("persistent")),
+        (
+            "CPU time",
+            format!("{:.1} s", doc["cpu_time_ns"].as_f64().unwrap_or(0.0) / 1e9),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<11} {v}");
+    }
+    if let Some(t) = doc["vapor"]["template"].as_str() {
+        println!("{:<11} {t}", "Template");
+    }
+    if let Some(disks) = doc["disks"].as_array() {
+        println!("Disks:");
+        for d in disks {
+            let src = &d["source"];
+            let source = src["path"]
+                .as_str()
+                .map(String::from)
+                .or_else(|| {
+                    src["pool"]
+                        .as_str()
+                        .map(|p| format!("{p}/{}", src["volume"].as_str().unwrap_or("?")))
+                })
+                .unwrap_or_else(|| "(empty)".into());
+            let mut flags = Vec::new();
+            if d["readonly"] == true {
+                flags.push("read-only");
+            }
+            if d["shareable"] == true {
+                flags.push("shareable");
+            }
+            println!(
+                "  {:<5} {:<6} {}{}",
+                d["target"].as_str().unwrap_or("?"),
+                d["device"].as_str().unwrap_or("?"),
+                source,
+                if flags.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", flags.join(", "))
+                }
+            );
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let agent = if cli.no_ask_password || cli.session {
+        None
+    } else {
+        spawn_tty_agent()
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vaporctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(cli));
+    if let Some(mut a) = agent {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("vaporctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

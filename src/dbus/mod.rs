@@ -1,0 +1,36 @@
+//! The D-Bus surface: one file per interface, one authorization helper, one
+//! error table. Handlers parse arguments, authorize the caller through polkit,
+//! call a service and map its error; they never talk to libvirt themselves.
+
+pub mod errors;
+pub mod manager;
+pub mod polkit;
+pub mod publisher;
+pub mod vm;
+
+pub use errors::Error;
+
+/// The well-known name vapord owns.
+pub const BUS_NAME: &str = "org.vapor.Virtualization";
+/// The root object: Manager + ObjectManager.
+pub const ROOT_PATH: &str = "/org/vapor/Virtualization";
+pub const MANAGER_IFACE: &str = "org.vapor.Virtualization.Manager";
+pub const VM_IFACE: &str = "org.vapor.Virtualization.VirtualMachine";
+
+/// Object path of the VM with this UUID (`-` is not allowed in paths).
+pub fn vm_path(uuid: &str) -> String {
+    format!("{ROOT_PATH}/vm/{}", uuid.replace('-', "_"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vm_paths_are_valid_object_paths() {
+        let p = super::vm_path("0b7f5a2e-0000-4000-8000-000000000001");
+        assert_eq!(
+            p,
+            "/org/vapor/Virtualization/vm/0b7f5a2e_0000_4000_8000_000000000001"
+        );
+        assert!(zbus::ObjectPath::try_from(p.as_str()).is_ok());
+    }
+}

@@ -1,0 +1,155 @@
+//! The one authorization helper every handler calls.
+//!
+//! The subject is the caller's unique bus name taken from the message header
+//! (never vapord's own pid); details name the object so rules can decide per VM
+//! or per device; the message's ALLOW_INTERACTIVE_AUTHORIZATION flag decides
+//! whether polkit may ask for a password. Callers running as uid 0 are allowed
+//! without asking polkit (they could use libvirt directly anyway), as udisks
+//! does. On the session bus there is no polkit: the bus itself is the boundary.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use zbus::message::{Flags, Header};
+use zbus::names::{BusName, OwnedUniqueName};
+use zbus::Connection;
+use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
+
+use super::Error;
+
+/// Prefix of every vapord polkit action id.
+pub const ACTION_PREFIX: &str = "org.vapor.virtualization.";
+
+/// A polkit action vapord checks. The ids must exist in
+/// `polkit/org.vapor.virtualization.policy` (a test enforces it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    VmLifecycle,
+    VmModify,
+    VmDelete,
+}
+
+impl Action {
+    pub fn id(self) -> &'static str {
+        match self {
+            Action::Read => "org.vapor.virtualization.read",
+            Action::VmLifecycle => "org.vapor.virtualization.vm-lifecycle",
+            Action::VmModify => "org.vapor.virtualization.vm-modify",
+            Action::VmDelete => "org.vapor.virtualization.vm-delete",
+        }
+    }
+}
+
+enum Mode {
+    Polkit(AuthorityProxy<'static>),
+    /// Session bus: only the owning user can reach us.
+    SessionBus,
+}
+
+/// Checks callers against polkit.
+pub struct Authorizer {
+    mode: Mode,
+    conn: Connection,
+    /// Unique name → uid. Unique names are never reused on a bus.
+    uids: Mutex<HashMap<OwnedUniqueName, u32>>,
+}
+
+impl Authorizer {
+    /// Authorize through polkitd on the system bus.
+    pub async fn polkit(conn: &Connection) -> zbus::Result<Self> {
+        Ok(Self {
+            mode: Mode::Polkit(AuthorityProxy::new(conn).await?),
+            conn: conn.clone(),
+            uids: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// No polkit (session bus).
+    pub fn session_bus(conn: &Connection) -> Self {
+        Self {
+            mode: Mode::SessionBus,
+            conn: conn.clone(),
+            uids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The uid of the caller of this message.
+    pub async fn caller_uid(&self, header: &Header<'_>) -> Result<u32, Error> {
+        let sender = header
+            .sender()
+            .ok_or_else(|| Error::NotAuthorized("the call has no sender".into()))?;
+        let owned = OwnedUniqueName::from(sender.to_owned());
+        if let Some(uid) = self.cache().get(&owned) {
+            return Ok(*uid);
+        }
+        let uid = zbus::fdo::DBusProxy::new(&self.conn)
+            .await?
+            .get_connection_unix_user(BusName::Unique(sender.clone()))
+            .await
+            .map_err(|e| Error::NotAuthorized(format!("cannot identify the caller: {e}")))?;
+        let mut cache = self.cache();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(owned, uid);
+        Ok(uid)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedUniqueName, u32>> {
+        self.uids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Allow the call, or fail with NotAuthorized /
+    /// InteractiveAuthorizationRequired. `what` completes "Not authorized to …"
+    /// and polkit's "Authentication is required to …".
+    pub async fn check(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        details: &[(&str, &str)],
+        what: &str,
+    ) -> Result<(), Error> {
+        let authority = match &self.mode {
+            Mode::SessionBus => return Ok(()),
+            Mode::Polkit(a) => a,
+        };
+        if self.caller_uid(header).await? == 0 {
+            return Ok(());
+        }
+        let subject = Subject::new_for_message_header(header)
+            .map_err(|e| Error::NotAuthorized(format!("cannot identify the caller: {e}")))?;
+        let message = format!("Authentication is required to {what}");
+        let mut map: HashMap<&str, &str> = details.iter().copied().collect();
+        map.insert("polkit.message", &message);
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let flags = if interactive {
+            CheckAuthorizationFlags::ALLOW_USER_INTERACTION
+        } else {
+            CheckAuthorizationFlags::empty()
+        };
+        let result = authority
+            .check_authorization(&subject, action.id(), &map, flags, "")
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("cannot ask polkit about {}: {e}", action.id()))
+            })?;
+        if result.is_authorized {
+            Ok(())
+        } else if result.is_challenge && !interactive {
+            Err(Error::InteractiveAuthorizationRequired(format!(
+                "authentication is required to {what} (polkit action {}); \
+                 call again allowing interactive authorization",
+                action.id()
+            )))
+        } else {
+            Err(Error::NotAuthorized(format!(
+                "not authorized to {what} (polkit action {})",
+                action.id()
+            )))
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! `org.vapor.Virtualization.VirtualMachine`: one object per libvirt domain.
+//!
+//! Properties come from the object's own copy of the cached record, which the
+//! publisher replaces when the model changes, so reading them never touches
+//! libvirt and never fails (even for an object about to be removed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use zbus::interface;
+use zbus::message::Header;
+use zbus::{OwnedVariant, Variant};
+
+use super::polkit::{Action, Authorizer};
+use super::Error;
+use crate::libvirt::DomainRecord;
+use crate::services::{DeleteOptions, LifecycleAction, VmService};
+
+/// What every VM object shares.
+pub struct VmContext {
+    pub vms: VmService,
+    pub auth: Arc<Authorizer>,
+}
+
+pub struct VirtualMachine {
+    record: RwLock<Arc<DomainRecord>>,
+    ctx: Arc<VmContext>,
+}
+
+impl VirtualMachine {
+    pub fn new(record: Arc<DomainRecord>, ctx: Arc<VmContext>) -> Self {
+        Self {
+            record: RwLock::new(record),
+            ctx,
+        }
+    }
+
+    pub fn record(&self) -> Arc<DomainRecord> {
+        self.record
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replace the published record (the caller emits PropertiesChanged).
+    pub fn set_record(&self, rec: Arc<DomainRecord>) {
+        *self.record.write().unwrap_or_else(|e| e.into_inner()) = rec;
+    }
+
+    /// The property values that differ between two records, by property name.
+    pub fn changed_properties(
+        old: &DomainRecord,
+        new: &DomainRecord,
+    ) -> Vec<(&'static str, Variant<'static>)> {
+        let mut out: Vec<(&'static str, Variant<'static>)> = Vec::new();
+        macro_rules! cmp {
+            ($name:literal, $get:expr) => {
+                let (a, b) = ($get(old), $get(new));
+                if a != b {
+                    out.push(($name, Variant::from(b)));
+                }
+            };
+        }
+        cmp!("Name", |r: &DomainRecord| r.name.clone());
+        cmp!("State", |r: &DomainRecord| r.state.as_str().to_owned());
+        cmp!("StateReason", |r: &DomainRecord| r.state_reason.to_owned());
+        cmp!("MemoryMiB", |r: &DomainRecord| r.memory_kib / 1024);
+        cmp!("CurrentMemoryMiB", |r: &DomainRecord| r.current_memory_kib
+            / 1024);
+        cmp!("Vcpus", |r: &DomainRecord| r.vcpus);
+        cmp!("MaxVcpus", |r: &DomainRecord| r.max_vcpus);
+        cmp!("Autostart", |r: &DomainRecord| r.autostart);
+        cmp!("Persistent", |r: &DomainRecord| r.persistent);
+        cmp!("CpuTimeNs", |r: &DomainRecord| r.cpu_time_ns);
+        cmp!("MemoryUsedKiB", |r: &DomainRecord| r.memory_rss_kib);
+        out
+    }
+
+    /// Authorize the caller for `action` on this VM.
+    async fn authorize(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        what: &str,
+    ) -> Result<Arc<DomainRecord>, Error> {
+        let rec = self.record();
+        let what = format!("{what} the virtual machine '{}'", rec.name);
+        self.ctx
+            .auth
+            .check(
+                header,
+                action,
+                &[("vm.name", &rec.name), ("vm.uuid", &rec.uuid)],
+                &what,
+            )
+            .await?;
+        Ok(rec)
+    }
+
+    async fn lifecycle(&self, header: &Header<'_>, action: LifecycleAction) -> Result<(), Error> {
+        let rec = self
+            .authorize(header, Action::VmLifecycle, action.verb())
+            .await?;
+        let result = self.ctx.vms.lifecycle(&rec.uuid, action).await;
+        self.sync_from_model(&rec.uuid);
+        Ok(result?)
+    }
+
+    /// Pick up the model's newest reading so a property read right after a
+    /// method returns already sees its effect.
+    fn sync_from_model(&self, uuid: &str) {
+        if let Some(r) = self.ctx.vms.model().get(uuid) {
+            self.set_record(r);
+        }
+    }
+}
+
+fn bool_option(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<bool, Error> {
+    match options.get(key) {
+        None => Ok(false),
+        Some(v) => bool::try_from(v)
+            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a boolean (b)"))),
+    }
+}
+
+#[interface(
+    name = "org.vapor.Virtualization.VirtualMachine",
+    proxy(visibility = "pub")
+)]
+impl VirtualMachine {
+    /// Boot the VM.
+    async fn start(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Start).await
+    }
+
+    /// Ask the guest OS to power off (ACPI power button or guest agent).
+    async fn shutdown(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Shutdown).await
+    }
+
+    /// Ask the guest OS to reboot.
+    async fn reboot(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Reboot).await
+    }
+
+    /// Stop the VM at once, like pulling the power cord.
+    async fn force_stop(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::ForceStop).await
+    }
+
+    /// Freeze the VM's CPUs.
+    async fn pause(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Pause).await
+    }
+
+    /// Continue a paused VM.
+    async fn resume(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Resume).await
+    }
+
+    /// Press the VM's reset button.
+    async fn reset(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.lifecycle(&header, LifecycleAction::Reset).await
+    }
+
+    /// Start (or not) the VM when the host boots.
+    async fn set_autostart(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        autostart: bool,
+    ) -> Result<(), Error> {
+        let verb = if autostart {
+            "enable autostart of"
+        } else {
+            "disable autostart of"
+        };
+        let rec = self.authorize(&header, Action::VmModify, verb).await?;
+        let result = self.ctx.vms.set_autostart(&rec.uuid, autostart).await;
+        self.sync_from_model(&rec.uuid);
+        Ok(result?)
+    }
+
+    /// Delete the VM. Options: `remove_storage` (b): also delete the volumes
+    /// that belong to this VM alone; `force` (b): force-stop it first if running.
+    /// Returns the deleted paths and the kept ones with the reason.
+    #[zbus(out_args("removed", "kept"))]
+    async fn delete(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
+        for key in options.keys() {
+            if !matches!(key.as_str(), "remove_storage" | "force") {
+                return Err(Error::InvalidArgument(format!(
+                    "options.{key}: unknown option (known: remove_storage, force)"
+                )));
+            }
+        }
+        let opts = DeleteOptions {
+            remove_storage: bool_option(&options, "remove_storage")?,
+            force: bool_option(&options, "force")?,
+        };
+        let rec = self.authorize(&header, Action::VmDelete, "delete").await?;
+        let report = self.ctx.vms.delete(&rec.uuid, opts).await?;
+        Ok((report.removed, report.kept))
+    }
+
+    /// The VM's whole configuration and state as a JSON document.
+    async fn describe(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
+        let rec = self.authorize(&header, Action::Read, "read").await?;
+        let doc = self.ctx.vms.describe(&rec.uuid).await?;
+        Ok(doc.to_string())
+    }
+
+    #[zbus(property(emits_changed_signal = "true"), name = "Name")]
+    fn name(&self) -> String {
+        self.record().name.clone()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "Uuid")]
+    fn uuid(&self) -> String {
+        self.record().uuid.clone()
+    }
+
+    /// running, paused, shutoff, shutting-down, crashed, pmsuspended, blocked, nostate.
+    #[zbus(property(emits_changed_signal = "true"), name = "State")]
+    fn state(&self) -> String {
+        self.record().state.as_str().to_owned()
+    }
+
+    /// Why the VM is in its state (libvirt's reason: booted, destroyed, user …).
+    #[zbus(property(emits_changed_signal = "true"), name = "StateReason")]
+    fn state_reason(&self) -> String {
+        self.record().state_reason.to_owned()
+    }
+
+    /// Defined (maximum) memory.
+    #[zbus(property(emits_changed_signal = "true"), name = "MemoryMiB")]
+    fn memory_mib(&self) -> u64 {
+        self.record().memory_kib / 1024
+    }
+
+    /// Current balloon size.
+    #[zbus(property(emits_changed_signal = "true"), name = "CurrentMemoryMiB")]
+    fn current_memory_mib(&self) -> u64 {
+        self.record().current_memory_kib / 1024
+    }
+
+    #[zbus(property(emits_changed_signal = "true"), name = "Vcpus")]
+    fn vcpus(&self) -> u32 {
+        self.record().vcpus
+    }
+
+    #[zbus(property(emits_changed_signal = "true"), name = "MaxVcpus")]
+    fn max_vcpus(&self) -> u32 {
+        self.record().max_vcpus
+    }
+
+    #[zbus(property(emits_changed_signal = "true"), name = "Autostart")]
+    fn autostart(&self) -> bool {
+        self.record().autostart
+    }
+
+    /// False for transient VMs (they vanish when stopped).
+    #[zbus(property(emits_changed_signal = "true"), name = "Persistent")]
+    fn persistent(&self) -> bool {
+        self.record().persistent
+    }
+
+    /// Total CPU time used, refreshed by the periodic bulk statistics call.
+    #[zbus(property(emits_changed_signal = "true"), name = "CpuTimeNs")]
+    fn cpu_time_ns(&self) -> u64 {
+        self.record().cpu_time_ns
+    }
+
+    /// Resident memory of the VM's QEMU process, refreshed likewise.
+    #[zbus(property(emits_changed_signal = "true"), name = "MemoryUsedKiB")]
+    fn memory_used_kib(&self) -> u64 {
+        self.record().memory_rss_kib
+    }
+}

@@ -1,0 +1,18 @@
+//! vapord: a polkit-guarded system D-Bus daemon over libvirt.
+//!
+//! Layers, in one direction of dependency:
+//! - [`dbus`]: the bus surface (parse, authorize, call a service, map errors);
+//! - [`services`]: what vapord does (VM lifecycle, deletion, description);
+//! - [`model`]: the event-fed cache of every domain;
+//! - [`libvirt`]: the adapter over the libvirt C library.
+
+pub mod config;
+pub mod daemon;
+pub mod dbus;
+pub mod error;
+pub mod libvirt;
+pub mod logging;
+pub mod model;
+pub mod services;
+
+pub use error::{Error, Result};

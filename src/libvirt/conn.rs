@@ -1,0 +1,248 @@
+//! The single libvirt connection and how work reaches it.
+//!
+//! libvirt calls block, so [`Hypervisor::run`] executes them on tokio's blocking
+//! pool with a reference to the current connection; no async task ever waits on
+//! C code. When libvirtd goes away, the close callback reports it, the
+//! connection is dropped, and the daemon reconnects and resynchronises (see
+//! `crate::model`).
+
+use std::collections::HashSet;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use virt::connect::Connect;
+use virt_sys as sys;
+
+use super::errors::{from_virt, is_not_found};
+use super::events;
+use super::records::{self, DomainRecord};
+use crate::{Error, Result};
+
+/// What the libvirt side tells the daemon, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HypervisorEvent {
+    /// Something happened to this domain; re-read it.
+    Domain {
+        uuid: String,
+        name: String,
+        what: &'static str,
+    },
+    /// The connection of this generation is gone, with the reason libvirt gave.
+    Disconnected { generation: u64, why: &'static str },
+}
+
+/// A connection whose close never panics (the `virt` wrapper's `Drop` does when
+/// libvirtd has already gone away).
+pub struct Conn(ManuallyDrop<Connect>);
+
+impl Deref for Conn {
+    type Target = Connect;
+    fn deref(&self) -> &Connect {
+        &self.0
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: taken exactly once, here; the pointer stays valid until the close.
+        unsafe {
+            let c = ManuallyDrop::take(&mut self.0);
+            let ptr = c.as_ptr();
+            std::mem::forget(c);
+            sys::virConnectClose(ptr);
+        }
+    }
+}
+
+/// A full or partial reading of every domain, taken with bulk calls.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub records: Vec<DomainRecord>,
+    /// UUIDs of every domain marked autostart (always complete).
+    pub autostart: HashSet<String>,
+    /// True when `records` covers every domain (so absent ones are gone).
+    pub complete: bool,
+}
+
+/// Owner of the libvirt connection.
+pub struct Hypervisor {
+    uri: String,
+    conn: RwLock<Option<Arc<Conn>>>,
+    tx: UnboundedSender<HypervisorEvent>,
+    generation: AtomicU64,
+}
+
+impl Hypervisor {
+    /// A hypervisor handle (not yet connected) and the stream of its events.
+    pub fn new(uri: &str) -> (Arc<Self>, UnboundedReceiver<HypervisorEvent>) {
+        events::ensure_event_loop();
+        let (tx, rx) = unbounded_channel();
+        let hv = Arc::new(Self {
+            uri: uri.to_owned(),
+            conn: RwLock::new(None),
+            tx,
+            generation: AtomicU64::new(0),
+        });
+        (hv, rx)
+    }
+
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn current(&self) -> Option<Arc<Conn>> {
+        self.conn.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Open the connection, enable keepalives and register the event callbacks.
+    pub async fn connect(self: &Arc<Self>) -> Result<()> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.connect_blocking())
+            .await
+            .map_err(|e| Error::Failed(format!("libvirt connect task: {e}")))?
+    }
+
+    fn connect_blocking(&self) -> Result<()> {
+        let conn = Connect::open(Some(&self.uri))
+            .map_err(|e| from_virt(e, format!("cannot connect to {}", self.uri)))?;
+        let conn = Conn(ManuallyDrop::new(conn));
+        // Keepalive lets a dead libvirtd be noticed even when we are idle.
+        // (Not every driver supports it; that is fine.)
+        let _ = conn.set_keep_alive(5, 3);
+        // SAFETY: the connection is open and stays so while registered.
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        unsafe { events::register(conn.as_ptr(), &self.tx, generation) }
+            .map_err(|e| from_virt(e, "cannot register libvirt event callbacks"))?;
+        *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn));
+        Ok(())
+    }
+
+    /// Which connection is current; bumped at every successful open.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Forget the current connection (after libvirt reported it closed).
+    pub fn mark_disconnected(&self) {
+        self.conn.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Run blocking libvirt work on the blocking pool against the current connection.
+    pub async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connect) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.current().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "not connected to libvirt at {}; vapord keeps retrying",
+                self.uri
+            ))
+        })?;
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|e| Error::Failed(format!("libvirt task failed: {e}")))?
+    }
+
+    /// Every domain (or only the running ones) with its statistics, in three bulk calls.
+    pub async fn snapshot(&self, active_only: bool) -> Result<Snapshot> {
+        self.run(move |c| snapshot_blocking(c, active_only)).await
+    }
+
+    /// One domain's record, or `None` if it no longer exists.
+    pub async fn record(&self, uuid: &str) -> Result<Option<DomainRecord>> {
+        let uuid = uuid.to_owned();
+        self.run(move |c| record_blocking(c, &uuid)).await
+    }
+}
+
+fn uuids_listed(conn: &Connect, flags: u32) -> Result<HashSet<String>> {
+    let doms = conn
+        .list_all_domains(flags)
+        .map_err(|e| from_virt(e, "cannot list domains"))?;
+    Ok(doms.iter().filter_map(|d| d.uuid_string().ok()).collect())
+}
+
+fn snapshot_blocking(conn: &Connect, active_only: bool) -> Result<Snapshot> {
+    let autostart = uuids_listed(conn, sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)?;
+    let transient = uuids_listed(conn, sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT)?;
+    let flags = if active_only {
+        sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+    } else {
+        0
+    };
+    let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: standard out-parameter call; the list is freed below.
+    let n = unsafe {
+        sys::virConnectGetAllDomainStats(conn.as_ptr(), records::STATS, &mut recs, flags)
+    };
+    if n < 0 {
+        return Err(from_virt(
+            virt::error::Error::last_error(),
+            "cannot read domain statistics",
+        ));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    // SAFETY: libvirt returned `n` valid records, NULL-terminated.
+    unsafe {
+        for i in 0..n as usize {
+            let rec = *recs.add(i);
+            if let Some(r) = records::from_stats_record(&*rec, &autostart, &transient) {
+                out.push(r);
+            }
+        }
+        sys::virDomainStatsRecordListFree(recs);
+    }
+    Ok(Snapshot {
+        records: out,
+        autostart,
+        complete: !active_only,
+    })
+}
+
+fn record_blocking(conn: &Connect, uuid: &str) -> Result<Option<DomainRecord>> {
+    let dom = match conn.lookup_domain_by_uuid_string(uuid) {
+        Ok(d) => d,
+        Err(e) if is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(from_virt(e, format!("cannot look up domain {uuid}"))),
+    };
+    let autostart = dom.autostart().unwrap_or(false);
+    let persistent = dom.is_persistent().unwrap_or(true);
+    let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
+    let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: a NULL-terminated array of one valid domain.
+    let n = unsafe { sys::virDomainListGetStats(doms.as_mut_ptr(), records::STATS, &mut recs, 0) };
+    if n < 0 {
+        let e = virt::error::Error::last_error();
+        if is_not_found(&e) {
+            return Ok(None);
+        }
+        return Err(from_virt(e, format!("cannot read statistics of {uuid}")));
+    }
+    let set = |b: bool| -> HashSet<String> {
+        if b {
+            [uuid.to_owned()].into()
+        } else {
+            HashSet::new()
+        }
+    };
+    // SAFETY: `n` records were returned; freed right after.
+    let rec = unsafe {
+        let r = if n > 0 {
+            records::from_stats_record(&**recs, &set(autostart), &set(!persistent))
+        } else {
+            None
+        };
+        sys::virDomainStatsRecordListFree(recs);
+        r
+    };
+    drop(dom);
+    Ok(rec)
+}

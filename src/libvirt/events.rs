@@ -1,0 +1,218 @@
+//! libvirt's event loop and the callbacks vapord registers on a connection.
+//!
+//! libvirt delivers domain events and connection-close notifications only while
+//! an event loop runs. We register libvirt's default implementation once, before
+//! the first connection is opened, and run it on a dedicated thread. Callbacks do
+//! nothing but forward a small message into a channel; all real work happens on
+//! the async side.
+
+use std::ffi::c_void;
+use std::os::raw::c_int;
+use std::sync::Once;
+
+use tokio::sync::mpsc::UnboundedSender;
+use virt_sys as sys;
+
+use super::conn::HypervisorEvent;
+use super::records::name_and_uuid;
+
+static EVENT_LOOP: Once = Once::new();
+
+/// Register libvirt's default event loop and start the thread that runs it.
+/// Idempotent; must happen before any connection is opened.
+pub fn ensure_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        virt::error::clear_error_callback();
+        // SAFETY: plain libvirt initialisation calls, done once.
+        unsafe {
+            sys::virInitialize();
+            if sys::virEventRegisterDefaultImpl() < 0 {
+                log::error!("libvirt: cannot register the default event loop");
+                return;
+            }
+        }
+        std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .spawn(|| loop {
+                // SAFETY: the default impl was registered above.
+                if unsafe { sys::virEventRunDefaultImpl() } < 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            })
+            .expect("spawning the libvirt event thread");
+    });
+}
+
+/// What each callback registration owns: where to send, and which connection
+/// (generation) it belongs to, so a late close notice from an old connection is
+/// never mistaken for the loss of the current one.
+pub struct Tap {
+    pub tx: UnboundedSender<HypervisorEvent>,
+    pub generation: u64,
+}
+
+type Sender = Tap;
+
+unsafe extern "C" fn free_sender(opaque: *mut c_void) {
+    drop(Box::from_raw(opaque as *mut Sender));
+}
+
+unsafe fn send(opaque: *mut c_void, ev: HypervisorEvent) {
+    let tap = &*(opaque as *const Sender);
+    let _ = tap.tx.send(ev);
+}
+
+unsafe extern "C" fn on_lifecycle(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    event: c_int,
+    detail: c_int,
+    opaque: *mut c_void,
+) -> c_int {
+    if let Some((name, uuid)) = name_and_uuid(dom) {
+        send(
+            opaque,
+            HypervisorEvent::Domain {
+                uuid,
+                name,
+                what: lifecycle_name(event, detail),
+            },
+        );
+    }
+    0
+}
+
+unsafe extern "C" fn on_domain_generic(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    opaque: *mut c_void,
+) {
+    if let Some((name, uuid)) = name_and_uuid(dom) {
+        send(
+            opaque,
+            HypervisorEvent::Domain {
+                uuid,
+                name,
+                what: "changed",
+            },
+        );
+    }
+}
+
+unsafe extern "C" fn on_balloon(
+    conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _actual: std::os::raw::c_ulonglong,
+    opaque: *mut c_void,
+) {
+    on_domain_generic(conn, dom, opaque)
+}
+
+unsafe extern "C" fn on_metadata(
+    conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _kind: c_int,
+    _nsuri: *const std::os::raw::c_char,
+    opaque: *mut c_void,
+) {
+    on_domain_generic(conn, dom, opaque)
+}
+
+unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
+    let why = match reason as u32 {
+        sys::VIR_CONNECT_CLOSE_REASON_EOF => "libvirtd closed the connection",
+        sys::VIR_CONNECT_CLOSE_REASON_KEEPALIVE => "libvirtd stopped answering keepalives",
+        sys::VIR_CONNECT_CLOSE_REASON_CLIENT => "the connection was closed",
+        _ => "connection error",
+    };
+    let generation = (*(opaque as *const Sender)).generation;
+    send(opaque, HypervisorEvent::Disconnected { generation, why });
+}
+
+/// A short name for a lifecycle event, for logs.
+fn lifecycle_name(event: c_int, _detail: c_int) -> &'static str {
+    match event as u32 {
+        sys::VIR_DOMAIN_EVENT_DEFINED => "defined",
+        sys::VIR_DOMAIN_EVENT_UNDEFINED => "undefined",
+        sys::VIR_DOMAIN_EVENT_STARTED => "started",
+        sys::VIR_DOMAIN_EVENT_SUSPENDED => "suspended",
+        sys::VIR_DOMAIN_EVENT_RESUMED => "resumed",
+        sys::VIR_DOMAIN_EVENT_STOPPED => "stopped",
+        sys::VIR_DOMAIN_EVENT_SHUTDOWN => "shutdown",
+        sys::VIR_DOMAIN_EVENT_PMSUSPENDED => "pmsuspended",
+        sys::VIR_DOMAIN_EVENT_CRASHED => "crashed",
+        _ => "changed",
+    }
+}
+
+/// Register the domain event and close callbacks on a fresh connection. Each
+/// registration owns a boxed clone of `tx`, freed by libvirt when the
+/// connection goes away.
+///
+/// # Safety
+/// `conn` must be a valid, open connection.
+pub unsafe fn register(
+    conn: sys::virConnectPtr,
+    tx: &UnboundedSender<HypervisorEvent>,
+    generation: u64,
+) -> Result<(), virt::error::Error> {
+    let boxed = || {
+        Box::into_raw(Box::new(Tap {
+            tx: tx.clone(),
+            generation,
+        })) as *mut c_void
+    };
+
+    type Lifecycle = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        c_int,
+        *mut c_void,
+    ) -> c_int;
+    type Balloon = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        std::os::raw::c_ulonglong,
+        *mut c_void,
+    );
+    type Metadata = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        *const std::os::raw::c_char,
+        *mut c_void,
+    );
+    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+    // libvirt takes every callback as the generic type and casts it back by event id.
+    let lifecycle: Generic = std::mem::transmute::<Lifecycle, Generic>(on_lifecycle);
+    let balloon: Generic = std::mem::transmute::<Balloon, Generic>(on_balloon);
+    let metadata: Generic = std::mem::transmute::<Metadata, Generic>(on_metadata);
+    let events: [(u32, Generic); 3] = [
+        (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
+        (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
+        (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata),
+    ];
+    for (id, cb) in events {
+        let opaque = boxed();
+        let rc = sys::virConnectDomainEventRegisterAny(
+            conn,
+            std::ptr::null_mut(),
+            id as c_int,
+            Some(cb),
+            opaque,
+            Some(free_sender),
+        );
+        if rc < 0 {
+            free_sender(opaque);
+            return Err(virt::error::Error::last_error());
+        }
+    }
+    let opaque = boxed();
+    if sys::virConnectRegisterCloseCallback(conn, Some(on_close), opaque, Some(free_sender)) < 0 {
+        free_sender(opaque);
+        return Err(virt::error::Error::last_error());
+    }
+    Ok(())
+}

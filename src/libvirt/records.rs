@@ -1,0 +1,242 @@
+//! The cached view of one domain, built from libvirt's bulk statistics
+//! (`virConnectGetAllDomainStats` / `virDomainListGetStats`) and the bulk
+//! autostart/transient listings. Reading these needs no per-domain round trip.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+
+use virt_sys as sys;
+
+/// libvirt's domain state (`virDomainState`), as a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainState {
+    NoState,
+    Running,
+    Blocked,
+    Paused,
+    ShuttingDown,
+    ShutOff,
+    Crashed,
+    PmSuspended,
+}
+
+impl DomainState {
+    pub fn from_raw(v: i64) -> Self {
+        match v {
+            1 => Self::Running,
+            2 => Self::Blocked,
+            3 => Self::Paused,
+            4 => Self::ShuttingDown,
+            5 => Self::ShutOff,
+            6 => Self::Crashed,
+            7 => Self::PmSuspended,
+            _ => Self::NoState,
+        }
+    }
+
+    /// The stable name published on the bus (`State` property).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoState => "nostate",
+            Self::Running => "running",
+            Self::Blocked => "blocked",
+            Self::Paused => "paused",
+            Self::ShuttingDown => "shutting-down",
+            Self::ShutOff => "shutoff",
+            Self::Crashed => "crashed",
+            Self::PmSuspended => "pmsuspended",
+        }
+    }
+
+    /// Whether a QEMU process exists for the domain.
+    pub fn is_active(self) -> bool {
+        !matches!(self, Self::ShutOff | Self::NoState)
+    }
+
+    /// The name of a `virDomain*Reason` value for this state.
+    pub fn reason_name(self, reason: i64) -> &'static str {
+        let table: &[&str] = match self {
+            Self::Running => &[
+                "unknown",
+                "booted",
+                "migrated",
+                "restored",
+                "from-snapshot",
+                "unpaused",
+                "migration-canceled",
+                "save-canceled",
+                "wakeup",
+                "crashed",
+                "postcopy",
+                "postcopy-failed",
+            ],
+            Self::Blocked => &["unknown"],
+            Self::Paused => &[
+                "unknown",
+                "user",
+                "migration",
+                "save",
+                "dump",
+                "ioerror",
+                "watchdog",
+                "from-snapshot",
+                "shutting-down",
+                "snapshot",
+                "api-error",
+                "starting-up",
+                "postcopy",
+                "postcopy-failed",
+            ],
+            Self::ShuttingDown => &["unknown", "user"],
+            Self::ShutOff => &[
+                "unknown",
+                "shutdown",
+                "destroyed",
+                "crashed",
+                "migrated",
+                "saved",
+                "failed",
+                "from-snapshot",
+                "daemon",
+            ],
+            Self::Crashed => &["unknown", "panicked"],
+            Self::PmSuspended => &["unknown"],
+            Self::NoState => &["unknown"],
+        };
+        usize::try_from(reason)
+            .ok()
+            .and_then(|i| table.get(i).copied())
+            .unwrap_or("unknown")
+    }
+}
+
+/// Everything the bus publishes about one domain, as of the last refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRecord {
+    pub uuid: String,
+    pub name: String,
+    pub state: DomainState,
+    pub state_reason: &'static str,
+    /// Maximum (defined) memory, KiB.
+    pub memory_kib: u64,
+    /// Current balloon size, KiB.
+    pub current_memory_kib: u64,
+    pub vcpus: u32,
+    pub max_vcpus: u32,
+    pub autostart: bool,
+    pub persistent: bool,
+    /// Total CPU time consumed, nanoseconds (0 when shut off).
+    pub cpu_time_ns: u64,
+    /// Resident memory of the QEMU process, KiB (0 when shut off).
+    pub memory_rss_kib: u64,
+}
+
+/// The statistics groups every refresh asks for.
+pub const STATS: u32 = sys::VIR_DOMAIN_STATS_STATE
+    | sys::VIR_DOMAIN_STATS_CPU_TOTAL
+    | sys::VIR_DOMAIN_STATS_BALLOON
+    | sys::VIR_DOMAIN_STATS_VCPU;
+
+/// Read a domain's name and UUID from its handle (local: no round trip).
+///
+/// # Safety
+/// `dom` must be a valid domain pointer.
+pub unsafe fn name_and_uuid(dom: sys::virDomainPtr) -> Option<(String, String)> {
+    let name = sys::virDomainGetName(dom);
+    if name.is_null() {
+        return None;
+    }
+    let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) < 0 {
+        return None;
+    }
+    Some((
+        CStr::from_ptr(name).to_string_lossy().into_owned(),
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned(),
+    ))
+}
+
+/// Build a record from one `virDomainStatsRecord`.
+///
+/// # Safety
+/// `rec` must point to a valid record returned by libvirt.
+pub unsafe fn from_stats_record(
+    rec: &sys::_virDomainStatsRecord,
+    autostart: &HashSet<String>,
+    transient: &HashSet<String>,
+) -> Option<DomainRecord> {
+    let (name, uuid) = name_and_uuid(rec.dom)?;
+    let mut state = 0i64;
+    let mut reason = 0i64;
+    let mut r = DomainRecord {
+        autostart: autostart.contains(&uuid),
+        persistent: !transient.contains(&uuid),
+        uuid,
+        name,
+        state: DomainState::NoState,
+        state_reason: "unknown",
+        memory_kib: 0,
+        current_memory_kib: 0,
+        vcpus: 0,
+        max_vcpus: 0,
+        cpu_time_ns: 0,
+        memory_rss_kib: 0,
+    };
+    let params = std::slice::from_raw_parts(rec.params, usize::try_from(rec.nparams).unwrap_or(0));
+    for p in params {
+        let field = CStr::from_ptr(p.field.as_ptr()).to_bytes();
+        let Some(v) = typed_integer(p) else { continue };
+        match field {
+            b"state.state" => state = v,
+            b"state.reason" => reason = v,
+            b"balloon.maximum" => r.memory_kib = v as u64,
+            b"balloon.current" => r.current_memory_kib = v as u64,
+            b"balloon.rss" => r.memory_rss_kib = v as u64,
+            b"vcpu.current" => r.vcpus = v as u32,
+            b"vcpu.maximum" => r.max_vcpus = v as u32,
+            b"cpu.time" => r.cpu_time_ns = v as u64,
+            _ => {}
+        }
+    }
+    r.state = DomainState::from_raw(state);
+    r.state_reason = r.state.reason_name(reason);
+    if !r.state.is_active() {
+        // libvirt may report stale counters for domains without a process.
+        r.cpu_time_ns = 0;
+        r.memory_rss_kib = 0;
+    }
+    Some(r)
+}
+
+/// The value of an integer-typed parameter, whatever its width.
+unsafe fn typed_integer(p: &sys::_virTypedParameter) -> Option<i64> {
+    match p.type_ as u32 {
+        sys::VIR_TYPED_PARAM_INT => Some(i64::from(p.value.i)),
+        sys::VIR_TYPED_PARAM_UINT => Some(i64::from(p.value.ui)),
+        sys::VIR_TYPED_PARAM_LLONG => Some(p.value.l),
+        sys::VIR_TYPED_PARAM_ULLONG => Some(p.value.ul as i64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_names_follow_libvirt_enums() {
+        assert_eq!(DomainState::ShutOff.reason_name(2), "destroyed");
+        assert_eq!(DomainState::Running.reason_name(1), "booted");
+        assert_eq!(DomainState::Paused.reason_name(1), "user");
+        assert_eq!(DomainState::Paused.reason_name(999), "unknown");
+        assert_eq!(DomainState::Running.reason_name(-1), "unknown");
+    }
+
+    #[test]
+    fn active_states_are_those_with_a_process() {
+        assert!(DomainState::Paused.is_active());
+        assert!(!DomainState::ShutOff.is_active());
+        assert_eq!(DomainState::from_raw(5), DomainState::ShutOff);
+        assert_eq!(DomainState::from_raw(42).as_str(), "nostate");
+    }
+}

@@ -1,0 +1,246 @@
+//! The event-fed cache of every libvirt domain.
+//!
+//! Reads (properties, enumeration, lookups) are answered from here and never
+//! reach libvirt. The cache is kept current by libvirt's domain events, by a
+//! refresh after every operation vapord performs, by a periodic bulk statistics
+//! call for running domains (live CPU time and memory), and by a full resync
+//! after (re)connecting. Every difference is published as a [`Change`], which
+//! the bus layer turns into InterfacesAdded/Removed and PropertiesChanged.
+//!
+//! This module knows nothing about D-Bus.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{watch, Mutex};
+
+use crate::libvirt::conn::Snapshot;
+use crate::libvirt::{DomainRecord, Hypervisor, HypervisorEvent};
+use crate::Result;
+
+/// One difference between the previous and the current view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Added(Arc<DomainRecord>),
+    Changed {
+        old: Arc<DomainRecord>,
+        new: Arc<DomainRecord>,
+    },
+    Removed(Arc<DomainRecord>),
+}
+
+/// The cache and the machinery that keeps it current.
+pub struct Model {
+    hv: Arc<Hypervisor>,
+    domains: RwLock<HashMap<String, Arc<DomainRecord>>>,
+    /// Serialises read-then-apply so an older reading never overwrites a newer one.
+    refresh_lock: Mutex<()>,
+    changes: UnboundedSender<Change>,
+    connected: watch::Sender<bool>,
+}
+
+impl Model {
+    pub fn new(hv: Arc<Hypervisor>) -> (Arc<Self>, UnboundedReceiver<Change>) {
+        let (changes, rx) = unbounded_channel();
+        let (connected, _) = watch::channel(false);
+        let m = Arc::new(Self {
+            hv,
+            domains: RwLock::new(HashMap::new()),
+            refresh_lock: Mutex::new(()),
+            changes,
+            connected,
+        });
+        (m, rx)
+    }
+
+    pub fn hypervisor(&self) -> &Arc<Hypervisor> {
+        &self.hv
+    }
+
+    /// Whether libvirt is connected now, and a way to follow it.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.subscribe()
+    }
+
+    pub fn get(&self, uuid: &str) -> Option<Arc<DomainRecord>> {
+        self.read().get(uuid).cloned()
+    }
+
+    /// Find a domain by UUID or by name.
+    pub fn find(&self, name_or_uuid: &str) -> Option<Arc<DomainRecord>> {
+        let map = self.read();
+        map.get(name_or_uuid)
+            .or_else(|| map.values().find(|d| d.name == name_or_uuid))
+            .cloned()
+    }
+
+    /// Every domain, sorted by name.
+    pub fn all(&self) -> Vec<Arc<DomainRecord>> {
+        let mut v: Vec<_> = self.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<DomainRecord>>> {
+        self.domains.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<DomainRecord>>> {
+        self.domains.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Store one domain's new reading (or its absence) and publish the difference.
+    fn apply(&self, uuid: &str, new: Option<DomainRecord>) -> Option<Arc<DomainRecord>> {
+        let mut map = self.write();
+        let change = match (map.get(uuid).cloned(), new) {
+            (None, None) => None,
+            (Some(old), None) => {
+                map.remove(uuid);
+                Some(Change::Removed(old))
+            }
+            (None, Some(new)) => {
+                let new = Arc::new(new);
+                map.insert(uuid.to_owned(), new.clone());
+                Some(Change::Added(new))
+            }
+            (Some(old), Some(new)) if *old == new => None,
+            (Some(old), Some(new)) => {
+                let new = Arc::new(new);
+                map.insert(uuid.to_owned(), new.clone());
+                Some(Change::Changed { old, new })
+            }
+        };
+        let current = map.get(uuid).cloned();
+        drop(map);
+        if let Some(c) = change {
+            let _ = self.changes.send(c);
+        }
+        current
+    }
+
+    /// Re-read one domain from libvirt and publish what changed. Returns the
+    /// current record, `None` if the domain no longer exists.
+    pub async fn refresh_domain(&self, uuid: &str) -> Result<Option<Arc<DomainRecord>>> {
+        let _serial = self.refresh_lock.lock().await;
+        let rec = self.hv.record(uuid).await?;
+        Ok(self.apply(uuid, rec))
+    }
+
+    /// Re-read every domain (or only running ones) with bulk calls.
+    pub async fn resync(&self, active_only: bool) -> Result<()> {
+        let _serial = self.refresh_lock.lock().await;
+        let snap = self.hv.snapshot(active_only).await?;
+        self.apply_snapshot(snap);
+        Ok(())
+    }
+
+    fn apply_snapshot(&self, snap: Snapshot) {
+        let mut seen = std::collections::HashSet::new();
+        for rec in snap.records {
+            seen.insert(rec.uuid.clone());
+            let uuid = rec.uuid.clone();
+            self.apply(&uuid, Some(rec));
+        }
+        // Domains not in a partial reading keep their record but may have had
+        // their autostart flag changed (libvirt has no event for that).
+        let rest: Vec<_> = self
+            .read()
+            .values()
+            .filter(|d| !seen.contains(&d.uuid))
+            .cloned()
+            .collect();
+        for old in rest {
+            if snap.complete {
+                self.apply(&old.uuid, None);
+            } else {
+                let autostart = snap.autostart.contains(&old.uuid);
+                if autostart != old.autostart {
+                    let mut new = (*old).clone();
+                    new.autostart = autostart;
+                    self.apply(&old.uuid, Some(new));
+                }
+            }
+        }
+    }
+
+    /// Connect to libvirt and load everything. On failure the model stays
+    /// disconnected and [`Model::run`] keeps retrying.
+    pub async fn connect(&self) -> Result<()> {
+        self.hv.connect().await?;
+        if let Err(e) = self.resync(false).await {
+            self.hv.mark_disconnected();
+            return Err(e);
+        }
+        self.connected.send_replace(true);
+        log::info!(uri = self.hv.uri(), domains = self.read().len(); "connected to libvirt");
+        Ok(())
+    }
+
+    /// Keep the model current for as long as the daemon runs: follow libvirt's
+    /// events, reconnect with backoff when libvirtd goes away, refresh live
+    /// statistics every `stats_interval` (zero: never).
+    pub async fn run(
+        self: Arc<Self>,
+        mut events: UnboundedReceiver<HypervisorEvent>,
+        stats_interval: Duration,
+        reconnect_max: Duration,
+    ) {
+        let mut ticker = (!stats_interval.is_zero()).then(|| {
+            let mut t = tokio::time::interval(stats_interval);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            if !*self.connected.borrow() {
+                self.reconnect(reconnect_max).await;
+            }
+            let tick = async {
+                match ticker.as_mut() {
+                    Some(t) => {
+                        t.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(HypervisorEvent::Domain { uuid, name, what }) => {
+                        log::debug!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "domain event: {what}");
+                        if let Err(e) = self.refresh_domain(&uuid).await {
+                            log::warn!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "cannot refresh after '{what}' event: {e}");
+                        }
+                    }
+                    Some(HypervisorEvent::Disconnected { generation, why }) => {
+                        if *self.connected.borrow() && generation == self.hv.generation() {
+                            log::warn!("lost libvirt connection: {why}");
+                            self.hv.mark_disconnected();
+                            self.connected.send_replace(false);
+                        }
+                    }
+                    None => return,
+                },
+                _ = tick => {
+                    if let Err(e) = self.resync(true).await {
+                        log::debug!("statistics refresh failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reconnect(&self, max: Duration) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.connect().await {
+                Ok(()) => return,
+                Err(e) => {
+                    log::debug!("reconnect to {} failed: {e}", self.hv.uri());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max);
+                }
+            }
+        }
+    }
+}

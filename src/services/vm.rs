@@ -1,0 +1,395 @@
+//! VM lifecycle, autostart, deletion and description.
+//!
+//! Each operation checks the cached state first so that the common mistakes
+//! (starting a running VM, resuming one that is not paused) get a clear
+//! message, performs the libvirt call on the blocking pool, then re-reads the
+//! domain so the cache — and therefore the bus — is current when the caller
+//! gets its reply.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt_sys as sys;
+
+use super::storage_ownership;
+use crate::libvirt::errors::{from_virt, is_not_found};
+use crate::libvirt::xml::{domain_disks, DiskSource, Element, VaporMetadata, METADATA_NS};
+use crate::libvirt::{DomainRecord, DomainState};
+use crate::model::Model;
+use crate::{Error, Result};
+
+/// The lifecycle operations a VM object offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifecycleAction {
+    Start,
+    /// Ask the guest to power off (ACPI or guest agent).
+    Shutdown,
+    /// Ask the guest to reboot.
+    Reboot,
+    /// Pull the plug (`virDomainDestroy`).
+    ForceStop,
+    Pause,
+    Resume,
+    /// Press the reset button.
+    Reset,
+}
+
+impl LifecycleAction {
+    pub fn verb(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Shutdown => "shut down",
+            Self::Reboot => "reboot",
+            Self::ForceStop => "force-stop",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// Why this action cannot apply in `state`, if it cannot.
+    fn refuse(self, state: DomainState) -> Option<&'static str> {
+        use DomainState as S;
+        match (self, state) {
+            (Self::Start, s) if s.is_active() => Some("it is already running"),
+            (Self::Resume, S::Paused) | (Self::Resume, S::PmSuspended) => None,
+            (Self::Resume, _) => Some("it is not paused"),
+            (Self::Pause, S::Paused) => Some("it is already paused"),
+            (Self::Start, _) => None,
+            (_, s) if !s.is_active() => Some("it is not running"),
+            _ => None,
+        }
+    }
+}
+
+/// Options of `Delete`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Also delete the storage that belongs to this VM alone.
+    pub remove_storage: bool,
+    /// Force-stop a running VM first instead of refusing.
+    pub force: bool,
+}
+
+/// What `Delete` did with each piece of storage.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeleteReport {
+    /// Paths deleted.
+    pub removed: Vec<String>,
+    /// Paths (or disk targets) left in place, with the reason.
+    pub kept: Vec<(String, String)>,
+}
+
+/// The VM operations.
+pub struct VmService {
+    model: Arc<Model>,
+}
+
+impl VmService {
+    pub fn new(model: Arc<Model>) -> Self {
+        Self { model }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    /// The cached record, or NotFound naming what was asked for.
+    pub fn get(&self, uuid: &str) -> Result<Arc<DomainRecord>> {
+        self.model
+            .get(uuid)
+            .ok_or_else(|| Error::NotFound(format!("no virtual machine with UUID {uuid}")))
+    }
+
+    async fn with_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connect, Domain) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let uuid = uuid.to_owned();
+        self.model
+            .hypervisor()
+            .run(move |c| {
+                let dom = c.lookup_domain_by_uuid_string(&uuid).map_err(|e| {
+                    if is_not_found(&e) {
+                        Error::NotFound(format!("virtual machine {uuid} no longer exists"))
+                    } else {
+                        from_virt(e, format!("cannot look up {uuid}"))
+                    }
+                })?;
+                f(c, dom)
+            })
+            .await
+    }
+
+    /// Perform a lifecycle action and return the VM's record afterwards.
+    pub async fn lifecycle(&self, uuid: &str, action: LifecycleAction) -> Result<()> {
+        let rec = self.get(uuid)?;
+        if let Some(why) = action.refuse(rec.state) {
+            return Err(Error::InvalidState(format!(
+                "cannot {} VM '{}': {why}",
+                action.verb(),
+                rec.name
+            )));
+        }
+        let what = format!("cannot {} VM '{}'", action.verb(), rec.name);
+        let result = self
+            .with_domain(uuid, move |_, d| {
+                match action {
+                    LifecycleAction::Start => d.create(),
+                    LifecycleAction::Shutdown => d.shutdown(),
+                    LifecycleAction::Reboot => d.reboot(0),
+                    LifecycleAction::ForceStop => d.destroy(),
+                    LifecycleAction::Pause => d.suspend(),
+                    LifecycleAction::Resume => d.resume(),
+                    LifecycleAction::Reset => d.reset(),
+                }
+                .map(|_| ())
+                .map_err(|e| from_virt(e, &what))
+            })
+            .await;
+        self.refresh_quietly(uuid).await;
+        if result.is_ok() {
+            log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid; "{} done", action.verb());
+        }
+        result
+    }
+
+    /// Mark the VM to start (or not) when the host boots.
+    pub async fn set_autostart(&self, uuid: &str, on: bool) -> Result<()> {
+        let rec = self.get(uuid)?;
+        if !rec.persistent {
+            return Err(Error::InvalidState(format!(
+                "VM '{}' is transient (not defined), so it cannot start with the host",
+                rec.name
+            )));
+        }
+        let what = format!("cannot change autostart of VM '{}'", rec.name);
+        let result = self
+            .with_domain(uuid, move |_, d| {
+                d.set_autostart(on)
+                    .map(|_| ())
+                    .map_err(|e| from_virt(e, &what))
+            })
+            .await;
+        self.refresh_quietly(uuid).await;
+        result
+    }
+
+    async fn refresh_quietly(&self, uuid: &str) {
+        if let Err(e) = self.model.refresh_domain(uuid).await {
+            log::warn!(vm_uuid = uuid; "cannot re-read VM after an operation: {e}");
+        }
+    }
+
+    /// Undefine the VM (force-stopping it first if asked) and, if asked, delete
+    /// the storage that belongs to it alone (see `storage_ownership`).
+    pub async fn delete(&self, uuid: &str, opts: DeleteOptions) -> Result<DeleteReport> {
+        let rec = self.get(uuid)?;
+        let name = rec.name.clone();
+        let uuid_owned = uuid.to_owned();
+        let report = self
+            .with_domain(uuid, move |conn, d| {
+                delete_blocking(conn, &d, &uuid_owned, &name, opts)
+            })
+            .await;
+        self.refresh_quietly(uuid).await;
+        if let Ok(r) = &report {
+            log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid;
+                "deleted; removed {:?}, kept {:?}", r.removed, r.kept);
+        }
+        report
+    }
+
+    /// The VM's whole configuration and state as JSON.
+    pub async fn describe(&self, uuid: &str) -> Result<Value> {
+        let rec = self.get(uuid)?;
+        let name = rec.name.clone();
+        let (live, config, metadata) = self
+            .with_domain(uuid, move |_, d| {
+                let what = format!("cannot read the configuration of VM '{name}'");
+                let live = d.xml_desc(0).map_err(|e| from_virt(e, &what))?;
+                let config = if d.is_persistent().unwrap_or(false) && d.is_active().unwrap_or(false)
+                {
+                    Some(
+                        d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                            .map_err(|e| from_virt(e, &what))?,
+                    )
+                } else {
+                    None
+                };
+                Ok((live, config, read_metadata(&d)))
+            })
+            .await?;
+        let live_root = Element::parse(&live)?;
+        let disks: Vec<Value> = domain_disks(&live_root)
+            .into_iter()
+            .map(|d| {
+                let source = match d.source {
+                    DiskSource::Path(p) => json!({"path": p}),
+                    DiskSource::Volume { pool, volume } => json!({"pool": pool, "volume": volume}),
+                    DiskSource::Network(n) => json!({"network": n}),
+                    DiskSource::Empty => Value::Null,
+                };
+                json!({
+                    "device": d.device, "target": d.target, "bus": d.bus, "format": d.format,
+                    "source": source, "readonly": d.readonly, "shareable": d.shareable,
+                    "backing_chain": d.backing,
+                })
+            })
+            .collect();
+        let config_json = match config {
+            Some(x) => Element::parse(&x)?.to_json(),
+            None => live_root.to_json(),
+        };
+        Ok(json!({
+            "name": rec.name,
+            "uuid": rec.uuid,
+            "state": rec.state.as_str(),
+            "state_reason": rec.state_reason,
+            "persistent": rec.persistent,
+            "autostart": rec.autostart,
+            "memory_mib": rec.memory_kib / 1024,
+            "current_memory_mib": rec.current_memory_kib / 1024,
+            "vcpus": rec.vcpus,
+            "max_vcpus": rec.max_vcpus,
+            "cpu_time_ns": rec.cpu_time_ns,
+            "memory_used_kib": rec.memory_rss_kib,
+            "vapor": metadata,
+            "disks": disks,
+            "domain": config_json,
+            "live": if rec.state.is_active() { live_root.to_json() } else { Value::Null },
+        }))
+    }
+}
+
+/// vapord's own metadata element of a domain, empty when there is none.
+fn read_metadata(d: &Domain) -> VaporMetadata {
+    let flags = if d.is_persistent().unwrap_or(false) {
+        sys::VIR_DOMAIN_AFFECT_CONFIG
+    } else {
+        sys::VIR_DOMAIN_AFFECT_LIVE
+    };
+    d.metadata(
+        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(METADATA_NS),
+        flags,
+    )
+    .ok()
+    .and_then(|x| Element::parse(&x).ok())
+    .map(|el| VaporMetadata::from_element(&el))
+    .unwrap_or_default()
+}
+
+fn delete_blocking(
+    conn: &Connect,
+    d: &Domain,
+    uuid: &str,
+    name: &str,
+    opts: DeleteOptions,
+) -> Result<DeleteReport> {
+    let what = format!("cannot delete VM '{name}'");
+    let active = d.is_active().map_err(|e| from_virt(e, &what))?;
+    if active && !opts.force {
+        return Err(Error::InvalidState(format!(
+            "{what}: it is running; stop it first or pass force=true"
+        )));
+    }
+    let persistent = d.is_persistent().map_err(|e| from_virt(e, &what))?;
+    let mut report = DeleteReport::default();
+
+    // Plan before touching anything: the definition is needed to know the disks.
+    let mut disks = Vec::new();
+    let mut nvram = None;
+    for flags in [sys::VIR_DOMAIN_XML_INACTIVE, 0] {
+        if flags != 0 && !active {
+            continue;
+        }
+        let xml = d.xml_desc(flags).map_err(|e| from_virt(e, &what))?;
+        let root = Element::parse(&xml)?;
+        if nvram.is_none() {
+            nvram = root
+                .child("os")
+                .and_then(|os| os.child_text("nvram"))
+                .filter(|p| !p.is_empty())
+                .map(String::from);
+        }
+        disks.extend(domain_disks(&root));
+    }
+    let plan = if opts.remove_storage {
+        let owned = read_metadata(d).owned_volumes;
+        Some(storage_ownership::plan(conn, uuid, &disks, &owned)?)
+    } else {
+        None
+    };
+
+    if active {
+        d.destroy().map_err(|e| from_virt(e, &what))?;
+    }
+    if persistent {
+        let mut flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
+        flags |= if opts.remove_storage {
+            sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_TPM
+        } else {
+            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | sys::VIR_DOMAIN_UNDEFINE_KEEP_TPM
+        };
+        d.undefine_flags(flags).map_err(|e| from_virt(e, &what))?;
+        if let Some(p) = nvram {
+            if opts.remove_storage {
+                report.removed.push(p);
+            } else {
+                report
+                    .kept
+                    .push((p, "firmware variables kept (remove_storage not set)".into()));
+            }
+        }
+    }
+
+    match plan {
+        Some(plan) => {
+            report.kept.extend(plan.kept);
+            for (path, vol) in plan.delete {
+                match vol.delete(0) {
+                    Ok(()) => report.removed.push(path),
+                    Err(e) => report
+                        .kept
+                        .push((path, format!("deleting failed: {}", e.message()))),
+                }
+            }
+        }
+        None => {
+            for disk in disks {
+                if let Some(p) = storage_ownership::resolve_path(conn, &disk.source) {
+                    if !report.kept.iter().any(|(k, _)| *k == p) {
+                        report
+                            .kept
+                            .push((p, "storage kept (remove_storage not set)".into()));
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LifecycleAction as A;
+    use crate::libvirt::DomainState as S;
+
+    #[test]
+    fn obvious_mistakes_are_refused_with_a_reason() {
+        assert_eq!(A::Start.refuse(S::Running), Some("it is already running"));
+        assert_eq!(A::Start.refuse(S::ShutOff), None);
+        assert_eq!(A::Resume.refuse(S::Running), Some("it is not paused"));
+        assert_eq!(A::Resume.refuse(S::Paused), None);
+        assert_eq!(A::Pause.refuse(S::Paused), Some("it is already paused"));
+        assert_eq!(A::Shutdown.refuse(S::ShutOff), Some("it is not running"));
+        assert_eq!(A::ForceStop.refuse(S::Paused), None);
+        assert_eq!(A::Reset.refuse(S::Running), None);
+    }
+}
