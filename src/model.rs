@@ -187,6 +187,11 @@ impl Model {
         stats_interval: Duration,
         reconnect_max: Duration,
     ) {
+        // Every FULL_EVERY ticks the refresh covers stopped domains too: libvirt
+        // emits no event for some configuration changes (`virsh setmaxmem
+        // --config`, autostart), and this keeps even those from going stale.
+        const FULL_EVERY: u32 = 12;
+        let mut ticks = 0u32;
         let mut ticker = (!stats_interval.is_zero()).then(|| {
             let mut t = tokio::time::interval(stats_interval);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -222,7 +227,8 @@ impl Model {
                     None => return,
                 },
                 _ = tick => {
-                    if let Err(e) = self.resync(true).await {
+                    ticks = ticks.wrapping_add(1);
+                    if let Err(e) = self.resync(ticks % FULL_EVERY != 0).await {
                         log::debug!("statistics refresh failed: {e}");
                     }
                 }

@@ -24,6 +24,7 @@ fn path(uuid: &str) -> OwnedObjectPath {
 #[interface(name = "org.vapor.Virtualization.Manager", proxy(visibility = "pub"))]
 impl Manager {
     /// The object path of the VM with this name or UUID.
+    #[zbus(out_args("vm"))]
     async fn lookup_virtual_machine(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -44,6 +45,7 @@ impl Manager {
     }
 
     /// The object paths of every VM, sorted by name.
+    #[zbus(out_args("vms"))]
     async fn list_virtual_machines(
         &self,
         #[zbus(header)] header: Header<'_>,

@@ -206,6 +206,7 @@ impl VirtualMachine {
     }
 
     /// The VM's whole configuration and state as a JSON document.
+    #[zbus(out_args("json"))]
     async fn describe(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
         let rec = self.authorize(&header, Action::Read, "read").await?;
         let doc = self.ctx.vms.describe(&rec.uuid).await?;

@@ -1,0 +1,314 @@
+//! Test harness: one real vapord per test binary on the real system bus,
+//! against the real libvirtd (`qemu:///system`), real polkitd and real users.
+//!
+//! `tests/env/setup.sh` must have run (the `.ci/run` script does it); a test
+//! that finds the environment missing fails with a message saying so.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant, Proxy};
+
+pub const BUS_NAME: &str = "org.vapor.Virtualization";
+pub const ROOT: &str = "/org/vapor/Virtualization";
+pub const MANAGER: &str = "org.vapor.Virtualization.Manager";
+pub const VM: &str = "org.vapor.Virtualization.VirtualMachine";
+/// Member of group `vapor`: granted by the test rules.
+pub const ALICE: &str = "vapor-alice";
+/// Not in group `vapor`: refused.
+pub const BOB: &str = "vapor-bob";
+
+/// Generous bound for an event to arrive; never a performance assertion.
+pub const EVENT_WAIT: Duration = Duration::from_secs(60);
+
+static DAEMON: OnceLock<u32> = OnceLock::new();
+
+/// Start vapord once for this test binary (it dies with the test process).
+pub fn daemon() -> u32 {
+    *DAEMON.get_or_init(|| {
+        assert!(
+            Command::new("virsh")
+                .args(["-c", "qemu:///system", "version"])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false),
+            "libvirtd is not reachable: run tests/env/setup.sh first"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The child gets SIGTERM when the thread that spawned it exits, so spawn
+        // it from a thread that lives as long as the process.
+        std::thread::spawn(move || {
+            let log_path = format!(
+                "{}/vapord-{}.log",
+                env!("CARGO_TARGET_TMPDIR"),
+                std::process::id()
+            );
+            let log = std::fs::File::create(&log_path).expect("daemon log file");
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_vapord"));
+            cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])
+                .env("VAPOR_LOG_STDERR", "1")
+                .stdout(Stdio::null())
+                .stderr(log);
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+            let mut child = cmd.spawn().expect("spawning vapord");
+            tx.send((child.id(), log_path)).unwrap();
+            let status = child.wait();
+            eprintln!("vapord exited: {status:?}");
+            loop {
+                std::thread::park();
+            }
+        });
+        let (pid, log_path) = rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new("busctl")
+                .args(["--system", "status", BUS_NAME])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.lines().any(|l| l == format!("PID={pid}")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vapord did not take {BUS_NAME}; its log:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pid
+    })
+}
+
+/// A system bus connection as root, with vapord running.
+pub async fn bus() -> Connection {
+    daemon();
+    Connection::system().await.expect("system bus")
+}
+
+/// The domain type that works on this machine (kvm, or qemu/TCG without /dev/kvm).
+pub fn domain_type() -> String {
+    std::fs::read_to_string("/run/vapor-test-domain-type")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| {
+            if std::path::Path::new("/dev/kvm").exists() {
+                "kvm".into()
+            } else {
+                "qemu".into()
+            }
+        })
+}
+
+/// A unique domain name for this test.
+pub fn unique_name(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "vt-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// Minimal bootable-enough domain XML: no disks, 64 MiB; it runs (SeaBIOS
+/// finds nothing to boot and keeps trying), which is all lifecycle tests need.
+pub fn domain_xml(name: &str, extra_devices: &str) -> String {
+    format!(
+        "<domain type='{}'><name>{name}</name><memory unit='MiB'>64</memory>\
+         <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os>\
+         <devices>{extra_devices}</devices></domain>",
+        domain_type()
+    )
+}
+
+/// Run virsh against qemu:///system; panics with its stderr on failure.
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "virsh {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// virsh that may fail (cleanup).
+pub fn virsh_quiet(args: &[&str]) -> bool {
+    Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A domain defined with virsh, destroyed and undefined when dropped.
+pub struct TestDomain {
+    pub name: String,
+    pub uuid: String,
+}
+
+impl TestDomain {
+    pub fn define(tag: &str) -> Self {
+        Self::define_with(tag, "")
+    }
+
+    pub fn define_with(tag: &str, devices: &str) -> Self {
+        let name = unique_name(tag);
+        let path = format!("{}/{name}.xml", env!("CARGO_TARGET_TMPDIR"));
+        std::fs::write(&path, domain_xml(&name, devices)).unwrap();
+        virsh(&["define", &path]);
+        let uuid = virsh(&["domuuid", &name]).trim().to_owned();
+        TestDomain { name, uuid }
+    }
+
+    pub fn path(&self) -> String {
+        format!("{ROOT}/vm/{}", self.uuid.replace('-', "_"))
+    }
+}
+
+impl Drop for TestDomain {
+    fn drop(&mut self) {
+        virsh_quiet(&["destroy", &self.name]);
+        virsh_quiet(&["undefine", "--nvram", &self.name]);
+    }
+}
+
+/// Wait until vapord exports `path` (the domain was defined behind its back).
+pub async fn wait_for_object(conn: &Connection, path: &str) {
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        if get_all(conn, path).await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn get_all(conn: &Connection, path: &str) -> zbus::Result<HashMap<String, OwnedVariant>> {
+    let p = Proxy::new(
+        conn,
+        BUS_NAME,
+        path.to_owned(),
+        "org.freedesktop.DBus.Properties",
+    )
+    .await?;
+    p.call("GetAll", &(VM,)).await
+}
+
+pub async fn prop_string(conn: &Connection, path: &str, name: &str) -> String {
+    let p = Proxy::new(
+        conn,
+        BUS_NAME,
+        path.to_owned(),
+        "org.freedesktop.DBus.Properties",
+    )
+    .await
+    .unwrap();
+    let v: OwnedVariant = p.call("Get", &(VM, name)).await.unwrap();
+    String::try_from(v).unwrap()
+}
+
+/// Call a VM method as root; returns the D-Bus error name on failure.
+pub async fn vm_call(conn: &Connection, path: &str, method: &str) -> Result<(), String> {
+    let p = Proxy::new(conn, BUS_NAME, path.to_owned(), VM)
+        .await
+        .unwrap();
+    p.call::<_, _, ()>(method, &()).await.map_err(error_name)
+}
+
+pub fn error_name(e: zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, msg, _) => {
+            format!("{}: {}", name.as_str(), msg.unwrap_or_default())
+        }
+        zbus::Error::FDO(f) => {
+            use zbus::DBusError;
+            format!(
+                "{}: {}",
+                f.name().as_str(),
+                f.description().unwrap_or_default()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+pub async fn lookup(conn: &Connection, name: &str) -> Result<OwnedObjectPath, String> {
+    let p = Proxy::new(conn, BUS_NAME, ROOT, MANAGER).await.unwrap();
+    p.call("LookupVirtualMachine", &(name,))
+        .await
+        .map_err(error_name)
+}
+
+/// A stream of signals from vapord matching an interface and member.
+pub async fn signals(
+    conn: &Connection,
+    iface: &'static str,
+    member: &'static str,
+) -> MessageStream {
+    let rule = MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(BUS_NAME)
+        .interface(iface)
+        .member(member)
+        .build()
+        .unwrap();
+    MessageStream::for_match_rule(rule, conn, std::num::NonZeroUsize::new(4096))
+        .await
+        .unwrap()
+}
+
+/// Wait for the first message of `stream` satisfying `pred`.
+pub async fn wait_signal<F>(stream: &mut MessageStream, what: &str, mut pred: F) -> zbus::Message
+where
+    F: FnMut(&zbus::Message) -> bool,
+{
+    let fut = async {
+        while let Some(m) = stream.next().await {
+            let m = m.unwrap();
+            if pred(&m) {
+                return m;
+            }
+        }
+        panic!("signal stream ended while waiting for {what}");
+    };
+    tokio::time::timeout(EVENT_WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("no signal: {what}"))
+}
+
+/// Run a command as a test user; returns its output.
+pub fn as_user(user: &str, args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", user, "--"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `busctl --system call` on a VM object as a test user.
+pub fn busctl_as(user: &str, path: &str, method: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["busctl", "--system", "call", BUS_NAME, path, VM, method];
+    args.extend_from_slice(extra);
+    as_user(user, &args)
+}

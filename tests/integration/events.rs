@@ -1,0 +1,217 @@
+//! Changes made behind vapord's back (virsh) appear on the bus by themselves.
+
+use std::collections::HashMap;
+
+use zbus::{OwnedObjectPath, OwnedVariant};
+
+use crate::common::*;
+
+type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
+
+fn state_changed_to(m: &zbus::Message, path: &str, state: &str) -> bool {
+    if m.header().path().map(|p| p.as_str()) != Some(path) {
+        return false;
+    }
+    let Ok((iface, changed, _)) = m.body().deserialize::<Changed>() else {
+        return false;
+    };
+    iface == VM
+        && changed
+            .get("State")
+            .and_then(|v| String::try_from(v.clone()).ok())
+            .as_deref()
+            == Some(state)
+}
+
+#[tokio::test]
+async fn virsh_define_start_destroy_undefine_reach_the_bus_as_signals() {
+    let conn = bus().await;
+    let mut added = signals(
+        &conn,
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesAdded",
+    )
+    .await;
+    let mut removed = signals(
+        &conn,
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesRemoved",
+    )
+    .await;
+    let mut changed = signals(
+        &conn,
+        "org.freedesktop.DBus.Properties",
+        "PropertiesChanged",
+    )
+    .await;
+
+    let d = TestDomain::define("events");
+    let path = d.path();
+    let m = wait_signal(&mut added, "InterfacesAdded for the new domain", |m| {
+        m.body()
+            .deserialize::<(
+                OwnedObjectPath,
+                HashMap<String, HashMap<String, OwnedVariant>>,
+            )>()
+            .map(|(p, ifaces)| p.as_str() == path && ifaces.contains_key(VM))
+            .unwrap_or(false)
+    })
+    .await;
+    let (_, ifaces) = m
+        .body()
+        .deserialize::<(
+            OwnedObjectPath,
+            HashMap<String, HashMap<String, OwnedVariant>>,
+        )>()
+        .unwrap();
+    assert_eq!(
+        String::try_from(ifaces[VM]["Name"].clone()).unwrap(),
+        d.name
+    );
+
+    virsh(&["start", &d.name]);
+    wait_signal(&mut changed, "State=running", |m| {
+        state_changed_to(m, &path, "running")
+    })
+    .await;
+    virsh(&["suspend", &d.name]);
+    wait_signal(&mut changed, "State=paused", |m| {
+        state_changed_to(m, &path, "paused")
+    })
+    .await;
+    virsh(&["destroy", &d.name]);
+    wait_signal(&mut changed, "State=shutoff", |m| {
+        state_changed_to(m, &path, "shutoff")
+    })
+    .await;
+    assert_eq!(prop_string(&conn, &path, "StateReason").await, "destroyed");
+
+    virsh(&["undefine", &d.name]);
+    wait_signal(&mut removed, "InterfacesRemoved", |m| {
+        m.body()
+            .deserialize::<(OwnedObjectPath, Vec<String>)>()
+            .map(|(p, ifaces)| p.as_str() == path && ifaces.iter().any(|i| i == VM))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(lookup(&conn, &d.name).await.is_err());
+}
+
+#[tokio::test]
+async fn transient_domain_appears_and_vanishes_when_destroyed() {
+    let conn = bus().await;
+    let mut removed = signals(
+        &conn,
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesRemoved",
+    )
+    .await;
+    let name = unique_name("transient");
+    let file = format!("{}/{name}.xml", env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(&file, domain_xml(&name, "")).unwrap();
+    virsh(&["create", &file]);
+    let uuid = virsh(&["domuuid", &name]).trim().to_owned();
+    let path = format!("{ROOT}/vm/{}", uuid.replace('-', "_"));
+    wait_for_object(&conn, &path).await;
+    let props = get_all(&conn, &path).await.unwrap();
+    assert!(!bool::try_from(&props["Persistent"]).unwrap());
+    assert_eq!(String::try_from(props["State"].clone()).unwrap(), "running");
+
+    // A transient VM cannot autostart: refused with a reason, not a libvirt blob.
+    let p = zbus::Proxy::new(&conn, BUS_NAME, path.clone(), VM)
+        .await
+        .unwrap();
+    let err = error_name(
+        p.call::<_, _, ()>("SetAutostart", &(true,))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        err.contains("InvalidState") && err.contains("transient"),
+        "{err}"
+    );
+
+    virsh(&["destroy", &name]);
+    wait_signal(
+        &mut removed,
+        "InterfacesRemoved for the transient domain",
+        |m| {
+            m.body()
+                .deserialize::<(OwnedObjectPath, Vec<String>)>()
+                .map(|(p, _)| p.as_str() == path)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn autostart_and_memory_changed_with_virsh_are_picked_up() {
+    let conn = bus().await;
+    let mut changed = signals(
+        &conn,
+        "org.freedesktop.DBus.Properties",
+        "PropertiesChanged",
+    )
+    .await;
+    let d = TestDomain::define("virshcfg");
+    let path = d.path();
+    wait_for_object(&conn, &path).await;
+
+    // libvirt has no autostart event: the periodic bulk refresh notices it.
+    virsh(&["autostart", &d.name]);
+    wait_signal(&mut changed, "Autostart=true", |m| {
+        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
+            && m.body()
+                .deserialize::<Changed>()
+                .ok()
+                .and_then(|(_, c, _)| c.get("Autostart").and_then(|v| bool::try_from(v).ok()))
+                == Some(true)
+    })
+    .await;
+
+    // A redefinition with more memory (what `virsh edit` does) is a "defined" event.
+    let xml = virsh(&["dumpxml", "--inactive", &d.name]).replace(
+        "<memory unit='KiB'>65536</memory>",
+        "<memory unit='KiB'>131072</memory>",
+    );
+    let file = format!("{}/{}-bigger.xml", env!("CARGO_TARGET_TMPDIR"), d.name);
+    std::fs::write(&file, xml).unwrap();
+    virsh(&["define", &file]);
+    wait_signal(&mut changed, "MemoryMiB=128", |m| {
+        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
+            && m.body()
+                .deserialize::<Changed>()
+                .ok()
+                .and_then(|(_, c, _)| c.get("MemoryMiB").and_then(|v| u64::try_from(v).ok()))
+                == Some(128)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn running_vm_reports_live_cpu_time_from_bulk_stats() {
+    let conn = bus().await;
+    let mut changed = signals(
+        &conn,
+        "org.freedesktop.DBus.Properties",
+        "PropertiesChanged",
+    )
+    .await;
+    let d = TestDomain::define("stats");
+    let path = d.path();
+    wait_for_object(&conn, &path).await;
+    vm_call(&conn, &path, "Start").await.unwrap();
+    wait_signal(&mut changed, "CpuTimeNs > 0", |m| {
+        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
+            && m.body()
+                .deserialize::<Changed>()
+                .ok()
+                .and_then(|(_, c, _)| c.get("CpuTimeNs").and_then(|v| u64::try_from(v).ok()))
+                .is_some_and(|t| t > 0)
+    })
+    .await;
+    let props = get_all(&conn, &path).await.unwrap();
+    assert!(u64::try_from(&props["MemoryUsedKiB"]).unwrap() > 0);
+    vm_call(&conn, &path, "ForceStop").await.unwrap();
+}

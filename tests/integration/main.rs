@@ -1,0 +1,11 @@
+//! Integration tests through the real system bus against real libvirtd, real
+//! polkitd and real users. Run `tests/env/setup.sh` first (`.ci/run` does).
+
+mod common;
+
+mod cli;
+mod delete;
+mod events;
+mod introspection;
+mod lifecycle;
+mod polkit_access;
