@@ -1,6 +1,7 @@
-//! The polkit policy can never drift from the code: every action id the
-//! source checks exists in `polkit/org.vapor.virtualization.policy`, and every
-//! action there has defaults for all three session kinds.
+//! The installed files can never drift from the code: every polkit action id
+//! the source checks exists in `polkit/org.vapor.virtualization.policy` (with
+//! defaults for all three session kinds), and every interface vapord publishes
+//! is callable under the bus policy `dbus/org.vapor.Virtualization.conf`.
 
 use std::path::Path;
 
@@ -99,5 +100,40 @@ fn every_policy_action_has_complete_defaults_and_reads_are_open() {
                 "{id} must not be open"
             );
         }
+    }
+}
+
+#[test]
+fn every_shipped_interface_is_allowed_by_the_bus_policy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus");
+    let conf = Element::parse(&std::fs::read_to_string(dir.join("org.vapor.Virtualization.conf")).unwrap())
+        .unwrap();
+    let allowed: Vec<&str> = conf
+        .children_named("policy")
+        .flat_map(|p| p.children_named("allow"))
+        .filter(|a| a.attr("send_destination") == Some("org.vapor.Virtualization"))
+        .filter_map(|a| a.attr("send_interface"))
+        .collect();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("org.vapor.Virtualization.") && name.ends_with(".xml")) {
+            continue;
+        }
+        let node = Element::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for iface in node.children_named("interface") {
+            let iface = iface.attr("name").unwrap();
+            assert!(allowed.contains(&iface), "{iface} ({name}) is not callable under the bus policy");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "no interface XML found in dbus/");
+    for std_iface in [
+        "org.freedesktop.DBus.Properties",
+        "org.freedesktop.DBus.ObjectManager",
+        "org.freedesktop.DBus.Introspectable",
+    ] {
+        assert!(allowed.contains(&std_iface), "{std_iface} must be callable");
     }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine, build and install vapord, start it on
+# the system bus, and walk through a short live demo with vaporctl and busctl
+# as a permitted user (vapor-alice, group vapor) and a refused one (vapor-bob).
+# vapord keeps running afterwards; stop it with: pkill -x vapord
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@" || true; }
+
+tests/env/setup.sh
+say "building and installing vapord"
+packaging/install.sh --prefix /usr --sysconfdir /etc >/dev/null
+
+say "starting vapord on the system bus"
+pkill -x vapord 2>/dev/null || true
+(setsid /usr/libexec/vapord --replace </dev/null >/var/log/vapord.log 2>&1 &)
+for _ in $(seq 100); do
+  busctl --system status org.vapor.Virtualization >/dev/null 2>&1 && break
+  sleep 0.1
+done
+busctl --system status org.vapor.Virtualization | grep -E '^(PID|Comm)='
+
+say "defining two demo VMs behind vapord's back, with virsh"
+type=$(cat /run/vapor-test-domain-type)
+for n in 1 2; do
+  name=vapor-demo-$n
+  virsh -q -c qemu:///system dominfo "$name" >/dev/null 2>&1 && continue
+  printf "<domain type='%s'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os><devices/></domain>" \
+    "$type" "$name" >/tmp/$name.xml
+  virsh -q -c qemu:///system define /tmp/$name.xml
+done
+sleep 0.5
+
+say "everyone can list (one GetManagedObjects call)"
+run runuser -u vapor-bob -- vaporctl list
+run busctl --system tree org.vapor.Virtualization
+
+say "vapor-alice (group vapor) starts a VM; vapor-bob may not stop it"
+run runuser -u vapor-alice -- vaporctl start vapor-demo-1
+path=$(busctl --system call org.vapor.Virtualization /org/vapor/Virtualization \
+  org.vapor.Virtualization.Manager LookupVirtualMachine s vapor-demo-1 | cut -d'"' -f2)
+run busctl --system get-property org.vapor.Virtualization "$path" org.vapor.Virtualization.VirtualMachine State
+run runuser -u vapor-bob -- vaporctl --no-ask-password force-stop vapor-demo-1
+run runuser -u vapor-bob -- busctl --system call org.vapor.Virtualization "$path" org.vapor.Virtualization.VirtualMachine ForceStop
+run runuser -u vapor-alice -- busctl --system call org.vapor.Virtualization "$path" org.vapor.Virtualization.VirtualMachine Pause
+run runuser -u vapor-alice -- vaporctl show vapor-demo-1
+run runuser -u vapor-alice -- vaporctl force-stop vapor-demo-1
+run vaporctl list
+
+say "done"
+echo "vapord is still running (log: /var/log/vapord.log). Try: vaporctl --help"
+echo "Remove the demo VMs with: vaporctl delete vapor-demo-1; vaporctl delete vapor-demo-2"
