@@ -17,7 +17,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::{watch, Mutex};
 
 use crate::libvirt::conn::Snapshot;
-use crate::libvirt::{DomainRecord, Hypervisor, HypervisorEvent};
+use crate::libvirt::{DomainRecord, DomainState, Hypervisor, HypervisorEvent};
 use crate::Result;
 
 /// One difference between the previous and the current view.
@@ -120,12 +120,50 @@ impl Model {
         current
     }
 
+    /// Record a domain's state read right after vapord acted on it (one cheap
+    /// call instead of a full re-read; the event that follows re-reads the rest).
+    /// `None` means the domain is gone (a transient domain that stopped).
+    pub fn note_state(&self, uuid: &str, state: Option<(DomainState, &'static str)>) {
+        let Some(current) = self.get(uuid) else {
+            return;
+        };
+        match state {
+            Some((s, reason)) => {
+                self.apply(uuid, Some(current.with_state(s, reason)));
+            }
+            None => {
+                self.apply(uuid, None);
+            }
+        }
+    }
+
     /// Re-read one domain from libvirt and publish what changed. Returns the
     /// current record, `None` if the domain no longer exists.
     pub async fn refresh_domain(&self, uuid: &str) -> Result<Option<Arc<DomainRecord>>> {
         let _serial = self.refresh_lock.lock().await;
         let rec = self.hv.record(uuid).await?;
         Ok(self.apply(uuid, rec))
+    }
+
+    /// Follow one domain event. Pure run-state changes need only the state
+    /// (one round trip; live counters follow with the next statistics
+    /// refresh); anything that may change the definition re-reads the domain.
+    async fn on_domain_event(&self, uuid: &str, what: &str) -> Result<()> {
+        match what {
+            "started" | "suspended" | "resumed" | "shutdown" | "pmsuspended" | "crashed"
+                if self.get(uuid).is_some() =>
+            {
+                let _serial = self.refresh_lock.lock().await;
+                let state = self.hv.state(uuid).await?;
+                self.note_state(uuid, state);
+                Ok(())
+            }
+            "undefined" | "stopped" => {
+                self.hv.forget_domain(uuid);
+                self.refresh_domain(uuid).await.map(|_| ())
+            }
+            _ => self.refresh_domain(uuid).await.map(|_| ()),
+        }
     }
 
     /// Re-read every domain (or only running ones) with bulk calls.
@@ -213,7 +251,7 @@ impl Model {
                 ev = events.recv() => match ev {
                     Some(HypervisorEvent::Domain { uuid, name, what }) => {
                         log::debug!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "domain event: {what}");
-                        if let Err(e) = self.refresh_domain(&uuid).await {
+                        if let Err(e) = self.on_domain_event(&uuid, what).await {
                             log::warn!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "cannot refresh after '{what}' event: {e}");
                         }
                     }

@@ -106,8 +106,10 @@ fn every_policy_action_has_complete_defaults_and_reads_are_open() {
 #[test]
 fn every_shipped_interface_is_allowed_by_the_bus_policy() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dbus");
-    let conf = Element::parse(&std::fs::read_to_string(dir.join("org.vapor.Virtualization.conf")).unwrap())
-        .unwrap();
+    let conf = Element::parse(
+        &std::fs::read_to_string(dir.join("org.vapor.Virtualization.conf")).unwrap(),
+    )
+    .unwrap();
     let allowed: Vec<&str> = conf
         .children_named("policy")
         .flat_map(|p| p.children_named("allow"))
@@ -124,7 +126,10 @@ fn every_shipped_interface_is_allowed_by_the_bus_policy() {
         let node = Element::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for iface in node.children_named("interface") {
             let iface = iface.attr("name").unwrap();
-            assert!(allowed.contains(&iface), "{iface} ({name}) is not callable under the bus policy");
+            assert!(
+                allowed.contains(&iface),
+                "{iface} ({name}) is not callable under the bus policy"
+            );
             checked += 1;
         }
     }

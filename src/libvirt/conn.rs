@@ -6,19 +6,20 @@
 //! connection is dropped, and the daemon reconnects and resynchronises (see
 //! `crate::model`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use virt::connect::Connect;
+use virt::domain::Domain;
 use virt_sys as sys;
 
 use super::errors::{from_virt, is_not_found};
 use super::events;
-use super::records::{self, DomainRecord};
+use super::records::{self, DomainRecord, DomainState};
 use crate::{Error, Result};
 
 /// What the libvirt side tells the daemon, as it happens.
@@ -71,6 +72,9 @@ pub struct Snapshot {
 pub struct Hypervisor {
     uri: String,
     conn: RwLock<Option<Arc<Conn>>>,
+    /// Domain handles by UUID, so acting on a domain needs no lookup round
+    /// trip. Tied to the connection: emptied whenever it changes.
+    handles: Arc<Mutex<HashMap<String, Domain>>>,
     tx: UnboundedSender<HypervisorEvent>,
     generation: AtomicU64,
 }
@@ -83,6 +87,7 @@ impl Hypervisor {
         let hv = Arc::new(Self {
             uri: uri.to_owned(),
             conn: RwLock::new(None),
+            handles: Arc::new(Mutex::new(HashMap::new())),
             tx,
             generation: AtomicU64::new(0),
         });
@@ -120,8 +125,16 @@ impl Hypervisor {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         unsafe { events::register(conn.as_ptr(), &self.tx, generation) }
             .map_err(|e| from_virt(e, "cannot register libvirt event callbacks"))?;
+        self.forget_handles();
         *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn));
         Ok(())
+    }
+
+    fn forget_handles(&self) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Which connection is current; bumped at every successful open.
@@ -131,7 +144,75 @@ impl Hypervisor {
 
     /// Forget the current connection (after libvirt reported it closed).
     pub fn mark_disconnected(&self) {
+        self.forget_handles();
         self.conn.write().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Run blocking work on one domain, found by UUID. A missing domain is
+    /// NotFound; a cached handle whose domain has gone is dropped.
+    pub async fn run_on_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(&Connect, &Domain) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let uuid = uuid.to_owned();
+        let handles = self.handles.clone();
+        self.run(move |c| {
+            let cached = handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&uuid)
+                .cloned();
+            let dom = match cached {
+                Some(d) => d,
+                None => {
+                    let d = c.lookup_domain_by_uuid_string(&uuid).map_err(|e| {
+                        if is_not_found(&e) {
+                            Error::NotFound(format!("virtual machine {uuid} no longer exists"))
+                        } else {
+                            from_virt(e, format!("cannot look up {uuid}"))
+                        }
+                    })?;
+                    handles
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(uuid.clone(), d.clone());
+                    d
+                }
+            };
+            let result = f(c, &dom);
+            if let Err(Error::NotFound(_)) = &result {
+                handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&uuid);
+            }
+            result
+        })
+        .await
+    }
+
+    /// Forget the cached handle of a domain that was undefined or stopped.
+    pub fn forget_domain(&self, uuid: &str) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uuid);
+    }
+
+    /// A domain's state and reason: `None` when it no longer exists.
+    pub async fn state(&self, uuid: &str) -> Result<Option<(DomainState, &'static str)>> {
+        let r = self
+            .run_on_domain(uuid, |_, d| match records::domain_state(d) {
+                Ok(s) => Ok(Some(s)),
+                Err(e) if is_not_found(&e) => Ok(None),
+                Err(e) => Err(from_virt(e, "cannot read the domain state")),
+            })
+            .await;
+        match r {
+            Err(Error::NotFound(_)) => Ok(None),
+            other => other,
+        }
     }
 
     /// Run blocking libvirt work on the blocking pool against the current connection.

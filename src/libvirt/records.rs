@@ -156,6 +156,35 @@ pub unsafe fn name_and_uuid(dom: sys::virDomainPtr) -> Option<(String, String)> 
     ))
 }
 
+/// A domain's state and reason in one round trip (`virDomainGetState`).
+/// (The `virt` wrapper ignores this call's failure, hence the raw call.)
+pub fn domain_state(
+    dom: &virt::domain::Domain,
+) -> Result<(DomainState, &'static str), virt::error::Error> {
+    let (mut state, mut reason) = (0, 0);
+    // SAFETY: valid domain handle and out-parameters.
+    if unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) } < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let state = DomainState::from_raw(i64::from(state));
+    Ok((state, state.reason_name(i64::from(reason))))
+}
+
+impl DomainRecord {
+    /// This record with a new state, as read right after an operation; the
+    /// live counters are cleared when the domain stopped.
+    pub fn with_state(&self, state: DomainState, reason: &'static str) -> DomainRecord {
+        let mut r = self.clone();
+        r.state = state;
+        r.state_reason = reason;
+        if !state.is_active() {
+            r.cpu_time_ns = 0;
+            r.memory_rss_kib = 0;
+        }
+        r
+    }
+}
+
 /// Build a record from one `virDomainStatsRecord`.
 ///
 /// # Safety

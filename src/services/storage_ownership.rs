@@ -147,10 +147,10 @@ pub fn plan(conn: &Connect, uuid: &str, disks: &[Disk], owned: &[String]) -> Res
             Some("shareable disk".into())
         } else if let Some(other) = others.get(&path) {
             Some(format!("also used by VM '{other}'"))
-        } else if let Some(child) = backing.get(&path) {
-            Some(format!("backing file of volume {child}"))
         } else {
-            None
+            backing
+                .get(&path)
+                .map(|child| format!("backing file of volume {child}"))
         };
         if let Some(r) = reason {
             plan.kept.push((path, r));

@@ -15,6 +15,7 @@ use virt_sys as sys;
 
 use super::storage_ownership;
 use crate::libvirt::errors::{from_virt, is_not_found};
+use crate::libvirt::records::domain_state;
 use crate::libvirt::xml::{domain_disks, DiskSource, Element, VaporMetadata, METADATA_NS};
 use crate::libvirt::{DomainRecord, DomainState};
 use crate::model::Model;
@@ -46,6 +47,20 @@ impl LifecycleAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Reset => "reset",
+        }
+    }
+
+    /// The state libvirt guarantees after this call succeeded: `Some(None)`
+    /// when the domain is then gone (a transient one stopped), `None` when the
+    /// state must be read back (Start may resume a saved image; Shutdown and
+    /// Reboot depend on the guest).
+    fn outcome(self, persistent: bool) -> Option<Option<(DomainState, &'static str)>> {
+        match self {
+            Self::Pause => Some(Some((DomainState::Paused, "user"))),
+            Self::Resume => Some(Some((DomainState::Running, "unpaused"))),
+            Self::ForceStop if persistent => Some(Some((DomainState::ShutOff, "destroyed"))),
+            Self::ForceStop => Some(None),
+            Self::Start | Self::Shutdown | Self::Reboot | Self::Reset => None,
         }
     }
 
@@ -105,23 +120,10 @@ impl VmService {
 
     async fn with_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
     where
-        F: FnOnce(&Connect, Domain) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connect, &Domain) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let uuid = uuid.to_owned();
-        self.model
-            .hypervisor()
-            .run(move |c| {
-                let dom = c.lookup_domain_by_uuid_string(&uuid).map_err(|e| {
-                    if is_not_found(&e) {
-                        Error::NotFound(format!("virtual machine {uuid} no longer exists"))
-                    } else {
-                        from_virt(e, format!("cannot look up {uuid}"))
-                    }
-                })?;
-                f(c, dom)
-            })
-            .await
+        self.model.hypervisor().run_on_domain(uuid, f).await
     }
 
     /// Perform a lifecycle action and return the VM's record afterwards.
@@ -135,9 +137,10 @@ impl VmService {
             )));
         }
         let what = format!("cannot {} VM '{}'", action.verb(), rec.name);
+        let persistent = rec.persistent;
         let result = self
             .with_domain(uuid, move |_, d| {
-                match action {
+                let done = match action {
                     LifecycleAction::Start => d.create(),
                     LifecycleAction::Shutdown => d.shutdown(),
                     LifecycleAction::Reboot => d.reboot(0),
@@ -147,14 +150,41 @@ impl VmService {
                     LifecycleAction::Reset => d.reset(),
                 }
                 .map(|_| ())
-                .map_err(|e| from_virt(e, &what))
+                .map_err(|e| from_virt(e, &what));
+                if done.is_err() {
+                    return Ok((done, None));
+                }
+                // The reply must reflect the new state. Where libvirt defines
+                // the outcome of a successful call, record it without another
+                // round trip; otherwise read it back on the same handle.
+                let state = match action.outcome(persistent) {
+                    Some(known) => Some(known),
+                    None => match domain_state(d) {
+                        Ok(s) => Some(Some(s)),
+                        Err(e) if is_not_found(&e) => Some(None),
+                        Err(_) => None,
+                    },
+                };
+                Ok((done, state))
             })
             .await;
-        self.refresh_quietly(uuid).await;
-        if result.is_ok() {
-            log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid; "{} done", action.verb());
+        match result {
+            Ok((done, Some(state))) => {
+                self.model.note_state(uuid, state);
+                if done.is_ok() {
+                    log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid; "{} done", action.verb());
+                }
+                done
+            }
+            Ok((done, None)) => {
+                self.refresh_quietly(uuid).await;
+                done
+            }
+            Err(e) => {
+                self.refresh_quietly(uuid).await;
+                Err(e)
+            }
         }
-        result
     }
 
     /// Mark the VM to start (or not) when the host boots.
@@ -192,7 +222,7 @@ impl VmService {
         let uuid_owned = uuid.to_owned();
         let report = self
             .with_domain(uuid, move |conn, d| {
-                delete_blocking(conn, &d, &uuid_owned, &name, opts)
+                delete_blocking(conn, d, &uuid_owned, &name, opts)
             })
             .await;
         self.refresh_quietly(uuid).await;
@@ -220,7 +250,7 @@ impl VmService {
                 } else {
                     None
                 };
-                Ok((live, config, read_metadata(&d)))
+                Ok((live, config, read_metadata(d)))
             })
             .await?;
         let live_root = Element::parse(&live)?;
@@ -380,6 +410,29 @@ fn delete_blocking(
 mod tests {
     use super::LifecycleAction as A;
     use crate::libvirt::DomainState as S;
+
+    #[test]
+    fn outcomes_recorded_without_a_round_trip_are_libvirts() {
+        assert_eq!(A::Pause.outcome(true), Some(Some((S::Paused, "user"))));
+        assert_eq!(
+            A::Resume.outcome(true),
+            Some(Some((S::Running, "unpaused")))
+        );
+        assert_eq!(
+            A::ForceStop.outcome(true),
+            Some(Some((S::ShutOff, "destroyed")))
+        );
+        assert_eq!(
+            A::ForceStop.outcome(false),
+            Some(None),
+            "a transient VM is gone"
+        );
+        assert_eq!(
+            A::Start.outcome(true),
+            None,
+            "Start may restore a saved image"
+        );
+    }
 
     #[test]
     fn obvious_mistakes_are_refused_with_a_reason() {

@@ -81,12 +81,12 @@ async fn set_autostart_reaches_libvirt_and_the_property() {
 
     p.call::<_, _, ()>("SetAutostart", &(true,)).await.unwrap();
     let props = get_all(&conn, &path).await.unwrap();
-    assert_eq!(bool::try_from(&props["Autostart"]).unwrap(), true);
+    assert!(bool::try_from(&props["Autostart"]).unwrap());
     assert!(virsh(&["dominfo", &d.name]).contains("Autostart:      enable"));
 
     p.call::<_, _, ()>("SetAutostart", &(false,)).await.unwrap();
     let props = get_all(&conn, &path).await.unwrap();
-    assert_eq!(bool::try_from(&props["Autostart"]).unwrap(), false);
+    assert!(!bool::try_from(&props["Autostart"]).unwrap());
 }
 
 #[tokio::test]
