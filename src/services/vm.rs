@@ -159,6 +159,8 @@ impl VmService {
                 // round trip; otherwise read it back on the same handle.
                 let state = match action.outcome(persistent) {
                     Some(known) => Some(known),
+                    // A fresh start: re-read everything (live counters too).
+                    None if action == LifecycleAction::Start => None,
                     None => match domain_state(d) {
                         Ok(s) => Some(Some(s)),
                         Err(e) if is_not_found(&e) => Some(None),
