@@ -64,25 +64,39 @@ fi
 busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus ReloadConfig >/dev/null 2>&1 || true
 
 # ---------------------------------------------------------------- polkit
-if ! running polkitd; then
+# Judge services by whether they answer, not by process names: a daemon that
+# is still shutting down must not be mistaken for a working one.
+wait_gone() { for _ in $(seq 100); do running "$1" || return 0; sleep 0.1; done; return 1; }
+if ! busctl --system status org.freedesktop.PolicyKit1 >/dev/null 2>&1; then
   log "starting polkitd"
+  pkill -x polkitd 2>/dev/null || true; wait_gone polkitd || true
   (setsid /usr/lib/polkit-1/polkitd --no-debug </dev/null >/tmp/polkitd.log 2>&1 &)
-  for _ in $(seq 50); do busctl --system status org.freedesktop.PolicyKit1 >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 100); do busctl --system status org.freedesktop.PolicyKit1 >/dev/null 2>&1 && break; sleep 0.1; done
+  busctl --system status org.freedesktop.PolicyKit1 >/dev/null
 fi
 
 # ---------------------------------------------------------------- udev
-if ! running systemd-udevd; then
+if ! udevadm control --ping >/dev/null 2>&1; then
   log "starting systemd-udevd"
+  pkill -x systemd-udevd 2>/dev/null || true; wait_gone systemd-udevd || true
   /lib/systemd/systemd-udevd --daemon
 fi
 
 # ---------------------------------------------------------------- libvirt
 if ! running virtlogd; then log "starting virtlogd"; virtlogd -d; fi
-if ! running libvirtd; then
-  log "starting libvirtd"
-  libvirtd -d
+libvirt_ok() { virsh -c qemu:///system version >/dev/null 2>&1; }
+if ! libvirt_ok; then
+  if running libvirtd; then
+    # Starting up or shutting down: give it a moment to settle either way.
+    for _ in $(seq 100); do libvirt_ok && break; running libvirtd || break; sleep 0.1; done
+  fi
+  if ! libvirt_ok; then
+    log "starting libvirtd"
+    pkill -x libvirtd 2>/dev/null || true; wait_gone libvirtd || true
+    libvirtd -d
+    for _ in $(seq 300); do libvirt_ok && break; sleep 0.1; done
+  fi
 fi
-for _ in $(seq 100); do virsh -c qemu:///system version >/dev/null 2>&1 && break; sleep 0.1; done
 virsh -c qemu:///system version >/dev/null
 
 # A default dir pool, so creation has somewhere to put volumes.
