@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use zbus::{OwnedObjectPath, OwnedVariant};
+use zbus::OwnedVariant;
 
 type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
 
@@ -56,18 +56,8 @@ async fn libvirtd_restart_is_survived() {
     wait_for_object(&conn, &running.path()).await;
     vm_call(&conn, &running.path(), "Start").await.unwrap();
 
-    let mut changed = signals(
-        &conn,
-        "org.freedesktop.DBus.Properties",
-        "PropertiesChanged",
-    )
-    .await;
-    let mut added = signals(
-        &conn,
-        "org.freedesktop.DBus.ObjectManager",
-        "InterfacesAdded",
-    )
-    .await;
+    let mut changed = properties_changed(&conn).await;
+    let mut added = interfaces_added(&conn).await;
     restart_libvirtd();
     wait_signal(&mut changed, "Connected=false", |m| connected_is(m, false)).await;
     wait_signal(&mut changed, "Connected=true", |m| connected_is(m, true)).await;
@@ -84,13 +74,7 @@ async fn libvirtd_restart_is_survived() {
     let fresh = TestDomain::define("restart-new");
     let path = fresh.path();
     wait_signal(&mut added, "InterfacesAdded after the restart", |m| {
-        m.body()
-            .deserialize::<(
-                OwnedObjectPath,
-                HashMap<String, HashMap<String, OwnedVariant>>,
-            )>()
-            .map(|(p, _)| p.as_str() == path)
-            .unwrap_or(false)
+        is_about(m, &path)
     })
     .await;
     vm_call(&conn, &running.path(), "ForceStop").await.unwrap();

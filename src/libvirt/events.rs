@@ -62,6 +62,13 @@ unsafe fn send(opaque: *mut c_void, ev: HypervisorEvent) {
     let _ = tap.tx.send(ev);
 }
 
+/// Forward "something happened to `dom`" with a short description.
+unsafe fn send_domain(opaque: *mut c_void, dom: sys::virDomainPtr, what: &'static str) {
+    if let Some((name, uuid)) = name_and_uuid(dom) {
+        send(opaque, HypervisorEvent::Domain { uuid, name, what });
+    }
+}
+
 unsafe extern "C" fn on_lifecycle(
     _conn: sys::virConnectPtr,
     dom: sys::virDomainPtr,
@@ -69,16 +76,7 @@ unsafe extern "C" fn on_lifecycle(
     detail: c_int,
     opaque: *mut c_void,
 ) -> c_int {
-    if let Some((name, uuid)) = name_and_uuid(dom) {
-        send(
-            opaque,
-            HypervisorEvent::Domain {
-                uuid,
-                name,
-                what: lifecycle_name(event, detail),
-            },
-        );
-    }
+    send_domain(opaque, dom, lifecycle_name(event, detail));
     0
 }
 
@@ -87,16 +85,7 @@ unsafe extern "C" fn on_domain_generic(
     dom: sys::virDomainPtr,
     opaque: *mut c_void,
 ) {
-    if let Some((name, uuid)) = name_and_uuid(dom) {
-        send(
-            opaque,
-            HypervisorEvent::Domain {
-                uuid,
-                name,
-                what: "changed",
-            },
-        );
-    }
+    send_domain(opaque, dom, "changed");
 }
 
 unsafe extern "C" fn on_balloon(

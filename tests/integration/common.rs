@@ -278,6 +278,46 @@ pub async fn signals(
         .unwrap()
 }
 
+/// PropertiesChanged signals from vapord.
+pub async fn properties_changed(conn: &Connection) -> MessageStream {
+    signals(conn, "org.freedesktop.DBus.Properties", "PropertiesChanged").await
+}
+
+/// InterfacesAdded signals from vapord's ObjectManager.
+pub async fn interfaces_added(conn: &Connection) -> MessageStream {
+    signals(
+        conn,
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesAdded",
+    )
+    .await
+}
+
+/// InterfacesRemoved signals from vapord's ObjectManager.
+pub async fn interfaces_removed(conn: &Connection) -> MessageStream {
+    signals(
+        conn,
+        "org.freedesktop.DBus.ObjectManager",
+        "InterfacesRemoved",
+    )
+    .await
+}
+
+/// Whether an InterfacesAdded/InterfacesRemoved signal is about `path`.
+pub fn is_about(m: &zbus::Message, path: &str) -> bool {
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
+    type Removed = (OwnedObjectPath, Vec<String>);
+    let body = m.body();
+    let p = body
+        .deserialize::<Added>()
+        .map(|(p, _)| p)
+        .or_else(|_| body.deserialize::<Removed>().map(|(p, _)| p));
+    p.is_ok_and(|p| p.as_str() == path)
+}
+
 /// Wait for the first message of `stream` satisfying `pred`.
 pub async fn wait_signal<F>(stream: &mut MessageStream, what: &str, mut pred: F) -> zbus::Message
 where

@@ -8,42 +8,32 @@ use crate::common::*;
 
 type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
 
-fn state_changed_to(m: &zbus::Message, path: &str, state: &str) -> bool {
+/// The new value of `prop` if `m` is a PropertiesChanged of the VM at `path`
+/// that changes it.
+fn changed_value(m: &zbus::Message, path: &str, prop: &str) -> Option<OwnedVariant> {
     if m.header().path().map(|p| p.as_str()) != Some(path) {
-        return false;
+        return None;
     }
-    let Ok((iface, changed, _)) = m.body().deserialize::<Changed>() else {
-        return false;
-    };
-    iface == VM
-        && changed
-            .get("State")
-            .and_then(|v| String::try_from(v.clone()).ok())
-            .as_deref()
-            == Some(state)
+    let (iface, mut changed, _) = m.body().deserialize::<Changed>().ok()?;
+    if iface != VM {
+        return None;
+    }
+    changed.remove(prop)
+}
+
+fn state_changed_to(m: &zbus::Message, path: &str, state: &str) -> bool {
+    changed_value(m, path, "State")
+        .and_then(|v| String::try_from(v).ok())
+        .as_deref()
+        == Some(state)
 }
 
 #[tokio::test]
 async fn virsh_define_start_destroy_undefine_reach_the_bus_as_signals() {
     let conn = bus().await;
-    let mut added = signals(
-        &conn,
-        "org.freedesktop.DBus.ObjectManager",
-        "InterfacesAdded",
-    )
-    .await;
-    let mut removed = signals(
-        &conn,
-        "org.freedesktop.DBus.ObjectManager",
-        "InterfacesRemoved",
-    )
-    .await;
-    let mut changed = signals(
-        &conn,
-        "org.freedesktop.DBus.Properties",
-        "PropertiesChanged",
-    )
-    .await;
+    let mut added = interfaces_added(&conn).await;
+    let mut removed = interfaces_removed(&conn).await;
+    let mut changed = properties_changed(&conn).await;
 
     let d = TestDomain::define("events");
     let path = d.path();
@@ -100,12 +90,7 @@ async fn virsh_define_start_destroy_undefine_reach_the_bus_as_signals() {
 #[tokio::test]
 async fn transient_domain_appears_and_vanishes_when_destroyed() {
     let conn = bus().await;
-    let mut removed = signals(
-        &conn,
-        "org.freedesktop.DBus.ObjectManager",
-        "InterfacesRemoved",
-    )
-    .await;
+    let mut removed = interfaces_removed(&conn).await;
     let name = unique_name("transient");
     let file = format!("{}/{name}.xml", env!("CARGO_TARGET_TMPDIR"));
     std::fs::write(&file, domain_xml(&name, "")).unwrap();
@@ -135,12 +120,7 @@ async fn transient_domain_appears_and_vanishes_when_destroyed() {
     wait_signal(
         &mut removed,
         "InterfacesRemoved for the transient domain",
-        |m| {
-            m.body()
-                .deserialize::<(OwnedObjectPath, Vec<String>)>()
-                .map(|(p, _)| p.as_str() == path)
-                .unwrap_or(false)
-        },
+        |m| is_about(m, &path),
     )
     .await;
 }
@@ -148,12 +128,7 @@ async fn transient_domain_appears_and_vanishes_when_destroyed() {
 #[tokio::test]
 async fn autostart_and_memory_changed_with_virsh_are_picked_up() {
     let conn = bus().await;
-    let mut changed = signals(
-        &conn,
-        "org.freedesktop.DBus.Properties",
-        "PropertiesChanged",
-    )
-    .await;
+    let mut changed = properties_changed(&conn).await;
     let d = TestDomain::define("virshcfg");
     let path = d.path();
     wait_for_object(&conn, &path).await;
@@ -161,12 +136,7 @@ async fn autostart_and_memory_changed_with_virsh_are_picked_up() {
     // libvirt has no autostart event: the periodic bulk refresh notices it.
     virsh(&["autostart", &d.name]);
     wait_signal(&mut changed, "Autostart=true", |m| {
-        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
-            && m.body()
-                .deserialize::<Changed>()
-                .ok()
-                .and_then(|(_, c, _)| c.get("Autostart").and_then(|v| bool::try_from(v).ok()))
-                == Some(true)
+        changed_value(m, &path, "Autostart").and_then(|v| bool::try_from(&v).ok()) == Some(true)
     })
     .await;
 
@@ -179,12 +149,7 @@ async fn autostart_and_memory_changed_with_virsh_are_picked_up() {
     std::fs::write(&file, xml).unwrap();
     virsh(&["define", &file]);
     wait_signal(&mut changed, "MemoryMiB=128", |m| {
-        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
-            && m.body()
-                .deserialize::<Changed>()
-                .ok()
-                .and_then(|(_, c, _)| c.get("MemoryMiB").and_then(|v| u64::try_from(v).ok()))
-                == Some(128)
+        changed_value(m, &path, "MemoryMiB").and_then(|v| u64::try_from(&v).ok()) == Some(128)
     })
     .await;
 }
@@ -192,23 +157,15 @@ async fn autostart_and_memory_changed_with_virsh_are_picked_up() {
 #[tokio::test]
 async fn running_vm_reports_live_cpu_time_from_bulk_stats() {
     let conn = bus().await;
-    let mut changed = signals(
-        &conn,
-        "org.freedesktop.DBus.Properties",
-        "PropertiesChanged",
-    )
-    .await;
+    let mut changed = properties_changed(&conn).await;
     let d = TestDomain::define("stats");
     let path = d.path();
     wait_for_object(&conn, &path).await;
     vm_call(&conn, &path, "Start").await.unwrap();
     wait_signal(&mut changed, "CpuTimeNs > 0", |m| {
-        m.header().path().map(|p| p.as_str()) == Some(path.as_str())
-            && m.body()
-                .deserialize::<Changed>()
-                .ok()
-                .and_then(|(_, c, _)| c.get("CpuTimeNs").and_then(|v| u64::try_from(v).ok()))
-                .is_some_and(|t| t > 0)
+        changed_value(m, &path, "CpuTimeNs")
+            .and_then(|v| u64::try_from(&v).ok())
+            .is_some_and(|t| t > 0)
     })
     .await;
     let props = get_all(&conn, &path).await.unwrap();
