@@ -7,6 +7,7 @@
 //! - [`libvirt`]: the adapter over the libvirt C library.
 
 pub mod config;
+pub mod creation;
 pub mod daemon;
 pub mod dbus;
 pub mod error;
