@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs vapor's data files - everything that is installed rather than
 # compiled: polkit actions, D-Bus policy, activation and interface files, the
-# systemd unit, the example polkit rules and the default configuration.
+# systemd unit, the example polkit rules, the shipped VM templates and the
+# default configuration.
 #
 # Usage: packaging/install-data.sh [--prefix DIR] [--sysconfdir DIR]
 #                                  [--systemdunitdir DIR] [--destdir DIR]
@@ -73,6 +74,13 @@ shopt -s nullglob
 for xml in "$top"/dbus/org.vapor.Virtualization.*.xml; do
   name=$(basename "$xml")
   put "dbus/$name" "$prefix/share/dbus-1/interfaces/$name"
+done
+
+# Shipped VM templates (read-only for vapord; replaced on every install, the
+# administrator's own templates belong in the state directory).
+for tpl in "$top"/packaging/templates/*.json; do
+  name=$(basename "$tpl")
+  put "packaging/templates/$name" "$sysconfdir/vapor/templates.d/$name"
 done
 shopt -u nullglob
 

@@ -28,6 +28,9 @@ pub struct Config {
     pub default_cpu_mode: String,
     /// Longest wait between reconnection attempts when libvirtd is gone.
     pub reconnect_max_secs: u64,
+    /// Read-only templates shipped with vapord (API-created ones live in
+    /// `<state_dir>/templates`).
+    pub templates_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             log_level: "info".into(),
             default_cpu_mode: "none".into(),
             reconnect_max_secs: 5,
+            templates_dir: PathBuf::from("/etc/vapor/templates.d"),
         }
     }
 }

@@ -11,6 +11,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 
 use crate::config::Config;
+use crate::creation::engine::Engine;
+use crate::creation::resolve::Defaults;
+use crate::creation::template::TemplateStore;
 use crate::dbus::manager::Manager;
 use crate::dbus::polkit::Authorizer;
 use crate::dbus::publisher::Publisher;
@@ -55,6 +58,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         vms: VmService::new(model.clone()),
         auth: auth.clone(),
     });
+    let engine = Arc::new(Engine::new(
+        model.hypervisor().clone(),
+        TemplateStore::new(&cfg.templates_dir, &cfg.state_dir),
+        Defaults {
+            cpu_mode: cfg.default_cpu_mode.clone(),
+        },
+    ));
     let server = conn.object_server();
     server
         .at(ROOT_PATH, zbus::fdo::ObjectManager)
@@ -66,6 +76,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             Manager {
                 model: model.clone(),
                 auth,
+                engine,
+                vm_ctx: ctx.clone(),
             },
         )
         .await

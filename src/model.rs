@@ -10,6 +10,7 @@
 //! This module knows nothing about D-Bus.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -32,9 +33,20 @@ pub enum Change {
 }
 
 /// The cache and the machinery that keeps it current.
+/// A cached record and the ticket of the reading that produced it.
+#[derive(Clone)]
+struct Entry {
+    rec: Arc<DomainRecord>,
+    ticket: u64,
+}
+
 pub struct Model {
     hv: Arc<Hypervisor>,
-    domains: RwLock<HashMap<String, Arc<DomainRecord>>>,
+    domains: RwLock<HashMap<String, Entry>>,
+    /// Every reading of libvirt takes a ticket before it starts; a reading is
+    /// applied only if no later-started reading was applied first, so an old
+    /// reading can never overwrite a newer one, whatever order they finish in.
+    tickets: AtomicU64,
     /// Serialises read-then-apply so an older reading never overwrites a newer one.
     refresh_lock: Mutex<()>,
     changes: UnboundedSender<Change>,
@@ -48,6 +60,7 @@ impl Model {
         let m = Arc::new(Self {
             hv,
             domains: RwLock::new(HashMap::new()),
+            tickets: AtomicU64::new(1),
             refresh_lock: Mutex::new(()),
             changes,
             connected,
@@ -65,36 +78,52 @@ impl Model {
     }
 
     pub fn get(&self, uuid: &str) -> Option<Arc<DomainRecord>> {
-        self.read().get(uuid).cloned()
+        self.read().get(uuid).map(|e| e.rec.clone())
+    }
+
+    /// A ticket for a reading about to start (see `tickets`).
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Find a domain by UUID or by name.
     pub fn find(&self, name_or_uuid: &str) -> Option<Arc<DomainRecord>> {
         let map = self.read();
         map.get(name_or_uuid)
-            .or_else(|| map.values().find(|d| d.name == name_or_uuid))
-            .cloned()
+            .or_else(|| map.values().find(|e| e.rec.name == name_or_uuid))
+            .map(|e| e.rec.clone())
     }
 
     /// Every domain, sorted by name.
     pub fn all(&self) -> Vec<Arc<DomainRecord>> {
-        let mut v: Vec<_> = self.read().values().cloned().collect();
+        let mut v: Vec<_> = self.read().values().map(|e| e.rec.clone()).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<DomainRecord>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
         self.domains.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<DomainRecord>>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
         self.domains.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Store one domain's new reading (or its absence) and publish the difference.
-    fn apply(&self, uuid: &str, new: Option<DomainRecord>) -> Option<Arc<DomainRecord>> {
+    /// Store one domain's new reading (or its absence), taken under `ticket`,
+    /// and publish the difference. The change is sent while the map is still
+    /// locked, so changes reach the bus in the order they were made.
+    fn apply(
+        &self,
+        uuid: &str,
+        new: Option<DomainRecord>,
+        ticket: u64,
+    ) -> Option<Arc<DomainRecord>> {
         let mut map = self.write();
-        let change = match (map.get(uuid).cloned(), new) {
+        let current = map.get(uuid).cloned();
+        if current.as_ref().is_some_and(|e| e.ticket > ticket) {
+            return current.map(|e| e.rec); // a newer reading is already applied
+        }
+        let change = match (current.map(|e| e.rec), new) {
             (None, None) => None,
             (Some(old), None) => {
                 map.remove(uuid);
@@ -102,37 +131,51 @@ impl Model {
             }
             (None, Some(new)) => {
                 let new = Arc::new(new);
-                map.insert(uuid.to_owned(), new.clone());
+                map.insert(
+                    uuid.to_owned(),
+                    Entry {
+                        rec: new.clone(),
+                        ticket,
+                    },
+                );
                 Some(Change::Added(new))
             }
-            (Some(old), Some(new)) if *old == new => None,
+            (Some(old), Some(new)) if *old == new => {
+                map.insert(uuid.to_owned(), Entry { rec: old, ticket });
+                None
+            }
             (Some(old), Some(new)) => {
                 let new = Arc::new(new);
-                map.insert(uuid.to_owned(), new.clone());
+                map.insert(
+                    uuid.to_owned(),
+                    Entry {
+                        rec: new.clone(),
+                        ticket,
+                    },
+                );
                 Some(Change::Changed { old, new })
             }
         };
-        let current = map.get(uuid).cloned();
-        drop(map);
         if let Some(c) = change {
             let _ = self.changes.send(c);
         }
-        current
+        map.get(uuid).map(|e| e.rec.clone())
     }
 
     /// Record a domain's state read right after vapord acted on it (one cheap
     /// call instead of a full re-read; the event that follows re-reads the rest).
     /// `None` means the domain is gone (a transient domain that stopped).
-    pub fn note_state(&self, uuid: &str, state: Option<(DomainState, &'static str)>) {
+    /// `ticket` must have been taken before the operation started.
+    pub fn note_state(&self, uuid: &str, ticket: u64, state: Option<(DomainState, &'static str)>) {
         let Some(current) = self.get(uuid) else {
             return;
         };
         match state {
             Some((s, reason)) => {
-                self.apply(uuid, Some(current.with_state(s, reason)));
+                self.apply(uuid, Some(current.with_state(s, reason)), ticket);
             }
             None => {
-                self.apply(uuid, None);
+                self.apply(uuid, None, ticket);
             }
         }
     }
@@ -141,8 +184,9 @@ impl Model {
     /// current record, `None` if the domain no longer exists.
     pub async fn refresh_domain(&self, uuid: &str) -> Result<Option<Arc<DomainRecord>>> {
         let _serial = self.refresh_lock.lock().await;
+        let ticket = self.ticket();
         let rec = self.hv.record(uuid).await?;
-        Ok(self.apply(uuid, rec))
+        Ok(self.apply(uuid, rec, ticket))
     }
 
     /// Follow one domain event. Pure run-state changes need only the state
@@ -154,8 +198,9 @@ impl Model {
                 if self.get(uuid).is_some() =>
             {
                 let _serial = self.refresh_lock.lock().await;
+                let ticket = self.ticket();
                 let state = self.hv.state(uuid).await?;
-                self.note_state(uuid, state);
+                self.note_state(uuid, ticket, state);
                 Ok(())
             }
             "undefined" | "stopped" => {
@@ -169,35 +214,36 @@ impl Model {
     /// Re-read every domain (or only running ones) with bulk calls.
     pub async fn resync(&self, active_only: bool) -> Result<()> {
         let _serial = self.refresh_lock.lock().await;
+        let ticket = self.ticket();
         let snap = self.hv.snapshot(active_only).await?;
-        self.apply_snapshot(snap);
+        self.apply_snapshot(snap, ticket);
         Ok(())
     }
 
-    fn apply_snapshot(&self, snap: Snapshot) {
+    fn apply_snapshot(&self, snap: Snapshot, ticket: u64) {
         let mut seen = std::collections::HashSet::new();
         for rec in snap.records {
             seen.insert(rec.uuid.clone());
             let uuid = rec.uuid.clone();
-            self.apply(&uuid, Some(rec));
+            self.apply(&uuid, Some(rec), ticket);
         }
         // Domains not in a partial reading keep their record but may have had
         // their autostart flag changed (libvirt has no event for that).
         let rest: Vec<_> = self
             .read()
             .values()
-            .filter(|d| !seen.contains(&d.uuid))
-            .cloned()
+            .filter(|e| !seen.contains(&e.rec.uuid))
+            .map(|e| e.rec.clone())
             .collect();
         for old in rest {
             if snap.complete {
-                self.apply(&old.uuid, None);
+                self.apply(&old.uuid, None, ticket);
             } else {
                 let autostart = snap.autostart.contains(&old.uuid);
                 if autostart != old.autostart {
                     let mut new = (*old).clone();
                     new.autostart = autostart;
-                    self.apply(&old.uuid, Some(new));
+                    self.apply(&old.uuid, Some(new), ticket);
                 }
             }
         }
@@ -266,8 +312,15 @@ impl Model {
                 },
                 _ = tick => {
                     ticks = ticks.wrapping_add(1);
-                    if let Err(e) = self.resync(ticks % FULL_EVERY != 0).await {
-                        log::debug!("statistics refresh failed: {e}");
+                    match self.resync(ticks % FULL_EVERY != 0).await {
+                        Err(crate::Error::Unavailable(e)) => {
+                            // A dead connection the close callback missed.
+                            log::warn!("lost libvirt connection: {e}");
+                            self.hv.mark_disconnected();
+                            self.connected.send_replace(false);
+                        }
+                        Err(e) => log::debug!("statistics refresh failed: {e}"),
+                        Ok(()) => {}
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 other failure; 2 usage; 3 not found;
 //! 4 not authorized; 5 invalid state; 6 invalid argument; 7 conflict;
-//! 69 vapord or libvirt unavailable.
+//! 8 not supported; 66 input file unreadable; 69 vapord or libvirt unavailable.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -61,6 +61,19 @@ enum Cmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Create a VM from a JSON creation spec (a file, or - for stdin).
+    Create {
+        spec: String,
+        /// Only print the resolved spec and the domain XML; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// VM templates.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Convert an old flat creation spec (storage_pool, iso_path, disks at the
+    /// root) to the nested one and print it. Works offline.
+    ConvertLegacy { spec: String },
     /// Delete a VM (and, with --remove-storage, the storage that is its alone).
     Delete {
         vm: String,
@@ -71,6 +84,85 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum TemplateCmd {
+    /// List templates.
+    List,
+    /// Show one template as JSON.
+    Show { name: String },
+    /// Create or replace a template from a JSON spec file (without `name`).
+    Save {
+        name: String,
+        spec: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a template made through the API.
+    Delete { name: String },
+}
+
+fn read_input(path: &str) -> Result<String, Failure> {
+    let r = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    r.map_err(|e| Failure {
+        code: 66,
+        message: format!("cannot read {path}: {e}"),
+    })
+}
+
+/// Draw a progress bar on stderr from Job PropertiesChanged signals until dropped.
+async fn follow_jobs(conn: &Connection) -> Option<tokio::task::JoinHandle<()>> {
+    use futures_util::StreamExt;
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(BUS_NAME)
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .arg(0, "org.vapor.Virtualization.Job")
+        .build()
+        .ok()?;
+    let mut stream = zbus::MessageStream::for_match_rule(rule, conn, None)
+        .await
+        .ok()?;
+    Some(tokio::spawn(async move {
+        let (mut progress, mut step) = (0.0f64, String::new());
+        while let Some(Ok(m)) = stream.next().await {
+            type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
+            let Ok((_, changed, _)) = m.body().deserialize::<Changed>() else {
+                continue;
+            };
+            if let Some(p) = changed.get("Progress").and_then(|v| f64::try_from(v).ok()) {
+                progress = p;
+            }
+            if let Some(s) = changed
+                .get("Step")
+                .and_then(|v| String::try_from(v.clone()).ok())
+            {
+                step = s;
+            }
+            let filled = (progress * 30.0).round() as usize;
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "\r[{}{}] {:>3.0}% {:<50.50}",
+                "#".repeat(filled),
+                " ".repeat(30 - filled.min(30)),
+                progress * 100.0,
+                step
+            );
+            let _ = err.flush();
+        }
+    }))
 }
 
 /// A failure with the exit code it maps to.
@@ -102,6 +194,7 @@ impl From<zbus::Error> for Failure {
             "InvalidArgument" | "InvalidArgs" => 6,
             "Conflict" => 7,
             "Unavailable" | "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => 69,
+            "NotSupported" => 8,
             _ => 1,
         };
         let message = match short {
@@ -267,6 +360,19 @@ fn spawn_tty_agent() -> Option<std::process::Child> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Cmd::ConvertLegacy { spec } = &cli.cmd {
+        let text = read_input(spec)?;
+        let invalid = |message: String| Failure { code: 6, message };
+        let doc: Value =
+            serde_json::from_str(&text).map_err(|e| invalid(format!("{spec}: not JSON: {e}")))?;
+        let nested =
+            vapor::creation::legacy::convert_legacy(doc).map_err(|e| invalid(e.to_string()))?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&nested).unwrap_or_default()
+        );
+        return Ok(());
+    }
     let conn = if cli.session {
         Connection::session().await
     } else {
@@ -343,6 +449,85 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             return Ok(());
         }
+        Cmd::Create { spec, dry_run } => {
+            let text = read_input(spec)?;
+            if *dry_run {
+                let (resolved, xml): (String, String) = c
+                    .call(ROOT, MANAGER, "PlanVirtualMachine", &(text.as_str(),))
+                    .await?;
+                if json_out {
+                    let resolved: Value = serde_json::from_str(&resolved).unwrap_or(Value::Null);
+                    println!("{}", json!({"resolved": resolved, "domain_xml": xml}));
+                } else {
+                    println!("# resolved spec\n{resolved}\n\n# domain XML\n{xml}");
+                }
+                return Ok(());
+            }
+            let bar = follow_jobs(&c.conn).await;
+            let result: Result<OwnedObjectPath, Failure> = c
+                .call(ROOT, MANAGER, "CreateVirtualMachine", &(text.as_str(),))
+                .await;
+            if let Some(b) = bar {
+                b.abort();
+                eprintln!();
+            }
+            let path = result?;
+            if json_out {
+                println!("{}", json!({"created": path.as_str()}));
+            } else {
+                println!("created {}", path.as_str());
+            }
+            return Ok(());
+        }
+        Cmd::Template(t) => {
+            match t {
+                TemplateCmd::List => {
+                    let list: Vec<(String, String, String)> =
+                        c.call(ROOT, MANAGER, "ListTemplates", &()).await?;
+                    if json_out {
+                        let v: Vec<Value> = list
+                            .iter()
+                            .map(|(n, s, d)| json!({"name": n, "source": s, "description": d}))
+                            .collect();
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        let mut rows =
+                            vec![vec!["NAME".into(), "SOURCE".into(), "DESCRIPTION".into()]];
+                        rows.extend(list.into_iter().map(|(n, s, d)| vec![n, s, d]));
+                        print!("{}", table(&rows));
+                    }
+                }
+                TemplateCmd::Show { name } => {
+                    let doc: String = c
+                        .call(ROOT, MANAGER, "GetTemplate", &(name.as_str(),))
+                        .await?;
+                    let v: Value = serde_json::from_str(&doc).unwrap_or(Value::String(doc));
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                }
+                TemplateCmd::Save {
+                    name,
+                    spec,
+                    description,
+                } => {
+                    let text = read_input(spec)?;
+                    c.call::<_, ()>(
+                        ROOT,
+                        MANAGER,
+                        "SaveTemplate",
+                        &(name.as_str(), description.as_str(), text.as_str()),
+                    )
+                    .await?;
+                    println!("template {name} saved");
+                }
+                TemplateCmd::Delete { name } => {
+                    c.call::<_, ()>(ROOT, MANAGER, "DeleteTemplate", &(name.as_str(),))
+                        .await?;
+                    println!("template {name} deleted");
+                }
+            }
+            return Ok(());
+        }
+        Cmd::ConvertLegacy { .. } => unreachable!("handled before connecting"),
         Cmd::Delete {
             vm,
             remove_storage,

@@ -25,6 +25,9 @@ struct Args {
     /// State directory (overrides the config file).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Directory of shipped read-only templates (overrides the config file).
+    #[arg(long, value_name = "DIR")]
+    templates_dir: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -57,6 +60,9 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.state_dir {
         cfg.state_dir = d;
+    }
+    if let Some(d) = args.templates_dir {
+        cfg.templates_dir = d;
     }
     if let Some(l) = args.log_level {
         cfg.log_level = l;

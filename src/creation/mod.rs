@@ -3,4 +3,11 @@
 //! resolved (paths, targets, boot ISO), turned into domain XML, and carried
 //! out all-or-nothing. Knows nothing about D-Bus.
 
+pub mod cloud_init;
+pub mod domain_xml;
+pub mod engine;
+pub mod legacy;
+pub mod resolve;
 pub mod spec;
+pub mod template;
+pub mod validate;

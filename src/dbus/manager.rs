@@ -6,15 +6,88 @@ use std::sync::Arc;
 
 use zbus::interface;
 use zbus::message::Header;
+use zbus::object_server::{ObjectServer, SignalEmitter};
 use zbus::OwnedObjectPath;
 
+use super::job::{next_job_path, Job, JobState};
 use super::polkit::{Action, Authorizer};
+use super::vm::{VirtualMachine, VmContext};
 use super::{vm_path, Error};
+use crate::creation::engine::{Engine, Plan};
 use crate::model::Model;
 
 pub struct Manager {
     pub model: Arc<Model>,
     pub auth: Arc<Authorizer>,
+    pub engine: Arc<Engine>,
+    pub vm_ctx: Arc<VmContext>,
+}
+
+impl Manager {
+    /// Authorize creating `plan`: once per pool it creates something in (so
+    /// rules can allow some pools only), or once when it uses none.
+    async fn authorize_create(&self, header: &Header<'_>, plan: &Plan) -> Result<(), Error> {
+        let name = plan.resolved.name.as_str();
+        let what = format!("create the virtual machine '{name}'");
+        if plan.resolved.pools_used.is_empty() {
+            return self
+                .auth
+                .check(header, Action::VmCreate, &[("vm.name", name)], &what)
+                .await;
+        }
+        for pool in &plan.resolved.pools_used {
+            let what = format!("{what} with storage in pool '{pool}'");
+            self.auth
+                .check(
+                    header,
+                    Action::VmCreate,
+                    &[("vm.name", name), ("pool.name", pool)],
+                    &what,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Run a creation as a Job object; returns the new domain's UUID.
+    async fn run_job(&self, server: &ObjectServer, plan: Plan, uid: u32) -> Result<String, Error> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = JobState::new("vm-create", uid, tx);
+        let path = next_job_path();
+        server
+            .at(
+                path.as_str(),
+                Job {
+                    state: state.clone(),
+                },
+            )
+            .await?;
+        let iface = server.interface::<_, Job>(path.as_str()).await?;
+        let notifier = {
+            let iface = iface.clone();
+            tokio::spawn(async move {
+                while rx.recv().await.is_some() {
+                    let job = iface.get().await;
+                    let e = iface.signal_emitter();
+                    let _ = job.progress_changed(e).await;
+                    let _ = job.step_changed(e).await;
+                    let _ = job.bytes_changed(e).await;
+                    let _ = job.rate_changed(e).await;
+                    let _ = job.expected_end_time_changed(e).await;
+                }
+            })
+        };
+        let result = self.engine.create(plan, state).await;
+        let (ok, msg) = match &result {
+            Ok(_) => (true, String::new()),
+            Err(e) => (false, e.to_string()),
+        };
+        let emitter: &SignalEmitter<'_> = iface.signal_emitter();
+        let _ = Job::completed(emitter, ok, &msg).await;
+        notifier.abort();
+        let _ = server.remove::<Job, _>(path.as_str()).await;
+        Ok(result?)
+    }
 }
 
 fn path(uuid: &str) -> OwnedObjectPath {
@@ -54,6 +127,130 @@ impl Manager {
             .check(&header, Action::Read, &[], "list virtual machines")
             .await?;
         Ok(self.model.all().iter().map(|d| path(&d.uuid)).collect())
+    }
+
+    /// Create a VM from a JSON creation spec (see dbus/schemas/vm-spec.schema.json),
+    /// all or nothing. Progress is published on a Job object while it runs.
+    /// Returns the new VM's object path.
+    #[zbus(out_args("vm"))]
+    async fn create_virtual_machine(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        let uid = self.auth.caller_uid(&header).await?;
+        let plan = self.engine.plan(spec, uid).await?;
+        self.authorize_create(&header, &plan).await?;
+        let name = plan.resolved.name.clone();
+        let uuid = self.run_job(server, plan, uid).await?;
+        log::info!(vm_name = name.as_str(), vm_uuid = uuid.as_str(), uid = uid; "created");
+        // Export the object now, so the caller can use the path at once.
+        if let Ok(Some(rec)) = self.model.refresh_domain(&uuid).await {
+            let _ = server
+                .at(
+                    vm_path(&uuid).as_str(),
+                    VirtualMachine::new(rec, self.vm_ctx.clone()),
+                )
+                .await;
+        }
+        Ok(path(&uuid))
+    }
+
+    /// The dry run: the fully resolved spec (template merged, paths resolved,
+    /// targets assigned) as JSON and the exact domain XML, with no side effects.
+    #[zbus(out_args("resolved", "domain_xml"))]
+    async fn plan_virtual_machine(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        spec: &str,
+    ) -> Result<(String, String), Error> {
+        self.auth
+            .check(&header, Action::Read, &[], "plan virtual machines")
+            .await?;
+        let uid = self.auth.caller_uid(&header).await?;
+        let plan = self.engine.plan(spec, uid).await?;
+        let resolved = serde_json::to_string_pretty(&plan.resolved)
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        Ok((resolved, plan.xml))
+    }
+
+    /// Every template: (name, source "shipped" or "user", description).
+    #[zbus(out_args("templates"))]
+    async fn list_templates(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<(String, String, String)>, Error> {
+        self.auth
+            .check(&header, Action::Read, &[], "list templates")
+            .await?;
+        Ok(self
+            .engine
+            .templates()
+            .list()?
+            .into_iter()
+            .map(|t| (t.name, t.source.as_str().to_owned(), t.description))
+            .collect())
+    }
+
+    /// One template as JSON: {"name", "source", "description", "spec"}.
+    #[zbus(out_args("template"))]
+    async fn get_template(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+    ) -> Result<String, Error> {
+        self.auth
+            .check(
+                &header,
+                Action::Read,
+                &[("template.name", name)],
+                "read templates",
+            )
+            .await?;
+        let t = self.engine.templates().get(name)?;
+        Ok(serde_json::json!({
+            "name": t.name, "source": t.source.as_str(), "description": t.description, "spec": t.spec,
+        })
+        .to_string())
+    }
+
+    /// Create or replace a user template (validated against the spec schema).
+    async fn save_template(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+        description: &str,
+        spec: &str,
+    ) -> Result<(), Error> {
+        self.auth
+            .check(
+                &header,
+                Action::TemplateManage,
+                &[("template.name", name)],
+                &format!("save the template '{name}'"),
+            )
+            .await?;
+        let doc = crate::creation::validate::parse_json(spec)?;
+        crate::creation::validate::validate_spec(&doc)?;
+        Ok(self.engine.templates().save(name, description, &doc)?)
+    }
+
+    /// Delete a user template (shipped ones are read-only).
+    async fn delete_template(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name: &str,
+    ) -> Result<(), Error> {
+        self.auth
+            .check(
+                &header,
+                Action::TemplateManage,
+                &[("template.name", name)],
+                &format!("delete the template '{name}'"),
+            )
+            .await?;
+        Ok(self.engine.templates().delete(name)?)
     }
 
     /// vapord's version.

@@ -3,6 +3,8 @@
 //! call a service and map its error; they never talk to libvirt themselves.
 
 pub mod errors;
+pub mod introspection;
+pub mod job;
 pub mod manager;
 pub mod polkit;
 pub mod publisher;

@@ -28,6 +28,8 @@ pub enum Action {
     VmLifecycle,
     VmModify,
     VmDelete,
+    VmCreate,
+    TemplateManage,
 }
 
 impl Action {
@@ -37,6 +39,8 @@ impl Action {
             Action::VmLifecycle => "org.vapor.virtualization.vm-lifecycle",
             Action::VmModify => "org.vapor.virtualization.vm-modify",
             Action::VmDelete => "org.vapor.virtualization.vm-delete",
+            Action::VmCreate => "org.vapor.virtualization.vm-create",
+            Action::TemplateManage => "org.vapor.virtualization.template-manage",
         }
     }
 }
@@ -45,6 +49,18 @@ enum Mode {
     Polkit(AuthorityProxy<'static>),
     /// Session bus: only the owning user can reach us.
     SessionBus,
+}
+
+/// Ask the bus which uid sent this message (uncached).
+pub async fn lookup_caller_uid(conn: &Connection, header: &Header<'_>) -> Result<u32, Error> {
+    let sender = header
+        .sender()
+        .ok_or_else(|| Error::NotAuthorized("the call has no sender".into()))?;
+    zbus::fdo::DBusProxy::new(conn)
+        .await?
+        .get_connection_unix_user(BusName::Unique(sender.clone()))
+        .await
+        .map_err(|e| Error::NotAuthorized(format!("cannot identify the caller: {e}")))
 }
 
 /// Checks callers against polkit.
@@ -83,11 +99,7 @@ impl Authorizer {
         if let Some(uid) = self.cache().get(&owned) {
             return Ok(*uid);
         }
-        let uid = zbus::fdo::DBusProxy::new(&self.conn)
-            .await?
-            .get_connection_unix_user(BusName::Unique(sender.clone()))
-            .await
-            .map_err(|e| Error::NotAuthorized(format!("cannot identify the caller: {e}")))?;
+        let uid = lookup_caller_uid(&self.conn, header).await?;
         let mut cache = self.cache();
         if cache.len() > 4096 {
             cache.clear();

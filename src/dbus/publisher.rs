@@ -34,28 +34,33 @@ impl Publisher {
                     .await?;
             }
             Change::Removed(rec) => {
-                server
-                    .remove::<VirtualMachine, _>(vm_path(&rec.uuid).as_str())
-                    .await?;
+                // Re-added since? Then the object stays.
+                if self.ctx.vms.model().get(&rec.uuid).is_none() {
+                    server
+                        .remove::<VirtualMachine, _>(vm_path(&rec.uuid).as_str())
+                        .await?;
+                }
             }
-            Change::Changed { old, new } => {
+            Change::Changed { new, .. } => {
                 let path = vm_path(&new.uuid);
+                // Publish the model's newest reading, whatever change brought
+                // us here: a stale or reordered change can then never make the
+                // object go back in time.
+                let Some(new) = self.ctx.vms.model().get(&new.uuid) else {
+                    return Ok(());
+                };
                 let iface = match server.interface::<_, VirtualMachine>(path.as_str()).await {
                     Ok(i) => i,
                     Err(_) => {
-                        // Not exported yet (should not happen): export it now.
                         server
                             .at(path.as_str(), VirtualMachine::new(new, self.ctx.clone()))
                             .await?;
                         return Ok(());
                     }
                 };
-                // Compare against what the object last published, which a
-                // method may already have refreshed.
-                let published = iface.get().await.record();
-                let base = if published == new { &old } else { &published };
-                let changed = VirtualMachine::changed_properties(base, &new);
-                iface.get().await.set_record(new.clone());
+                let base = iface.get().await.published();
+                let changed = VirtualMachine::changed_properties(&base, &new);
+                iface.get().await.set_published(new.clone());
                 if changed.is_empty() {
                     return Ok(());
                 }

@@ -23,28 +23,44 @@ pub struct VmContext {
 }
 
 pub struct VirtualMachine {
-    record: RwLock<Arc<DomainRecord>>,
+    /// What property reads return: the newest reading this object has seen.
+    shown: RwLock<Arc<DomainRecord>>,
+    /// What the last PropertiesChanged announced (the base of the next diff).
+    signalled: RwLock<Arc<DomainRecord>>,
     ctx: Arc<VmContext>,
+}
+
+fn get<T: Clone>(l: &RwLock<T>) -> T {
+    l.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn set<T>(l: &RwLock<T>, v: T) {
+    *l.write().unwrap_or_else(|e| e.into_inner()) = v;
 }
 
 impl VirtualMachine {
     pub fn new(record: Arc<DomainRecord>, ctx: Arc<VmContext>) -> Self {
         Self {
-            record: RwLock::new(record),
+            shown: RwLock::new(record.clone()),
+            signalled: RwLock::new(record),
             ctx,
         }
     }
 
+    /// The record property reads answer from.
     pub fn record(&self) -> Arc<DomainRecord> {
-        self.record
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        get(&self.shown)
     }
 
-    /// Replace the published record (the caller emits PropertiesChanged).
-    pub fn set_record(&self, rec: Arc<DomainRecord>) {
-        *self.record.write().unwrap_or_else(|e| e.into_inner()) = rec;
+    /// The record the last PropertiesChanged described.
+    pub fn published(&self) -> Arc<DomainRecord> {
+        get(&self.signalled)
+    }
+
+    /// The publisher announced `rec` (the model's newest reading).
+    pub fn set_published(&self, rec: Arc<DomainRecord>) {
+        set(&self.shown, rec.clone());
+        set(&self.signalled, rec);
     }
 
     /// The property values that differ between two records, by property name.
@@ -110,7 +126,7 @@ impl VirtualMachine {
     /// method returns already sees its effect.
     fn sync_from_model(&self, uuid: &str) {
         if let Some(r) = self.ctx.vms.model().get(uuid) {
-            self.set_record(r);
+            set(&self.shown, r);
         }
     }
 }

@@ -35,14 +35,18 @@ pub enum HypervisorEvent {
     Disconnected { generation: u64, why: &'static str },
 }
 
-/// A connection whose close never panics (the `virt` wrapper's `Drop` does when
-/// libvirtd has already gone away).
-pub struct Conn(ManuallyDrop<Connect>);
+/// A connection with vapord's callbacks on it. Dropping it removes the
+/// callbacks (each holds a reference on the connection) and closes it without
+/// panicking (the `virt` wrapper's `Drop` does when libvirtd has gone away).
+pub struct Conn {
+    inner: ManuallyDrop<Connect>,
+    callback_ids: Vec<std::os::raw::c_int>,
+}
 
 impl Deref for Conn {
     type Target = Connect;
     fn deref(&self) -> &Connect {
-        &self.0
+        &self.inner
     }
 }
 
@@ -50,9 +54,12 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // SAFETY: taken exactly once, here; the pointer stays valid until the close.
         unsafe {
-            let c = ManuallyDrop::take(&mut self.0);
+            let c = ManuallyDrop::take(&mut self.inner);
             let ptr = c.as_ptr();
             std::mem::forget(c);
+            if !self.callback_ids.is_empty() {
+                events::unregister(ptr, &self.callback_ids, true);
+            }
             sys::virConnectClose(ptr);
         }
     }
@@ -117,13 +124,16 @@ impl Hypervisor {
     fn connect_blocking(&self) -> Result<()> {
         let conn = Connect::open(Some(&self.uri))
             .map_err(|e| from_virt(e, format!("cannot connect to {}", self.uri)))?;
-        let conn = Conn(ManuallyDrop::new(conn));
+        let mut conn = Conn {
+            inner: ManuallyDrop::new(conn),
+            callback_ids: Vec::new(),
+        };
         // Keepalive lets a dead libvirtd be noticed even when we are idle.
         // (Not every driver supports it; that is fine.)
         let _ = conn.set_keep_alive(5, 3);
         // SAFETY: the connection is open and stays so while registered.
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        unsafe { events::register(conn.as_ptr(), &self.tx, generation) }
+        conn.callback_ids = unsafe { events::register(conn.as_ptr(), &self.tx, generation) }
             .map_err(|e| from_virt(e, "cannot register libvirt event callbacks"))?;
         self.forget_handles();
         *self.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn));
@@ -254,11 +264,13 @@ fn uuids_listed(conn: &Connect, flags: u32) -> Result<HashSet<String>> {
 fn snapshot_blocking(conn: &Connect, active_only: bool) -> Result<Snapshot> {
     let autostart = uuids_listed(conn, sys::VIR_CONNECT_LIST_DOMAINS_AUTOSTART)?;
     let transient = uuids_listed(conn, sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT)?;
-    let flags = if active_only {
-        sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
-    } else {
-        0
-    };
+    // NOWAIT: a guest whose monitor is busy must not stall everyone's refresh.
+    let flags = sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT
+        | if active_only {
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+        } else {
+            0
+        };
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: standard out-parameter call; the list is freed below.
     let n = unsafe {
@@ -299,7 +311,14 @@ fn record_blocking(conn: &Connect, uuid: &str) -> Result<Option<DomainRecord>> {
     let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: a NULL-terminated array of one valid domain.
-    let n = unsafe { sys::virDomainListGetStats(doms.as_mut_ptr(), records::STATS, &mut recs, 0) };
+    let n = unsafe {
+        sys::virDomainListGetStats(
+            doms.as_mut_ptr(),
+            records::STATS,
+            &mut recs,
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+        )
+    };
     if n < 0 {
         let e = virt::error::Error::last_error();
         if is_not_found(&e) {

@@ -18,7 +18,7 @@ pub fn from_virt(e: virt::error::Error, what: impl std::fmt::Display) -> Error {
         | N::NoDomainCheckpoint
         | N::NoNodeDevice
         | N::NoSecret => Error::NotFound(msg),
-        N::OperationInvalid | N::InvalidDomain => Error::InvalidState(msg),
+        N::OperationInvalid => Error::InvalidState(msg),
         N::InvalidArg | N::XmlError | N::XmlDetail | N::ConfigUnsupported | N::InvalidMac => {
             Error::InvalidArgument(msg)
         }

@@ -134,7 +134,8 @@ fn lifecycle_name(event: c_int, _detail: c_int) -> &'static str {
     }
 }
 
-/// Register the domain event and close callbacks on a fresh connection. Each
+/// Register the domain event and close callbacks on a fresh connection and
+/// return the domain callback ids (for [`unregister`]). Each
 /// registration owns a boxed clone of `tx`, freed by libvirt when the
 /// connection goes away.
 ///
@@ -144,7 +145,7 @@ pub unsafe fn register(
     conn: sys::virConnectPtr,
     tx: &UnboundedSender<HypervisorEvent>,
     generation: u64,
-) -> Result<(), virt::error::Error> {
+) -> Result<Vec<c_int>, virt::error::Error> {
     let boxed = || {
         Box::into_raw(Box::new(Tap {
             tx: tx.clone(),
@@ -183,6 +184,7 @@ pub unsafe fn register(
         (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
         (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata),
     ];
+    let mut ids = Vec::new();
     for (id, cb) in events {
         let opaque = boxed();
         let rc = sys::virConnectDomainEventRegisterAny(
@@ -194,14 +196,33 @@ pub unsafe fn register(
             Some(free_sender),
         );
         if rc < 0 {
+            let err = virt::error::Error::last_error();
             free_sender(opaque);
-            return Err(virt::error::Error::last_error());
+            unregister(conn, &ids, false);
+            return Err(err);
         }
+        ids.push(rc);
     }
     let opaque = boxed();
     if sys::virConnectRegisterCloseCallback(conn, Some(on_close), opaque, Some(free_sender)) < 0 {
+        let err = virt::error::Error::last_error();
         free_sender(opaque);
-        return Err(virt::error::Error::last_error());
+        unregister(conn, &ids, false);
+        return Err(err);
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// Remove the callbacks [`register`] added (they hold references on the
+/// connection, which would otherwise never be freed).
+///
+/// # Safety
+/// `conn` must be the connection the ids were registered on.
+pub unsafe fn unregister(conn: sys::virConnectPtr, domain_ids: &[c_int], close_callback: bool) {
+    for id in domain_ids {
+        sys::virConnectDomainEventDeregisterAny(conn, *id);
+    }
+    if close_callback {
+        sys::virConnectUnregisterCloseCallback(conn, Some(on_close));
+    }
 }

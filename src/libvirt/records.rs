@@ -211,7 +211,11 @@ pub unsafe fn from_stats_record(
         cpu_time_ns: 0,
         memory_rss_kib: 0,
     };
-    let params = std::slice::from_raw_parts(rec.params, usize::try_from(rec.nparams).unwrap_or(0));
+    let params = if rec.params.is_null() || rec.nparams <= 0 {
+        &[][..]
+    } else {
+        std::slice::from_raw_parts(rec.params, rec.nparams as usize)
+    };
     for p in params {
         let field = CStr::from_ptr(p.field.as_ptr()).to_bytes();
         let Some(v) = typed_integer(p) else { continue };

@@ -9,6 +9,11 @@
 //! - no other domain references it, as a disk source or in a backing chain;
 //! - no volume in any active pool uses it as its backing file.
 //!
+//! Paths are compared after resolving symlinks, so two spellings of one file
+//! are one file. If another VM's definition cannot be read, nothing is
+//! deleted (we cannot prove the storage is not shared). The VM's firmware
+//! variables (NVRAM) follow the same "not used by another VM" rule, and
+//! volumes vapord created for the VM count even when no longer attached.
 //! Everything else is reported back as kept, with the reason.
 
 use std::collections::HashMap;
@@ -19,15 +24,37 @@ use virt_sys as sys;
 
 use crate::libvirt::errors::from_virt;
 use crate::libvirt::xml::{domain_disks, Disk, DiskSource, Element};
-use crate::Result;
+use crate::{Error, Result};
 
 /// The outcome of planning: what to delete and what to keep (with why).
 pub struct StoragePlan {
     pub delete: Vec<(String, StorageVol)>,
     pub kept: Vec<(String, String)>,
+    /// Whether the NVRAM file may go with the domain (else why not).
+    pub nvram_kept: Option<String>,
 }
 
-/// Every path other domains use, mapped to one user's name.
+/// A path with symlinks resolved (as given when it does not exist).
+pub fn canonical(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_owned())
+}
+
+/// The NVRAM file of a domain definition, in either XML form.
+pub fn nvram_path(domain: &Element) -> Option<String> {
+    let nv = domain.child("os")?.child("nvram")?;
+    let text = nv.text.trim();
+    if !text.is_empty() {
+        return Some(text.to_owned());
+    }
+    nv.child("source")
+        .and_then(|s| s.attr("file"))
+        .map(String::from)
+}
+
+/// Every path other domains use (canonical), mapped to one user's name.
+/// Fails if any other domain's definition cannot be read.
 fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String, String>> {
     let mut used = HashMap::new();
     let doms = conn
@@ -38,26 +65,29 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
             continue;
         }
         let name = d.name().unwrap_or_default();
-        let mut docs = Vec::new();
-        if let Ok(x) = d.xml_desc(0) {
-            docs.push(x);
-        }
+        let unreadable = |e: String| {
+            Error::Failed(format!(
+                "cannot read the definition of VM '{name}' to make sure it does not share this storage: {e}"
+            ))
+        };
+        let mut docs = vec![d
+            .xml_desc(0)
+            .map_err(|e| unreadable(e.message().to_owned()))?];
         if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
-            if let Ok(x) = d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE) {
-                docs.push(x);
-            }
+            docs.push(
+                d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                    .map_err(|e| unreadable(e.message().to_owned()))?,
+            );
         }
         for xml in docs {
-            let Ok(root) = Element::parse(&xml) else {
-                continue;
-            };
+            let root = Element::parse(&xml).map_err(|e| unreadable(e.to_string()))?;
+            let mut paths: Vec<String> = nvram_path(&root).into_iter().collect();
             for disk in domain_disks(&root) {
-                if let Some(p) = resolve_path(conn, &disk.source) {
-                    used.entry(p).or_insert_with(|| name.clone());
-                }
-                for b in disk.backing {
-                    used.entry(b).or_insert_with(|| name.clone());
-                }
+                paths.extend(resolve_path(conn, &disk.source));
+                paths.extend(disk.backing);
+            }
+            for p in paths {
+                used.entry(canonical(&p)).or_insert_with(|| name.clone());
             }
         }
     }
@@ -109,55 +139,77 @@ pub fn resolve_path(conn: &Connect, source: &DiskSource) -> Option<String> {
 }
 
 /// Decide, disk by disk, what deleting this VM may delete.
-pub fn plan(conn: &Connect, uuid: &str, disks: &[Disk], owned: &[String]) -> Result<StoragePlan> {
+pub fn plan(
+    conn: &Connect,
+    uuid: &str,
+    disks: &[Disk],
+    owned: &[String],
+    nvram: Option<&str>,
+) -> Result<StoragePlan> {
     let others = paths_used_by_others(conn, uuid)?;
     let backing = backing_files(conn);
+    let owned_canonical: Vec<String> = owned.iter().map(|p| canonical(p)).collect();
     let mut plan = StoragePlan {
         delete: Vec::new(),
         kept: Vec::new(),
+        nvram_kept: nvram
+            .and_then(|p| others.get(&canonical(p)))
+            .map(|other| format!("firmware variables also used by VM '{other}'")),
     };
+    // Attached disks, then volumes vapord made for the VM that are no longer attached.
+    let mut candidates: Vec<(String, Option<&Disk>)> = Vec::new();
     for disk in disks {
         let label = disk.target.clone().unwrap_or_else(|| "?".into());
-        let path = match &disk.source {
-            DiskSource::Empty => continue,
-            DiskSource::Network(n) => {
-                plan.kept
-                    .push((n.clone(), "network disk: not local storage".into()));
-                continue;
-            }
+        match &disk.source {
+            DiskSource::Empty => {}
+            DiskSource::Network(n) => plan
+                .kept
+                .push((n.clone(), "network disk: not local storage".into())),
             src => match resolve_path(conn, src) {
-                Some(p) => p,
-                None => {
-                    plan.kept
-                        .push((label, "its volume no longer exists in its pool".into()));
-                    continue;
-                }
+                Some(p) => candidates.push((p, Some(disk))),
+                None => plan
+                    .kept
+                    .push((label, "its volume no longer exists in its pool".into())),
             },
-        };
-        if plan.delete.iter().any(|(p, _)| *p == path) || plan.kept.iter().any(|(p, _)| *p == path)
-        {
+        }
+    }
+    for p in owned {
+        if !candidates.iter().any(|(c, _)| canonical(c) == canonical(p)) {
+            candidates.push((p.clone(), None));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (path, disk) in candidates {
+        let key = canonical(&path);
+        if !seen.insert(key.clone()) {
             continue;
         }
-        let created_by_vapord = owned.contains(&path);
-        let reason = if !created_by_vapord && disk.device != "disk" {
-            Some(format!("{} media is never deleted", disk.device))
-        } else if !created_by_vapord && disk.readonly {
-            Some("read-only disk".into())
-        } else if !created_by_vapord && disk.shareable {
-            Some("shareable disk".into())
-        } else if let Some(other) = others.get(&path) {
-            Some(format!("also used by VM '{other}'"))
-        } else {
+        let created_by_vapord = owned_canonical.contains(&key);
+        let reason = match disk {
+            Some(d) if !created_by_vapord && d.device != "disk" => {
+                Some(format!("{} media is never deleted", d.device))
+            }
+            Some(d) if !created_by_vapord && d.readonly => Some("read-only disk".into()),
+            Some(d) if !created_by_vapord && d.shareable => Some("shareable disk".into()),
+            _ => None,
+        }
+        .or_else(|| {
+            others
+                .get(&key)
+                .map(|other| format!("also used by VM '{other}'"))
+        })
+        .or_else(|| {
             backing
-                .get(&path)
+                .get(&key)
                 .map(|child| format!("backing file of volume {child}"))
-        };
+        });
         if let Some(r) = reason {
             plan.kept.push((path, r));
             continue;
         }
         match conn.lookup_storage_vol_by_path(&path) {
             Ok(vol) => plan.delete.push((path, vol)),
+            Err(_) if disk.is_none() => {} // an owned volume already gone
             Err(_) => plan
                 .kept
                 .push((path, "not a volume in a libvirt storage pool".into())),

@@ -138,6 +138,7 @@ impl VmService {
         }
         let what = format!("cannot {} VM '{}'", action.verb(), rec.name);
         let persistent = rec.persistent;
+        let ticket = self.model.ticket();
         let result = self
             .with_domain(uuid, move |_, d| {
                 let done = match action {
@@ -172,7 +173,7 @@ impl VmService {
             .await;
         match result {
             Ok((done, Some(state))) => {
-                self.model.note_state(uuid, state);
+                self.model.note_state(uuid, ticket, state);
                 if done.is_ok() {
                     log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid; "{} done", action.verb());
                 }
@@ -342,17 +343,19 @@ fn delete_blocking(
         let xml = d.xml_desc(flags).map_err(|e| from_virt(e, &what))?;
         let root = Element::parse(&xml)?;
         if nvram.is_none() {
-            nvram = root
-                .child("os")
-                .and_then(|os| os.child_text("nvram"))
-                .filter(|p| !p.is_empty())
-                .map(String::from);
+            nvram = storage_ownership::nvram_path(&root);
         }
         disks.extend(domain_disks(&root));
     }
     let plan = if opts.remove_storage {
         let owned = read_metadata(d).owned_volumes;
-        Some(storage_ownership::plan(conn, uuid, &disks, &owned)?)
+        Some(storage_ownership::plan(
+            conn,
+            uuid,
+            &disks,
+            &owned,
+            nvram.as_deref(),
+        )?)
     } else {
         None
     };
@@ -364,19 +367,25 @@ fn delete_blocking(
         let mut flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
-        flags |= if opts.remove_storage {
-            sys::VIR_DOMAIN_UNDEFINE_NVRAM | sys::VIR_DOMAIN_UNDEFINE_TPM
+        let nvram_kept = match &plan {
+            None => Some("firmware variables kept (remove_storage not set)".to_owned()),
+            Some(p) => p.nvram_kept.clone(),
+        };
+        flags |= if nvram_kept.is_none() {
+            sys::VIR_DOMAIN_UNDEFINE_NVRAM
         } else {
-            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM | sys::VIR_DOMAIN_UNDEFINE_KEEP_TPM
+            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+        };
+        flags |= if opts.remove_storage {
+            sys::VIR_DOMAIN_UNDEFINE_TPM
+        } else {
+            sys::VIR_DOMAIN_UNDEFINE_KEEP_TPM
         };
         d.undefine_flags(flags).map_err(|e| from_virt(e, &what))?;
         if let Some(p) = nvram {
-            if opts.remove_storage {
-                report.removed.push(p);
-            } else {
-                report
-                    .kept
-                    .push((p, "firmware variables kept (remove_storage not set)".into()));
+            match nvram_kept {
+                None => report.removed.push(p),
+                Some(why) => report.kept.push((p, why)),
             }
         }
     }

@@ -51,7 +51,14 @@ pub fn daemon() -> u32 {
             );
             let log = std::fs::File::create(&log_path).expect("daemon log file");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_vapord"));
+            let state_dir = format!(
+                "{}/vapord-state-{}",
+                env!("CARGO_TARGET_TMPDIR"),
+                std::process::id()
+            );
+            let templates = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
             cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])
+                .args(["--state-dir", &state_dir, "--templates-dir", &templates])
                 .env("VAPOR_LOG_STDERR", "1")
                 .stdout(Stdio::null())
                 .stderr(log);
@@ -351,4 +358,50 @@ pub fn busctl_as(user: &str, path: &str, method: &str, extra: &[&str]) -> Output
     let mut args = vec!["busctl", "--system", "call", BUS_NAME, path, VM, method];
     args.extend_from_slice(extra);
     as_user(user, &args)
+}
+
+/// A transient dir pool made by a test, torn down on drop.
+pub struct TestPool {
+    pub name: String,
+    pub dir: String,
+}
+
+impl TestPool {
+    pub fn new(tag: &str) -> Self {
+        let name = unique_name(tag);
+        let dir = format!("/var/lib/vapor-tests/{name}");
+        std::fs::create_dir_all(&dir).unwrap();
+        virsh(&["pool-create-as", &name, "dir", "--target", &dir]);
+        TestPool { name, dir }
+    }
+
+    /// A new empty volume in the pool; returns its path.
+    pub fn volume(&self, vol: &str, format: &str) -> String {
+        virsh(&["vol-create-as", &self.name, vol, "1M", "--format", format]);
+        format!("{}/{vol}", self.dir)
+    }
+
+    pub fn refresh(&self) {
+        virsh(&["pool-refresh", &self.name]);
+    }
+
+    /// Names of the files in the pool directory.
+    pub fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        virsh_quiet(&["pool-destroy", &self.name]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

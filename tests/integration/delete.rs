@@ -8,37 +8,7 @@ use zbus::{Proxy, Variant};
 
 use crate::common::*;
 
-/// A transient dir pool of this test, torn down on drop.
-struct Pool {
-    name: String,
-    dir: String,
-}
-
-impl Pool {
-    fn new(tag: &str) -> Self {
-        let name = unique_name(tag);
-        let dir = format!("/var/lib/vapor-tests/{name}");
-        std::fs::create_dir_all(&dir).unwrap();
-        virsh(&["pool-create-as", &name, "dir", "--target", &dir]);
-        Pool { name, dir }
-    }
-
-    fn volume(&self, vol: &str, format: &str) -> String {
-        virsh(&["vol-create-as", &self.name, vol, "1M", "--format", format]);
-        format!("{}/{vol}", self.dir)
-    }
-
-    fn refresh(&self) {
-        virsh(&["pool-refresh", &self.name]);
-    }
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        virsh_quiet(&["pool-destroy", &self.name]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+type Pool = TestPool;
 
 fn file_disk(path: &str, dev: &str, extra: &str) -> String {
     format!(

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod create;
 mod delete;
 mod events;
 mod introspection;

@@ -166,3 +166,32 @@ async fn vaporctl_as_member_starts_and_stops_and_non_member_gets_exit_code_4() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(domstate(&d.name), "shut off");
 }
+
+#[tokio::test]
+async fn rules_can_decide_on_the_vm_name_detail() {
+    let conn = bus().await;
+    let locked = TestDomain::define("locked");
+    let secret = TestDomain::define("secret");
+    wait_for_object(&conn, &locked.path()).await;
+    wait_for_object(&conn, &secret.path()).await;
+    // The rule matches "vt-locked-*": alice, otherwise allowed, is refused.
+    let out = busctl_as(ALICE, &locked.path(), "Start", &[]);
+    assert!(!out.status.success(), "a rule on vm.name must refuse alice");
+    assert_eq!(domstate(&locked.name), "shut off");
+    let out = busctl_as(ALICE, &secret.path(), "Describe", &[]);
+    assert!(
+        !out.status.success(),
+        "a rule on vm.name must refuse reading"
+    );
+    assert!(
+        stderr(&out).contains("org.vapor.virtualization.read"),
+        "{}",
+        stderr(&out)
+    );
+    // Other VMs are unaffected.
+    let d = TestDomain::define("unlocked");
+    wait_for_object(&conn, &d.path()).await;
+    assert!(busctl_as(ALICE, &d.path(), "Describe", &[])
+        .status
+        .success());
+}

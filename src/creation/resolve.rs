@@ -1,0 +1,569 @@
+//! Turning a validated spec into exactly what will be made: every path
+//! absolute, every pool checked, every disk with its format, bus and target,
+//! the boot ISO as a read-only cdrom. Pure logic over a [`StorageView`], so it
+//! is unit-tested without libvirt and shared by creation and the dry run.
+//!
+//! Path rules (seed 000): an absolute path is used as is; a relative path is
+//! a file in the disk's `storage_pool`, else in `storage.default_pool`; an
+//! empty path gets a generated name in that pool. Pools must exist and be
+//! active. Volumes are only ever created inside pools.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::spec::{CloudInitSpec, DiskAction, DiskSpec, GraphicsSpec, NetworkSpec, VmSpec};
+use crate::{Error, Result};
+
+/// What resolution needs to know about one storage pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub name: String,
+    /// The pool's directory (dir/fs pools) or device path prefix.
+    pub target: String,
+    pub active: bool,
+}
+
+/// What resolution needs to know about a volume or file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// `qcow2`, `raw`, `iso` …, as libvirt reports it.
+    pub format: String,
+    pub capacity_bytes: u64,
+    /// The pool holding it, when it is a libvirt volume.
+    pub pool: Option<String>,
+}
+
+/// Read-only questions about host storage (libvirt in the daemon, a map in tests).
+pub trait StorageView {
+    fn pool(&self, name: &str) -> Option<PoolInfo>;
+    fn pools(&self) -> Vec<PoolInfo>;
+    /// The volume at this path, if libvirt knows one.
+    fn volume(&self, path: &str) -> Option<VolumeInfo>;
+    /// Whether anything exists at this path on the host.
+    fn path_exists(&self, path: &str) -> bool;
+}
+
+/// One disk as it will be made and attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedDisk {
+    /// Where it came from in the request (`storage.disks[1]`, `storage.boot_iso`).
+    pub field: String,
+    pub action: DiskAction,
+    pub path: String,
+    /// The pool it is created in (create, clone, backing) or lives in.
+    pub pool: Option<String>,
+    /// Volume name inside `pool` for volumes vapord creates.
+    pub volume: Option<String>,
+    pub size_gib: Option<u64>,
+    pub format: String,
+    pub device: String,
+    pub bus: String,
+    pub target: String,
+    pub readonly: bool,
+    pub boot_order: Option<u32>,
+    /// Clone source / backing image, absolute.
+    pub source: Option<String>,
+    pub source_format: Option<String>,
+}
+
+impl ResolvedDisk {
+    /// Whether creation makes this volume (and so must remove it on failure).
+    pub fn is_created(&self) -> bool {
+        self.action != DiskAction::Attach
+    }
+}
+
+/// The cloud-init seed ISO creation will build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedSeed {
+    pub pool: String,
+    pub volume: String,
+    pub path: String,
+    pub target: String,
+    pub bus: String,
+}
+
+/// A fully resolved creation request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resolved {
+    pub name: String,
+    pub template: Option<String>,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub machine: String,
+    pub uefi: bool,
+    pub secure_boot: bool,
+    pub tpm: bool,
+    pub cpu_mode: String,
+    pub os_variant: Option<String>,
+    pub autostart: bool,
+    pub start: bool,
+    pub disks: Vec<ResolvedDisk>,
+    pub cloud_init_seed: Option<ResolvedSeed>,
+    /// The seed's content (built at creation, not in the dry run).
+    pub cloud_init: Option<CloudInitSpec>,
+    pub networks: Vec<NetworkSpec>,
+    pub graphics: Vec<GraphicsSpec>,
+    pub metadata: BTreeMap<String, String>,
+    /// Every pool the request creates something in (for polkit).
+    pub pools_used: Vec<String>,
+}
+
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+pub const DEFAULT_VCPUS: u32 = 1;
+
+fn is_i440fx(machine: &str) -> bool {
+    machine == "pc" || machine.starts_with("pc-i440fx")
+}
+
+/// The default bus for a cdrom on this machine type: SATA (AHCI) on q35,
+/// IDE on i440fx (q35 has no IDE controller).
+pub fn cdrom_bus(machine: &str) -> &'static str {
+    if is_i440fx(machine) {
+        "ide"
+    } else {
+        "sata"
+    }
+}
+
+fn target_prefix(bus: &str) -> &'static str {
+    match bus {
+        "virtio" => "vd",
+        "ide" => "hd",
+        _ => "sd",
+    }
+}
+
+/// The first free target name for `bus`, given those already taken.
+pub fn next_target(bus: &str, taken: &HashSet<String>) -> Option<String> {
+    let prefix = target_prefix(bus);
+    let limit = if bus == "ide" { 4 } else { 26 };
+    (b'a'..b'a' + limit)
+        .map(|c| format!("{prefix}{}", c as char))
+        .find(|t| !taken.contains(t))
+}
+
+fn invalid(field: &str, msg: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("{field}: {msg}"))
+}
+
+/// Resolve a path against a pool, per the seed's rules. Returns the absolute
+/// path and the pool it lies in (if any).
+fn resolve_path(
+    view: &dyn StorageView,
+    field: &str,
+    path: &str,
+    pool: Option<&str>,
+) -> Result<(String, Option<String>)> {
+    if Path::new(path).is_absolute() {
+        let owner = view
+            .pools()
+            .into_iter()
+            .find(|p| Path::new(path).parent() == Some(Path::new(&p.target)))
+            .map(|p| p.name);
+        return Ok((path.to_owned(), owner));
+    }
+    if path.contains('/') || path == "." || path == ".." {
+        return Err(invalid(
+            field,
+            format!("'{path}' must be an absolute path or a plain file name in a pool"),
+        ));
+    }
+    let pool = pool.ok_or_else(|| {
+        invalid(
+            field,
+            format!(
+                "'{path}' is relative but neither storage_pool nor storage.default_pool is set"
+            ),
+        )
+    })?;
+    let info = checked_pool(view, field, pool)?;
+    Ok((
+        format!("{}/{path}", info.target.trim_end_matches('/')),
+        Some(info.name),
+    ))
+}
+
+fn checked_pool(view: &dyn StorageView, field: &str, pool: &str) -> Result<PoolInfo> {
+    let info = view
+        .pool(pool)
+        .ok_or_else(|| Error::NotFound(format!("{field}: storage pool '{pool}' does not exist")))?;
+    if !info.active {
+        return Err(Error::InvalidState(format!(
+            "{field}: storage pool '{pool}' is not active (virsh pool-start {pool})"
+        )));
+    }
+    Ok(info)
+}
+
+fn format_for_path(path: &str) -> &'static str {
+    if path.ends_with(".qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
+/// Resolve one disk entry (targets are assigned later, for all disks at once).
+fn resolve_disk(
+    view: &dyn StorageView,
+    vm: &str,
+    index: usize,
+    d: &DiskSpec,
+    default_pool: Option<&str>,
+    machine: &str,
+) -> Result<ResolvedDisk> {
+    let field = format!("storage.disks[{index}]");
+    let pool_name = d.storage_pool.as_deref().or(default_pool);
+    let device = d.device.clone().unwrap_or_else(|| "disk".into());
+    if device == "cdrom" && d.action != DiskAction::Attach {
+        return Err(invalid(
+            &format!("{field}.device"),
+            "a cdrom can only be attached",
+        ));
+    }
+    match (d.action, d.size) {
+        (DiskAction::Create, None) => {
+            return Err(invalid(
+                &format!("{field}.size"),
+                "is required for action create",
+            ))
+        }
+        (DiskAction::Attach, Some(_)) => {
+            return Err(invalid(
+                &format!("{field}.size"),
+                "only create, clone and backing disks have a size",
+            ))
+        }
+        _ => {}
+    }
+    let creates = d.action != DiskAction::Attach;
+    let default_format = match d.action {
+        DiskAction::Create | DiskAction::Backing => "qcow2",
+        _ => "",
+    };
+    let path_field = format!("{field}.path");
+    let (path, pool, volume) = match d.path.as_deref().filter(|p| !p.is_empty()) {
+        None if !creates => return Err(invalid(&path_field, "is required for action attach")),
+        None => {
+            let pool = pool_name.ok_or_else(|| {
+                invalid(
+                    &path_field,
+                    "is empty and no storage_pool or storage.default_pool is set",
+                )
+            })?;
+            let info = checked_pool(view, &field, pool)?;
+            let ext = d.format.as_deref().unwrap_or(if default_format.is_empty() {
+                "qcow2"
+            } else {
+                default_format
+            });
+            let volume = format!("{vm}-disk{index}.{ext}");
+            (
+                format!("{}/{volume}", info.target.trim_end_matches('/')),
+                Some(info.name),
+                Some(volume),
+            )
+        }
+        Some(p) => {
+            let (abs, pool) = resolve_path(view, &path_field, p, pool_name)?;
+            let volume = Path::new(&abs)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned());
+            (abs, pool, volume)
+        }
+    };
+    if creates {
+        if pool.is_none() {
+            return Err(invalid(
+                &path_field,
+                format!(
+                    "{path} is not inside any storage pool; vapord creates volumes only in pools"
+                ),
+            ));
+        }
+        if view.path_exists(&path) || view.volume(&path).is_some() {
+            return Err(Error::Conflict(format!(
+                "{path_field}: {path} already exists"
+            )));
+        }
+    } else if view.volume(&path).is_none() && !view.path_exists(&path) {
+        return Err(Error::NotFound(format!(
+            "{path_field}: {path} does not exist"
+        )));
+    }
+
+    let (source, source_format, source_capacity) = match d.action {
+        DiskAction::Clone | DiskAction::Backing => {
+            let sf = format!("{field}.source");
+            let src = d
+                .source
+                .as_deref()
+                .ok_or_else(|| invalid(&sf, "is required for clone and backing disks"))?;
+            let (abs, _) = resolve_path(view, &sf, src, pool_name)?;
+            let vol = view.volume(&abs).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{sf}: {abs} is not a volume in a libvirt storage pool"
+                ))
+            })?;
+            (Some(abs), Some(vol.format), Some(vol.capacity_bytes))
+        }
+        _ => (None, None, None),
+    };
+    let format = match (d.format.as_deref(), d.action) {
+        (Some("raw"), DiskAction::Backing) => {
+            return Err(invalid(
+                &format!("{field}.format"),
+                "a copy-on-write overlay is always qcow2",
+            ))
+        }
+        (Some(f), _) => f.to_owned(),
+        (None, DiskAction::Clone) => source_format.clone().unwrap_or_else(|| "qcow2".into()),
+        (None, DiskAction::Attach) => view
+            .volume(&path)
+            .map(|v| {
+                if v.format == "iso" {
+                    "raw".into()
+                } else {
+                    v.format
+                }
+            })
+            .unwrap_or_else(|| format_for_path(&path).into()),
+        (None, _) => default_format.to_owned(),
+    };
+    if let (Some(size), Some(cap)) = (d.size, source_capacity) {
+        if size.saturating_mul(1 << 30) < cap {
+            return Err(invalid(
+                &format!("{field}.size"),
+                format!(
+                    "{size} GiB is smaller than the source ({} bytes); disks can only grow",
+                    cap
+                ),
+            ));
+        }
+    }
+    let bus = d.bus.clone().unwrap_or_else(|| {
+        if device == "cdrom" {
+            cdrom_bus(machine).into()
+        } else {
+            "virtio".into()
+        }
+    });
+    if device == "cdrom" && bus == "virtio" {
+        return Err(invalid(
+            &format!("{field}.bus"),
+            "a cdrom cannot be on virtio (use sata, scsi or ide)",
+        ));
+    }
+    if bus == "ide" && !is_i440fx(machine) {
+        return Err(invalid(
+            &format!("{field}.bus"),
+            format!("machine {machine} has no IDE controller (use sata)"),
+        ));
+    }
+    Ok(ResolvedDisk {
+        field,
+        action: d.action,
+        path,
+        pool,
+        volume: if creates { volume } else { None },
+        size_gib: d.size,
+        format,
+        readonly: d.readonly.unwrap_or(device == "cdrom"),
+        device,
+        bus,
+        target: d.target.clone().unwrap_or_default(),
+        boot_order: d.boot_order,
+        source,
+        source_format,
+    })
+}
+
+/// Defaults the daemon supplies where the spec is silent.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub cpu_mode: String,
+}
+
+/// Resolve a merged, validated spec for the VM `name`.
+pub fn resolve(
+    view: &dyn StorageView,
+    spec: &VmSpec,
+    name: &str,
+    defaults: &Defaults,
+) -> Result<Resolved> {
+    if spec.pci_devices.as_ref().is_some_and(|p| !p.is_empty()) {
+        return Err(Error::NotSupported(
+            "pci_devices: PCI passthrough at creation is not available in this version of vapord"
+                .into(),
+        ));
+    }
+    let machine = spec.machine.clone().unwrap_or_else(|| "q35".into());
+    let secure_boot = spec.secure_boot.unwrap_or(false);
+    let uefi = spec.uefi.unwrap_or(false) || secure_boot;
+    if spec.uefi == Some(false) && secure_boot {
+        return Err(invalid("secure_boot", "needs uefi (uefi is false)"));
+    }
+    if secure_boot && is_i440fx(&machine) {
+        return Err(invalid(
+            "secure_boot",
+            format!("needs machine q35 (got {machine})"),
+        ));
+    }
+    let storage = spec.storage.clone().unwrap_or_default();
+    let default_pool = storage.default_pool.as_deref();
+    if let Some(p) = default_pool {
+        checked_pool(view, "storage.default_pool", p)?;
+    }
+    let mut disks = Vec::new();
+    for (i, d) in storage.disks.iter().flatten().enumerate() {
+        disks.push(resolve_disk(view, name, i, d, default_pool, &machine)?);
+    }
+    let mut seen = HashSet::new();
+    for d in &disks {
+        if !seen.insert(d.path.clone()) {
+            return Err(invalid(
+                &format!("{}.path", d.field),
+                format!("{} is used twice", d.path),
+            ));
+        }
+    }
+
+    if let Some(iso) = storage.boot_iso.as_deref() {
+        let (path, pool) = resolve_path(view, "storage.boot_iso", iso, default_pool)?;
+        if view.volume(&path).is_none() && !view.path_exists(&path) {
+            return Err(Error::NotFound(format!(
+                "storage.boot_iso: {path} does not exist"
+            )));
+        }
+        if let Some(dup) = disks.iter().find(|d| d.device == "cdrom" && d.path == path) {
+            return Err(invalid(
+                "storage.boot_iso",
+                format!("{path} is already attached as a cdrom in {}", dup.field),
+            ));
+        }
+        let any_boot_order = disks.iter().any(|d| d.boot_order.is_some());
+        if !any_boot_order {
+            if let Some(first) = disks.iter_mut().find(|d| d.device == "disk") {
+                first.boot_order = Some(2);
+            }
+        }
+        disks.push(ResolvedDisk {
+            field: "storage.boot_iso".into(),
+            action: DiskAction::Attach,
+            path,
+            pool,
+            volume: None,
+            size_gib: None,
+            format: "raw".into(),
+            device: "cdrom".into(),
+            bus: cdrom_bus(&machine).into(),
+            target: String::new(),
+            readonly: true,
+            boot_order: (!any_boot_order).then_some(1),
+            source: None,
+            source_format: None,
+        });
+    }
+
+    // Targets: explicit ones first (refusing duplicates), then the next free.
+    let mut taken = HashSet::new();
+    for d in disks.iter().filter(|d| !d.target.is_empty()) {
+        if !taken.insert(d.target.clone()) {
+            return Err(invalid(
+                &format!("{}.target", d.field),
+                format!("{} is used twice", d.target),
+            ));
+        }
+        if !d.target.starts_with(target_prefix(&d.bus)) {
+            return Err(invalid(
+                &format!("{}.target", d.field),
+                format!(
+                    "{} does not fit bus {} (expected {}…)",
+                    d.target,
+                    d.bus,
+                    target_prefix(&d.bus)
+                ),
+            ));
+        }
+    }
+    for d in disks.iter_mut().filter(|d| d.target.is_empty()) {
+        d.target = next_target(&d.bus, &taken)
+            .ok_or_else(|| invalid(&d.field, format!("no free target left on bus {}", d.bus)))?;
+        taken.insert(d.target.clone());
+    }
+
+    let cloud_init_seed = match &spec.cloud_init {
+        None => None,
+        Some(_) => {
+            let pool = default_pool
+                .map(String::from)
+                .or_else(|| disks.iter().find_map(|d| d.pool.clone()))
+                .ok_or_else(|| {
+                    invalid(
+                        "cloud_init",
+                        "needs storage.default_pool to store its seed ISO",
+                    )
+                })?;
+            let info = checked_pool(view, "cloud_init", &pool)?;
+            let volume = format!("{name}-cidata.iso");
+            let path = format!("{}/{volume}", info.target.trim_end_matches('/'));
+            if view.path_exists(&path) || view.volume(&path).is_some() {
+                return Err(Error::Conflict(format!(
+                    "cloud_init: {path} already exists"
+                )));
+            }
+            let bus = cdrom_bus(&machine).to_owned();
+            let target = next_target(&bus, &taken).ok_or_else(|| {
+                invalid("cloud_init", format!("no free target left on bus {bus}"))
+            })?;
+            Some(ResolvedSeed {
+                pool: info.name,
+                volume,
+                path,
+                target,
+                bus,
+            })
+        }
+    };
+
+    let mut pools_used: Vec<String> = disks
+        .iter()
+        .filter(|d| d.is_created())
+        .filter_map(|d| d.pool.clone())
+        .chain(cloud_init_seed.iter().map(|s| s.pool.clone()))
+        .collect();
+    pools_used.sort();
+    pools_used.dedup();
+
+    Ok(Resolved {
+        name: name.to_owned(),
+        template: spec.template.clone(),
+        memory_mib: spec.memory.unwrap_or(DEFAULT_MEMORY_MIB),
+        vcpus: spec.vcpus.unwrap_or(DEFAULT_VCPUS),
+        machine,
+        uefi,
+        secure_boot,
+        tpm: spec.tpm.unwrap_or(false),
+        cpu_mode: spec
+            .cpu_mode
+            .clone()
+            .unwrap_or_else(|| defaults.cpu_mode.clone()),
+        os_variant: spec.os_variant.clone(),
+        autostart: spec.autostart.unwrap_or(false),
+        start: spec.start.unwrap_or(false),
+        disks,
+        cloud_init_seed,
+        cloud_init: spec.cloud_init.clone(),
+        networks: spec.networks.clone().unwrap_or_default(),
+        graphics: spec.graphics.clone().unwrap_or_default(),
+        metadata: spec.metadata.clone().unwrap_or_default(),
+        pools_used,
+    })
+}
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;

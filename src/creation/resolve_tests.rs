@@ -1,0 +1,334 @@
+//! Unit tests of path resolution, boot ISO conversion and target assignment
+//! against a fake host with two pools.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::creation::spec::{StorageSpec, VmSpec};
+
+struct FakeHost {
+    pools: Vec<PoolInfo>,
+    volumes: HashMap<String, VolumeInfo>,
+    files: Vec<String>,
+}
+
+impl FakeHost {
+    fn new() -> Self {
+        let pool = |name: &str, target: &str, active| PoolInfo {
+            name: name.into(),
+            target: target.into(),
+            active,
+        };
+        let vol = |format: &str, pool: &str| VolumeInfo {
+            format: format.into(),
+            capacity_bytes: 2 << 30,
+            pool: Some(pool.into()),
+        };
+        FakeHost {
+            pools: vec![
+                pool("fast-nvme", "/srv/nvme", true),
+                pool("bulk-storage", "/srv/bulk", true),
+                pool("offline", "/srv/offline", false),
+            ],
+            volumes: [
+                ("/srv/nvme/ubuntu.iso".to_string(), vol("iso", "fast-nvme")),
+                (
+                    "/srv/nvme/base.qcow2".to_string(),
+                    vol("qcow2", "fast-nvme"),
+                ),
+                (
+                    "/srv/bulk/golden.raw".to_string(),
+                    vol("raw", "bulk-storage"),
+                ),
+            ]
+            .into(),
+            files: vec![
+                "/mnt/share/common-data.qcow2".into(),
+                "/srv/nvme/taken.qcow2".into(),
+            ],
+        }
+    }
+}
+
+impl StorageView for FakeHost {
+    fn pool(&self, name: &str) -> Option<PoolInfo> {
+        self.pools.iter().find(|p| p.name == name).cloned()
+    }
+    fn pools(&self) -> Vec<PoolInfo> {
+        self.pools.clone()
+    }
+    fn volume(&self, path: &str) -> Option<VolumeInfo> {
+        self.volumes.get(path).cloned()
+    }
+    fn path_exists(&self, path: &str) -> bool {
+        self.files.iter().any(|f| f == path) || self.volumes.contains_key(path)
+    }
+}
+
+fn defaults() -> Defaults {
+    Defaults {
+        cpu_mode: "none".into(),
+    }
+}
+
+fn spec(json: serde_json::Value) -> VmSpec {
+    serde_json::from_value(json).unwrap()
+}
+
+fn run(json: serde_json::Value) -> Result<Resolved> {
+    resolve(&FakeHost::new(), &spec(json), "vm1", &defaults())
+}
+
+fn err(json: serde_json::Value) -> String {
+    run(json).unwrap_err().to_string()
+}
+
+#[test]
+fn relative_paths_resolve_against_the_disk_pool_else_the_default_pool() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 10, "path": "system.qcow2"},
+            {"action": "create", "size": 50, "path": "data.qcow2", "storage_pool": "bulk-storage"},
+            {"action": "attach", "path": "/mnt/share/common-data.qcow2"}
+        ]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].path, "/srv/nvme/system.qcow2");
+    assert_eq!(r.disks[0].pool.as_deref(), Some("fast-nvme"));
+    assert_eq!(r.disks[1].path, "/srv/bulk/data.qcow2");
+    assert_eq!(r.disks[2].path, "/mnt/share/common-data.qcow2");
+    assert_eq!(r.disks[2].format, "qcow2");
+    assert_eq!(
+        r.pools_used,
+        vec!["bulk-storage".to_string(), "fast-nvme".to_string()]
+    );
+}
+
+#[test]
+fn empty_path_gets_a_generated_name_in_the_pool() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 10}
+        ]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].path, "/srv/nvme/vm1-disk0.qcow2");
+    assert_eq!(r.disks[0].volume.as_deref(), Some("vm1-disk0.qcow2"));
+}
+
+#[test]
+fn relative_path_without_any_pool_is_refused_naming_the_field() {
+    let e = err(
+        serde_json::json!({"storage": {"disks": [{"action": "create", "size": 1, "path": "a.qcow2"}]}}),
+    );
+    assert!(
+        e.starts_with("storage.disks[0].path: 'a.qcow2' is relative"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_and_inactive_pools_are_refused() {
+    let e = run(serde_json::json!({"storage": {"default_pool": "nope"}})).unwrap_err();
+    assert!(
+        matches!(e, Error::NotFound(ref m) if m.contains("storage pool 'nope' does not exist")),
+        "{e}"
+    );
+    let e = run(serde_json::json!({"storage": {"disks": [
+        {"action": "create", "size": 1, "path": "x.qcow2", "storage_pool": "offline"}]}}))
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidState(ref m) if m.contains("not active")),
+        "{e}"
+    );
+}
+
+#[test]
+fn creating_over_an_existing_file_is_a_conflict() {
+    let e = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "create", "size": 1, "path": "taken.qcow2"}]}}),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Conflict(ref m) if m.starts_with("storage.disks[0].path")),
+        "{e}"
+    );
+}
+
+#[test]
+fn path_traversal_in_a_relative_path_is_refused() {
+    let e = err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "create", "size": 1, "path": "../etc/x.qcow2"}]}}),
+    );
+    assert!(e.contains("plain file name"), "{e}");
+}
+
+#[test]
+fn boot_iso_becomes_readonly_cdrom_on_sata_for_q35() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "ubuntu.iso",
+        "disks": [{"action": "create", "size": 10}]}}),
+    )
+    .unwrap();
+    let cd = r.disks.last().unwrap();
+    assert_eq!(cd.field, "storage.boot_iso");
+    assert_eq!(cd.path, "/srv/nvme/ubuntu.iso");
+    assert_eq!(
+        (cd.device.as_str(), cd.bus.as_str(), cd.target.as_str()),
+        ("cdrom", "sata", "sda")
+    );
+    assert!(cd.readonly);
+    assert_eq!(cd.format, "raw");
+    assert_eq!(cd.boot_order, Some(1));
+    assert_eq!(r.disks[0].boot_order, Some(2));
+}
+
+#[test]
+fn boot_iso_becomes_ide_cdrom_on_i440fx_with_the_next_free_target() {
+    let r = run(
+        serde_json::json!({"machine": "pc", "storage": {"default_pool": "fast-nvme",
+        "boot_iso": "ubuntu.iso", "disks": [
+            {"action": "create", "size": 1, "bus": "ide"},
+            {"action": "create", "size": 1, "bus": "ide", "target": "hdb"}]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].target, "hda");
+    assert_eq!(r.disks[2].bus, "ide");
+    assert_eq!(r.disks[2].target, "hdc");
+}
+
+#[test]
+fn boot_iso_already_attached_as_cdrom_is_refused() {
+    let e = err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "ubuntu.iso",
+        "disks": [{"action": "attach", "path": "/srv/nvme/ubuntu.iso", "device": "cdrom"}]}}),
+    );
+    assert!(
+        e.contains("storage.boot_iso")
+            && e.contains("already attached as a cdrom in storage.disks[0]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_boot_iso_is_not_found() {
+    let e =
+        run(serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "nope.iso"}}))
+            .unwrap_err();
+    assert!(
+        matches!(e, Error::NotFound(ref m) if m.contains("/srv/nvme/nope.iso")),
+        "{e}"
+    );
+}
+
+#[test]
+fn targets_are_assigned_per_bus_and_duplicates_refused() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "create", "size": 1, "target": "vdb"},
+        {"action": "create", "size": 1},
+        {"action": "create", "size": 1, "bus": "sata"}]}}),
+    )
+    .unwrap();
+    let t: Vec<_> = r.disks.iter().map(|d| d.target.as_str()).collect();
+    assert_eq!(t, ["vdb", "vda", "sda"]);
+    let e = err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "create", "size": 1, "target": "vda"},
+        {"action": "create", "size": 1, "target": "vda"}]}}),
+    );
+    assert!(
+        e.contains("storage.disks[1].target: vda is used twice"),
+        "{e}"
+    );
+}
+
+#[test]
+fn backing_overlay_takes_the_source_format_and_grows_only() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "backing", "source": "base.qcow2", "size": 20}]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].format, "qcow2");
+    assert_eq!(r.disks[0].source.as_deref(), Some("/srv/nvme/base.qcow2"));
+    assert_eq!(r.disks[0].source_format.as_deref(), Some("qcow2"));
+    let e = err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+        {"action": "backing", "source": "base.qcow2", "size": 1}]}}),
+    );
+    assert!(
+        e.contains("storage.disks[0].size") && e.contains("can only grow"),
+        "{e}"
+    );
+}
+
+#[test]
+fn clone_needs_an_existing_volume() {
+    let e = run(
+        serde_json::json!({"storage": {"default_pool": "bulk-storage", "disks": [
+        {"action": "clone", "source": "missing.raw"}]}}),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::NotFound(ref m) if m.starts_with("storage.disks[0].source")),
+        "{e}"
+    );
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "bulk-storage", "disks": [
+        {"action": "clone", "source": "golden.raw"}]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].format, "raw");
+}
+
+#[test]
+fn size_rules_depend_on_the_action() {
+    let e = err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [{"action": "create"}]}}),
+    );
+    assert!(
+        e.contains("storage.disks[0].size: is required for action create"),
+        "{e}"
+    );
+    let e = err(serde_json::json!({"storage": {"disks": [
+        {"action": "attach", "path": "/mnt/share/common-data.qcow2", "size": 3}]}}));
+    assert!(e.contains("storage.disks[0].size: only create"), "{e}");
+}
+
+#[test]
+fn pci_devices_are_refused_until_passthrough_lands() {
+    let e =
+        run(serde_json::json!({"pci_devices": [{"host_address": "0000:01:00.0"}]})).unwrap_err();
+    assert!(
+        matches!(e, Error::NotSupported(ref m) if m.starts_with("pci_devices")),
+        "{e}"
+    );
+}
+
+#[test]
+fn cloud_init_seed_goes_to_the_default_pool_on_the_next_cdrom_target() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "ubuntu.iso"},
+        "cloud_init": {"user_data": "#cloud-config\n"}}),
+    )
+    .unwrap();
+    let seed = r.cloud_init_seed.unwrap();
+    assert_eq!(seed.path, "/srv/nvme/vm1-cidata.iso");
+    assert_eq!(seed.target, "sdb");
+    assert_eq!(r.pools_used, vec!["fast-nvme".to_string()]);
+}
+
+#[test]
+fn secure_boot_needs_uefi_and_q35() {
+    let r = run(serde_json::json!({"secure_boot": true})).unwrap();
+    assert!(r.uefi);
+    assert!(
+        err(serde_json::json!({"secure_boot": true, "machine": "pc"}))
+            .contains("needs machine q35")
+    );
+    assert!(err(serde_json::json!({"secure_boot": true, "uefi": false})).contains("needs uefi"));
+    let _ = StorageSpec::default();
+}

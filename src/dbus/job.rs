@@ -1,0 +1,231 @@
+//! `org.vapor.Virtualization.Job`: long work (VM creation with its volumes)
+//! as an object, after udisks2's Job: Operation, Progress, Bytes, Rate,
+//! ExpectedEndTime, StartedByUID, Cancelable, `Cancel()` and a
+//! `Completed(b success, s message)` signal. The method that started the job
+//! returns when it is done; the object is removed right after `Completed`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::UnboundedSender;
+use zbus::interface;
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+
+use super::polkit::lookup_caller_uid;
+use super::{Error, ROOT_PATH};
+use crate::creation::engine::{CancelFlag, Progress};
+
+static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh job object path.
+pub fn next_job_path() -> String {
+    format!(
+        "{ROOT_PATH}/job/{}",
+        NEXT_JOB.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    step: String,
+    done: u64,
+    total: u64,
+}
+
+/// The state a job shares between the worker (blocking thread) and the bus.
+pub struct JobState {
+    pub operation: String,
+    pub started_by_uid: u32,
+    started: Instant,
+    start_time_usec: u64,
+    snapshot: Mutex<Snapshot>,
+    cancel: CancelFlag,
+    /// Pokes the bus side to emit PropertiesChanged.
+    notify: UnboundedSender<()>,
+}
+
+impl JobState {
+    pub fn new(operation: &str, uid: u32, notify: UnboundedSender<()>) -> Arc<Self> {
+        Arc::new(Self {
+            operation: operation.into(),
+            started_by_uid: uid,
+            started: Instant::now(),
+            start_time_usec: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0),
+            snapshot: Mutex::new(Snapshot::default()),
+            cancel: CancelFlag::default(),
+            notify,
+        })
+    }
+
+    fn snap(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn progress(&self) -> f64 {
+        let s = self.snap();
+        if s.total == 0 {
+            0.0
+        } else {
+            (s.done as f64 / s.total as f64).clamp(0.0, 1.0)
+        }
+    }
+
+    fn rate(&self) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs <= 0.0 {
+            0
+        } else {
+            (self.snap().done as f64 / secs) as u64
+        }
+    }
+}
+
+impl Progress for JobState {
+    fn update(&self, step: &str, done: u64, total: u64) {
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Snapshot {
+            step: step.into(),
+            done,
+            total,
+        };
+        let _ = self.notify.send(());
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_set()
+    }
+}
+
+pub struct Job {
+    pub state: Arc<JobState>,
+}
+
+#[interface(name = "org.vapor.Virtualization.Job", proxy(visibility = "pub"))]
+impl Job {
+    /// Ask the job to stop; what it made so far is removed. Only the person
+    /// who started it (or root) may cancel.
+    async fn cancel(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), Error> {
+        let uid = lookup_caller_uid(conn, &header).await?;
+        if uid != 0 && uid != self.state.started_by_uid {
+            return Err(Error::NotAuthorized(
+                "only the user who started this job may cancel it".into(),
+            ));
+        }
+        self.state.cancel.cancel();
+        Ok(())
+    }
+
+    /// Emitted once when the job ends.
+    #[zbus(signal)]
+    pub async fn completed(
+        emitter: &SignalEmitter<'_>,
+        success: bool,
+        message: &str,
+    ) -> zbus::Result<()>;
+
+    /// What the job does (`vm-create`).
+    #[zbus(property(emits_changed_signal = "const"), name = "Operation")]
+    fn operation(&self) -> String {
+        self.state.operation.clone()
+    }
+
+    /// 0.0 … 1.0.
+    #[zbus(property(emits_changed_signal = "true"), name = "Progress")]
+    fn progress(&self) -> f64 {
+        self.state.progress()
+    }
+
+    /// What is happening now, in words.
+    #[zbus(property(emits_changed_signal = "true"), name = "Step")]
+    fn step(&self) -> String {
+        self.state.snap().step
+    }
+
+    /// Total bytes the job makes (0 if unknown).
+    #[zbus(property(emits_changed_signal = "true"), name = "Bytes")]
+    fn bytes(&self) -> u64 {
+        self.state.snap().total
+    }
+
+    /// Bytes per second so far.
+    #[zbus(property(emits_changed_signal = "true"), name = "Rate")]
+    fn rate(&self) -> u64 {
+        self.state.rate()
+    }
+
+    /// Microseconds since the epoch when the job started.
+    #[zbus(property(emits_changed_signal = "const"), name = "StartTime")]
+    fn start_time(&self) -> u64 {
+        self.state.start_time_usec
+    }
+
+    /// Estimated end, microseconds since the epoch (0 if unknown).
+    #[zbus(property(emits_changed_signal = "true"), name = "ExpectedEndTime")]
+    fn expected_end_time(&self) -> u64 {
+        let p = self.state.progress();
+        if p <= 0.0 {
+            return 0;
+        }
+        let elapsed = self.state.started.elapsed().as_micros() as f64;
+        self.state.start_time_usec + (elapsed / p) as u64
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "StartedByUID")]
+    fn started_by_uid(&self) -> u32 {
+        self.state.started_by_uid
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "Cancelable")]
+    fn cancelable(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dbus::introspection::{canonical_interface, shipped_interface};
+    use zbus::object_server::Interface;
+
+    #[test]
+    fn shipped_job_xml_matches_the_interface() {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let job = Job {
+            state: JobState::new("vm-create", 0, tx),
+        };
+        let mut xml = String::from("<node>");
+        job.introspect_to_writer(&mut xml, 0);
+        xml.push_str("</node>");
+        let live = crate::libvirt::xml::Element::parse(&xml).unwrap();
+        let name = "org.vapor.Virtualization.Job";
+        assert_eq!(
+            canonical_interface(&live, name),
+            canonical_interface(&shipped_interface(name), name),
+            "dbus/{name}.xml is out of date"
+        );
+    }
+
+    #[test]
+    fn progress_and_rate_follow_updates() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let state = JobState::new("vm-create", 1000, tx);
+        assert_eq!(state.progress(), 0.0);
+        state.update("creating", 1 << 30, 4 << 30);
+        assert!(rx.try_recv().is_ok(), "an update pokes the bus side");
+        assert_eq!(state.progress(), 0.25);
+        assert!(!state.cancelled());
+        state.cancel.cancel();
+        assert!(state.cancelled());
+    }
+}
