@@ -99,17 +99,25 @@ impl VirtualMachine {
         action: Action,
         what: &str,
     ) -> Result<Arc<DomainRecord>, Error> {
+        self.authorize_with(header, action, what, &[]).await
+    }
+
+    /// Authorize with extra polkit details beyond `vm.name` and `vm.uuid`.
+    async fn authorize_with(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        what: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Arc<DomainRecord>, Error> {
         let rec = self.record();
         let what = format!("{what} the virtual machine '{}'", rec.name);
-        self.ctx
-            .auth
-            .check(
-                header,
-                action,
-                &[("vm.name", &rec.name), ("vm.uuid", &rec.uuid)],
-                &what,
-            )
-            .await?;
+        let mut details = vec![
+            ("vm.name", rec.name.as_str()),
+            ("vm.uuid", rec.uuid.as_str()),
+        ];
+        details.extend_from_slice(extra);
+        self.ctx.auth.check(header, action, &details, &what).await?;
         Ok(rec)
     }
 
@@ -216,7 +224,24 @@ impl VirtualMachine {
             remove_storage: bool_option(&options, "remove_storage")?,
             force: bool_option(&options, "force")?,
         };
-        let rec = self.authorize(&header, Action::VmDelete, "delete").await?;
+        let flag = |b: bool| if b { "true" } else { "false" };
+        let what = match (opts.remove_storage, opts.force) {
+            (true, true) => "force-stop and delete, with its storage,",
+            (true, false) => "delete, with its storage,",
+            (false, true) => "force-stop and delete",
+            (false, false) => "delete",
+        };
+        let rec = self
+            .authorize_with(
+                &header,
+                Action::VmDelete,
+                what,
+                &[
+                    ("vm.delete.remove_storage", flag(opts.remove_storage)),
+                    ("vm.delete.force", flag(opts.force)),
+                ],
+            )
+            .await?;
         let report = self.ctx.vms.delete(&rec.uuid, opts).await?;
         Ok((report.removed, report.kept))
     }

@@ -6,7 +6,8 @@
 //! - vapord created it for this VM (listed in the VM's vapord metadata), or it
 //!   is a writable, non-shareable `device='disk'` (never a cdrom or floppy,
 //!   never `<readonly/>` or `<shareable/>`);
-//! - no other domain references it, as a disk source or in a backing chain;
+//! - no other domain references it, as a disk source, NVRAM file, or anywhere
+//!   in a backing chain (read from the image itself for stopped domains);
 //! - no volume in any active pool uses it as its backing file.
 //!
 //! Paths are compared after resolving symlinks, so two spellings of one file
@@ -22,7 +23,7 @@ use virt::connect::Connect;
 use virt::storage_vol::StorageVol;
 use virt_sys as sys;
 
-use crate::libvirt::errors::from_virt;
+use crate::libvirt::errors::{from_virt, is_not_found};
 use crate::libvirt::xml::{domain_disks, Disk, DiskSource, Element};
 use crate::{Error, Result};
 
@@ -70,20 +71,32 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
                 "cannot read the definition of VM '{name}' to make sure it does not share this storage: {e}"
             ))
         };
-        let mut docs = vec![d
-            .xml_desc(0)
-            .map_err(|e| unreadable(e.message().to_owned()))?];
+        // A domain undefined meanwhile uses nothing any more; any other
+        // failure means we cannot prove the storage is unshared.
+        let mut docs = Vec::new();
+        let mut flags = vec![0];
         if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
-            docs.push(
-                d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-                    .map_err(|e| unreadable(e.message().to_owned()))?,
-            );
+            flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
+        }
+        for f in flags {
+            match d.xml_desc(f) {
+                Ok(x) => docs.push(x),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(unreadable(e.message().to_owned())),
+            }
         }
         for xml in docs {
             let root = Element::parse(&xml).map_err(|e| unreadable(e.to_string()))?;
             let mut paths: Vec<String> = nvram_path(&root).into_iter().collect();
             for disk in domain_disks(&root) {
-                paths.extend(resolve_path(conn, &disk.source));
+                let path = resolve_path(conn, &disk.source);
+                // A stopped domain's XML shows no backing chain: read it from the image.
+                if disk.backing.is_empty() && disk.format.as_deref() == Some("qcow2") {
+                    if let Some(p) = &path {
+                        paths.extend(image_backing_chain(p).map_err(unreadable)?);
+                    }
+                }
+                paths.extend(path);
                 paths.extend(disk.backing);
             }
             for p in paths {
@@ -92,6 +105,38 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
         }
     }
     Ok(used)
+}
+
+/// The backing files below a qcow2 image (`qemu-img info --backing-chain`),
+/// empty when the image does not exist.
+fn image_backing_chain(path: &str) -> std::result::Result<Vec<String>, String> {
+    if !std::path::Path::new(path).exists() {
+        return Ok(Vec::new());
+    }
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--backing-chain", "--output=json", path])
+        .output()
+        .map_err(|e| format!("cannot run qemu-img to read the backing chain of {path}: {e}"))?;
+    if !out.status.success() {
+        if !std::path::Path::new(path).exists() {
+            return Ok(Vec::new()); // removed meanwhile
+        }
+        return Err(format!(
+            "qemu-img cannot read {path}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let chain: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("unexpected qemu-img output for {path}: {e}"))?;
+    Ok(chain
+        .iter()
+        .filter_map(|img| {
+            img["full-backing-filename"]
+                .as_str()
+                .or(img["backing-filename"].as_str())
+        })
+        .map(String::from)
+        .collect())
 }
 
 /// Backing file path → the volume that is layered on it, over all active pools.

@@ -196,3 +196,57 @@ async fn delete_options_are_validated_before_anything_happens() {
     );
     assert!(virsh_quiet(&["dominfo", &d.name]), "nothing was deleted");
 }
+
+#[tokio::test]
+async fn storage_shared_under_another_spelling_or_through_a_stopped_overlay_is_kept() {
+    let conn = bus().await;
+    let pool = Pool::new("spellpool");
+    let base = pool.volume("base.qcow2", "qcow2");
+    let data = pool.volume("data.qcow2", "qcow2");
+    let own = pool.volume("own.qcow2", "qcow2");
+    let tag = unique_name("spell");
+    // VM B reaches data.qcow2 through a symlinked directory.
+    let link = format!("/var/lib/vapor-tests/{tag}-link");
+    std::os::unix::fs::symlink(&pool.dir, &link).unwrap();
+    // Stopped VM C runs on an overlay outside any pool, backed by base.qcow2.
+    let overlay = format!("/var/lib/vapor-tests/{tag}-overlay.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args([
+            "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &base, &overlay,
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    let a = TestDomain::define_with(
+        "spell-a",
+        &[
+            file_disk(&base, "vda", ""),
+            file_disk(&data, "vdb", ""),
+            file_disk(&own, "vdc", ""),
+        ]
+        .concat(),
+    );
+    let b = TestDomain::define_with(
+        "spell-b",
+        &file_disk(&format!("{link}/data.qcow2"), "vda", ""),
+    );
+    let c = TestDomain::define_with("spell-c", &file_disk(&overlay, "vda", ""));
+    wait_for_object(&conn, &a.path()).await;
+
+    let (removed, kept) = delete(&conn, &a.path(), &[("remove_storage", true.into())])
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![own.clone()]);
+    assert!(
+        reason(&kept, &data).contains(&format!("also used by VM '{}'", b.name)),
+        "{kept:?}"
+    );
+    assert!(
+        reason(&kept, &base).contains(&format!("also used by VM '{}'", c.name)),
+        "{kept:?}"
+    );
+    assert!(Path::new(&base).exists() && Path::new(&data).exists());
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&overlay);
+}
