@@ -554,3 +554,58 @@ async fn rules_can_restrict_creation_per_pool() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&pool.name));
     assert!(pool.files().is_empty() && !virsh_quiet(&["dominfo", &name]));
 }
+
+#[tokio::test]
+async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
+    use std::collections::HashMap;
+    use zbus::OwnedVariant;
+    let conn = bus().await;
+    let pool = TestPool::new("job");
+    let name = unique_name("job");
+    let _guard = Created(name.clone());
+    let mut added = interfaces_added(&conn).await;
+    let mut completed = signals(&conn, "org.vapor.Virtualization.Job", "Completed").await;
+    let mut changed = properties_changed(&conn).await;
+    let spec = json!({"name": name, "memory": 128,
+        "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 2}]}});
+    create(&conn, &spec).await.unwrap();
+
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
+    let m = wait_signal(&mut added, "a Job object", |m| {
+        m.body().deserialize::<Added>().is_ok_and(|(p, i)| {
+            p.as_str().starts_with(&format!("{ROOT}/job/"))
+                && i.contains_key("org.vapor.Virtualization.Job")
+        })
+    })
+    .await;
+    let (job_path, ifaces) = m.body().deserialize::<Added>().unwrap();
+    let props = &ifaces["org.vapor.Virtualization.Job"];
+    assert_eq!(
+        String::try_from(props["Operation"].clone()).unwrap(),
+        "vm-create"
+    );
+    assert_eq!(u32::try_from(&props["StartedByUID"]).unwrap(), 0);
+    assert!(bool::try_from(&props["Cancelable"]).unwrap());
+    wait_signal(&mut changed, "Progress reaching 1.0", |m| {
+        m.header()
+            .path()
+            .is_some_and(|p| p.as_str() == job_path.as_str())
+            && m.body()
+                .deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
+                .ok()
+                .and_then(|(_, c, _)| c.get("Progress").and_then(|v| f64::try_from(v).ok()))
+                == Some(1.0)
+    })
+    .await;
+    let m = wait_signal(&mut completed, "Completed", |m| {
+        m.header()
+            .path()
+            .is_some_and(|p| p.as_str() == job_path.as_str())
+    })
+    .await;
+    let (ok, msg): (bool, String) = m.body().deserialize().unwrap();
+    assert!(ok, "{msg}");
+}
