@@ -109,6 +109,9 @@ pub struct Resolved {
     pub metadata: BTreeMap<String, String>,
     /// Every pool the request creates something in (for polkit).
     pub pools_used: Vec<String>,
+    /// Host files outside every pool the VM would use (attach, boot ISO):
+    /// authorized separately, since a guest can read whatever it is given.
+    pub host_paths: Vec<String>,
 }
 
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
@@ -538,6 +541,14 @@ pub fn resolve(
     pools_used.sort();
     pools_used.dedup();
 
+    let host_paths: Vec<String> = disks
+        .iter()
+        .filter(|d| {
+            d.action == DiskAction::Attach && d.pool.is_none() && view.volume(&d.path).is_none()
+        })
+        .map(|d| d.path.clone())
+        .collect();
+
     Ok(Resolved {
         name: name.to_owned(),
         template: spec.template.clone(),
@@ -561,6 +572,7 @@ pub fn resolve(
         graphics: spec.graphics.clone().unwrap_or_default(),
         metadata: spec.metadata.clone().unwrap_or_default(),
         pools_used,
+        host_paths,
     })
 }
 

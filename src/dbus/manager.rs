@@ -28,6 +28,16 @@ impl Manager {
     /// rules can allow some pools only), or once when it uses none.
     async fn authorize_create(&self, header: &Header<'_>, plan: &Plan) -> Result<(), Error> {
         let name = plan.resolved.name.as_str();
+        for file in &plan.resolved.host_paths {
+            self.auth
+                .check(
+                    header,
+                    Action::StorageHostPath,
+                    &[("vm.name", name), ("storage.path", file)],
+                    &format!("let the virtual machine '{name}' use the host file {file}"),
+                )
+                .await?;
+        }
         let what = format!("create the virtual machine '{name}'");
         if plan.resolved.pools_used.is_empty() {
             return self

@@ -30,6 +30,7 @@ pub enum Action {
     VmDelete,
     VmCreate,
     TemplateManage,
+    StorageHostPath,
 }
 
 impl Action {
@@ -41,6 +42,7 @@ impl Action {
             Action::VmDelete => "org.vapor.virtualization.vm-delete",
             Action::VmCreate => "org.vapor.virtualization.vm-create",
             Action::TemplateManage => "org.vapor.virtualization.template-manage",
+            Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
         }
     }
 }

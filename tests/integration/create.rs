@@ -609,3 +609,38 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
     let (ok, msg): (bool, String) = m.body().deserialize().unwrap();
     assert!(ok, "{msg}");
 }
+
+#[tokio::test]
+async fn host_files_outside_pools_need_their_own_authorization() {
+    let _conn = bus().await;
+    let pool = TestPool::new("hostpath");
+    let name = unique_name("hostpath");
+    let _guard = Created(name.clone());
+    let spec = json!({"name": name, "memory": 128,
+        "storage": {"default_pool": pool.name, "disks": [{"action": "attach", "path": "/etc/passwd"}]}})
+    .to_string();
+    let out = as_user(
+        ALICE,
+        &[
+            "busctl",
+            "--system",
+            "call",
+            BUS_NAME,
+            ROOT,
+            MANAGER,
+            "CreateVirtualMachine",
+            "s",
+            &spec,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "alice may create VMs but not hand them /etc/passwd"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storage-host-path") && err.contains("/etc/passwd"),
+        "{err}"
+    );
+    assert!(!virsh_quiet(&["dominfo", &name]));
+}
