@@ -23,12 +23,14 @@ pub fn esc(s: &str) -> String {
     out
 }
 
-/// Who asked, for the metadata.
+/// Who asked, and the identity the new domain gets.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin {
+pub struct Origin<'a> {
     pub uid: u32,
     /// `kvm`, or `qemu` where the host has no usable KVM.
     pub domain_type: &'static str,
+    /// Chosen up front so a failed creation can always find what it defined.
+    pub uuid: &'a str,
 }
 
 /// vapord's own metadata element: template, creator and owned volumes.
@@ -89,10 +91,11 @@ fn cpu_xml(mode: &str) -> String {
 }
 
 /// The complete `<domain>` document.
-pub fn domain_xml(r: &Resolved, origin: Origin) -> String {
+pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
     let mut x = String::new();
     let _ = writeln!(x, "<domain type='{}'>", origin.domain_type);
     let _ = writeln!(x, "  <name>{}</name>", esc(&r.name));
+    let _ = writeln!(x, "  <uuid>{}</uuid>", esc(origin.uuid));
     let _ = writeln!(
         x,
         "  <metadata>\n    {}\n  </metadata>",

@@ -21,7 +21,7 @@ use virt_sys as sys;
 
 use super::domain_xml::{domain_xml, Origin};
 use super::resolve::{self, Defaults, PoolInfo, Resolved, StorageView, VolumeInfo};
-use super::spec::DiskAction;
+use super::spec::{DiskAction, VmSpec};
 use super::template::{self, TemplateStore};
 use super::{cloud_init, validate};
 use crate::libvirt::errors::{from_virt, is_not_found};
@@ -34,6 +34,10 @@ use crate::{Error, Result};
 pub struct Plan {
     pub resolved: Resolved,
     pub xml: String,
+    /// The merged, validated spec (to re-check the host right before acting).
+    pub spec: VmSpec,
+    /// The UUID written into the definition (so undo never loses the domain).
+    pub uuid: String,
 }
 
 impl Plan {
@@ -126,27 +130,44 @@ impl StorageView for LibvirtView<'_> {
     fn path_exists(&self, path: &str) -> bool {
         Path::new(path).symlink_metadata().is_ok()
     }
+
+    fn canonical(&self, path: &str) -> String {
+        crate::services::storage_ownership::canonical(path)
+    }
+
+    fn backing_chain(&self, path: &str) -> Result<Vec<String>> {
+        if !Path::new(path).is_file() {
+            return Ok(Vec::new());
+        }
+        crate::services::storage_ownership::image_backing_chain(path).map_err(Error::Failed)
+    }
 }
 
 /// One thing made so far, and how to take it back.
 enum Undo {
+    /// A volume we made, by the path libvirt gave it.
     Volume(String),
-    Domain(String),
+    /// A domain we defined; `keep_nvram` when its NVRAM file was not ours.
+    Domain { uuid: String, keep_nvram: bool },
 }
 
 fn rollback(conn: &Connect, undo: Vec<Undo>) -> Vec<String> {
     let mut problems = Vec::new();
     for step in undo.into_iter().rev() {
         match step {
-            Undo::Domain(uuid) => {
+            Undo::Domain { uuid, keep_nvram } => {
                 if let Ok(d) = conn.lookup_domain_by_uuid_string(&uuid) {
                     if d.is_active().unwrap_or(false) {
                         let _ = d.destroy();
                     }
                     let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                         | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                        | sys::VIR_DOMAIN_UNDEFINE_NVRAM
-                        | sys::VIR_DOMAIN_UNDEFINE_TPM;
+                        | sys::VIR_DOMAIN_UNDEFINE_TPM
+                        | if keep_nvram {
+                            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+                        } else {
+                            sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                        };
                     if let Err(e) = d.undefine_flags(flags) {
                         problems.push(format!("cannot undefine the new domain: {}", e.message()));
                     }
@@ -158,11 +179,7 @@ fn rollback(conn: &Connect, undo: Vec<Undo>) -> Vec<String> {
                         problems.push(format!("cannot delete {path}: {}", e.message()));
                     }
                 }
-                Err(e) if is_not_found(&e) => {
-                    if Path::new(&path).exists() && std::fs::remove_file(&path).is_err() {
-                        problems.push(format!("cannot delete {path}"));
-                    }
-                }
+                Err(e) if is_not_found(&e) => {}
                 Err(e) => problems.push(format!("cannot look up {path}: {}", e.message())),
             },
         }
@@ -236,14 +253,21 @@ impl Engine {
                     Err(e) => return Err(from_virt(e, "cannot check the name")),
                 }
                 let resolved = resolve::resolve(&LibvirtView(c), &spec, &name, &defaults)?;
+                let uuid = uuid::Uuid::new_v4().to_string();
                 let xml = domain_xml(
                     &resolved,
                     Origin {
                         uid,
                         domain_type: domain_type(c),
+                        uuid: &uuid,
                     },
                 );
-                Ok(Plan { resolved, xml })
+                Ok(Plan {
+                    resolved,
+                    xml,
+                    spec,
+                    uuid,
+                })
             })
             .await
     }
@@ -251,23 +275,44 @@ impl Engine {
     /// Carry out a plan. Returns the new domain's UUID.
     pub async fn create(&self, plan: Plan, progress: Arc<dyn Progress>) -> Result<String> {
         let name = plan.resolved.name.clone();
-        {
-            let mut busy = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-            if !busy.insert(name.clone()) {
-                return Err(Error::Conflict(format!(
-                    "name: a VM named '{name}' is being created by another request"
-                )));
-            }
-        }
-        let result = self
-            .hv
-            .run(move |c| create_blocking(c, plan, &*progress))
-            .await;
-        self.creating
+        let _claim = NameClaim::take(&self.creating, &name)?;
+        let defaults = self.defaults.clone();
+        self.hv
+            .run(move |c| create_blocking(c, plan, &defaults, &*progress))
+            .await
+    }
+}
+
+/// A name being created; released when dropped, however the request ends.
+struct NameClaim<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl<'a> NameClaim<'a> {
+    fn take(set: &'a Mutex<HashSet<String>>, name: &str) -> Result<Self> {
+        if !set
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&name);
-        result
+            .insert(name.to_owned())
+        {
+            return Err(Error::Conflict(format!(
+                "name: a VM named '{name}' is being created by another request"
+            )));
+        }
+        Ok(Self {
+            set,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.name);
     }
 }
 
@@ -294,7 +339,25 @@ fn domain_type(conn: &Connect) -> &'static str {
     }
 }
 
-fn create_blocking(conn: &Connect, plan: Plan, progress: &dyn Progress) -> Result<String> {
+fn create_blocking(
+    conn: &Connect,
+    plan: Plan,
+    defaults: &Defaults,
+    progress: &dyn Progress,
+) -> Result<String> {
+    // The host may have changed while the caller was being authorized.
+    let again = resolve::resolve(
+        &LibvirtView(conn),
+        &plan.spec,
+        &plan.resolved.name,
+        defaults,
+    )?;
+    if again != plan.resolved {
+        return Err(Error::Conflict(
+            "the host's storage changed while the request was being authorized; nothing was made, try again"
+                .into(),
+        ));
+    }
     let mut undo = Vec::new();
     match create_steps(conn, &plan, progress, &mut undo) {
         Ok(uuid) => Ok(uuid),
@@ -345,7 +408,8 @@ fn create_steps(
             Ok(())
         }
     };
-    for d in r.disks.iter().filter(|d| d.is_created()) {
+    let to_make = r.disks.iter().filter(|d| d.is_created()).count();
+    for (i, d) in r.disks.iter().filter(|d| d.is_created()).enumerate() {
         check_cancel()?;
         let (Some(pool_name), Some(vol_name)) = (&d.pool, &d.volume) else {
             return Err(Error::Failed(format!(
@@ -354,7 +418,12 @@ fn create_steps(
             )));
         };
         let what = format!("{}: cannot create {}", d.field, d.path);
-        progress.update(&format!("creating {}", d.path), done, total);
+        // Steps name no paths: Job properties are readable by everyone.
+        progress.update(
+            &format!("creating disk {} of {to_make}", i + 1),
+            done,
+            total,
+        );
         let pool = conn
             .lookup_storage_pool_by_name(pool_name)
             .map_err(|e| from_virt(e, &what))?;
@@ -386,25 +455,33 @@ fn create_steps(
             DiskAction::Attach => continue,
         }
         .map_err(|e| from_virt(e, &what))?;
-        undo.push(Undo::Volume(d.path.clone()));
+        // Undo by the path libvirt really used, and refuse if it is not the planned one.
+        let made = vol.path().map_err(|e| from_virt(e, &what))?;
+        undo.push(Undo::Volume(made.clone()));
+        if made != d.path {
+            return Err(Error::Conflict(format!(
+                "{what}: libvirt created it at {made} instead (has the pool changed?)"
+            )));
+        }
         if d.action == DiskAction::Clone {
             if let Some(size) = d.size_gib {
                 vol.resize(gib(size), 0).map_err(|e| from_virt(e, &what))?;
             }
         }
         done += gib(d.size_gib.unwrap_or(0));
-        progress.update(&format!("created {}", d.path), done, total);
+        progress.update(&format!("created disk {} of {to_make}", i + 1), done, total);
     }
 
     if let (Some(seed), Some(ci)) = (&r.cloud_init_seed, plan_cloud_init(plan)) {
         check_cancel()?;
         progress.update("building the cloud-init seed", done, total);
-        let tmp =
-            std::env::temp_dir().join(format!("vapor-seed-{}-{}.iso", r.name, std::process::id()));
+        // Built in a private directory: the seed holds the user data.
+        let dir = private_temp_dir(&r.name)?;
+        let tmp = dir.join("seed.iso");
         let built = cloud_init::build_seed_iso(&ci, &r.name, &tmp);
         let uploaded =
             built.and_then(|_| upload_file(conn, &seed.pool, &seed.volume, &tmp, undo, &seed.path));
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_dir_all(&dir);
         uploaded.map_err(|e| e.context("cloud_init"))?;
     }
 
@@ -413,10 +490,19 @@ fn create_steps(
     let dom = conn
         .define_domain_xml(&plan.xml)
         .map_err(|e| from_virt(e, "libvirt refused the domain definition"))?;
-    let uuid = dom
-        .uuid_string()
-        .map_err(|e| from_virt(e, "cannot read the new domain's UUID"))?;
-    undo.push(Undo::Domain(uuid.clone()));
+    let uuid = plan.uuid.clone();
+    // An NVRAM file that already exists (left by an earlier VM of this name)
+    // is not ours to delete on undo.
+    let keep_nvram = dom
+        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+        .ok()
+        .and_then(|x| Element::parse(&x).ok())
+        .and_then(|root| crate::services::storage_ownership::nvram_path(&root))
+        .is_some_and(|p| Path::new(&p).exists());
+    undo.push(Undo::Domain {
+        uuid: uuid.clone(),
+        keep_nvram,
+    });
     if r.autostart {
         dom.set_autostart(true)
             .map_err(|e| from_virt(e, "cannot enable autostart"))?;
@@ -429,6 +515,21 @@ fn create_steps(
     }
     progress.update("done", total, total);
     Ok(uuid)
+}
+
+/// A fresh directory only root can enter.
+fn private_temp_dir(tag: &str) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!(
+        "vapor-{tag}-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
 }
 
 fn plan_cloud_init(plan: &Plan) -> Option<super::spec::CloudInitSpec> {

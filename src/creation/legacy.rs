@@ -9,10 +9,9 @@
 //!   `storage.disks`, before the converted `disks` entries.
 //!
 //! Old disk entries had no `action`; one is added by this rule:
-//! **`create` when the entry has a `size` and no `path` (absent, null or
-//! empty), otherwise `attach`.** An entry with both a size and a path is taken
-//! as an existing image (attach): the conversion cannot look at the disk, and
-//! attaching never overwrites anything. Entries that already carry an
+//! **`create` when the entry has a `size`, otherwise `attach`** (a size only
+//! makes sense for a new disk, and creating never overwrites an existing file:
+//! it is refused with Conflict). Entries that already carry an
 //! `action` are left alone.
 //!
 //! Everything else is left as is (the schema judges it afterwards). A
@@ -107,11 +106,8 @@ fn add_action(disk: &mut Value) {
         Some(Value::String(p)) => !p.is_empty(),
         Some(_) => true,
     };
-    let action = if has_size && !has_path {
-        "create"
-    } else {
-        "attach"
-    };
+    let _ = has_path;
+    let action = if has_size { "create" } else { "attach" };
     d.insert("action".into(), json!(action));
 }
 
@@ -150,7 +146,7 @@ mod tests {
                     "disks": [
                         {"action": "create", "size": 20, "format": "qcow2"},
                         {"action": "attach", "path": "/var/lib/libvirt/images/data.qcow2"},
-                        {"action": "attach", "size": 10, "path": "existing.qcow2"},
+                        {"action": "create", "size": 10, "path": "existing.qcow2"},
                         {"action": "clone", "source": "golden.qcow2"}
                     ]
                 }

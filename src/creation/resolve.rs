@@ -43,6 +43,14 @@ pub trait StorageView {
     fn volume(&self, path: &str) -> Option<VolumeInfo>;
     /// Whether anything exists at this path on the host.
     fn path_exists(&self, path: &str) -> bool;
+    /// The path with symlinks resolved (as given when it does not exist).
+    fn canonical(&self, path: &str) -> String {
+        path.to_owned()
+    }
+    /// The backing files below a qcow2 image (empty for others).
+    fn backing_chain(&self, _path: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// One disk as it will be made and attached.
@@ -109,8 +117,12 @@ pub struct Resolved {
     pub metadata: BTreeMap<String, String>,
     /// Every pool the request creates something in (for polkit).
     pub pools_used: Vec<String>,
-    /// Host files outside every pool the VM would use (attach, boot ISO):
-    /// authorized separately, since a guest can read whatever it is given.
+    /// Every pool the VM reads existing volumes from (attach, boot ISO,
+    /// clone and backing sources, their backing chains): authorized per pool.
+    pub pools_read: Vec<String>,
+    /// Host files outside every pool the VM would use (attach, boot ISO,
+    /// backing chains): authorized separately, since a guest can read
+    /// whatever it is given.
     pub host_paths: Vec<String>,
 }
 
@@ -161,12 +173,27 @@ fn resolve_path(
     pool: Option<&str>,
 ) -> Result<(String, Option<String>)> {
     if Path::new(path).is_absolute() {
+        use std::path::Component;
+        let odd = path.ends_with('/')
+            || path.contains("//")
+            || Path::new(path)
+                .components()
+                .any(|c| matches!(c, Component::CurDir | Component::ParentDir));
+        if odd {
+            return Err(invalid(
+                field,
+                format!(
+                    "'{path}' must be a plain absolute path (no '.', '..', '//' or trailing '/')"
+                ),
+            ));
+        }
+        let path = view.canonical(path);
         let owner = view
             .pools()
             .into_iter()
-            .find(|p| Path::new(path).parent() == Some(Path::new(&p.target)))
+            .find(|p| Path::new(&path).parent() == Some(Path::new(&p.target)))
             .map(|p| p.name);
-        return Ok((path.to_owned(), owner));
+        return Ok((path, owner));
     }
     if path.contains('/') || path == "." || path == ".." {
         return Err(invalid(
@@ -541,13 +568,32 @@ pub fn resolve(
     pools_used.sort();
     pools_used.dedup();
 
-    let host_paths: Vec<String> = disks
-        .iter()
-        .filter(|d| {
-            d.action == DiskAction::Attach && d.pool.is_none() && view.volume(&d.path).is_none()
-        })
-        .map(|d| d.path.clone())
-        .collect();
+    // What the VM reads: the files it is given and everything below them.
+    let mut pools_read = Vec::new();
+    let mut host_paths = Vec::new();
+    let mut note = |p: &str| match view.volume(p) {
+        Some(v) => pools_read.extend(v.pool),
+        None => host_paths.push(p.to_owned()),
+    };
+    for d in &disks {
+        let read: Vec<&str> = match d.action {
+            DiskAction::Attach => vec![d.path.as_str()],
+            DiskAction::Clone | DiskAction::Backing => {
+                d.source.iter().map(String::as_str).collect()
+            }
+            DiskAction::Create => Vec::new(),
+        };
+        for p in read {
+            note(p);
+            for below in view.backing_chain(p)? {
+                note(&below);
+            }
+        }
+    }
+    pools_read.sort();
+    pools_read.dedup();
+    host_paths.sort();
+    host_paths.dedup();
 
     Ok(Resolved {
         name: name.to_owned(),
@@ -572,6 +618,7 @@ pub fn resolve(
         graphics: spec.graphics.clone().unwrap_or_default(),
         metadata: spec.metadata.clone().unwrap_or_default(),
         pools_used,
+        pools_read,
         host_paths,
     })
 }

@@ -339,7 +339,10 @@ fn pattern_words(pattern: &str) -> Option<&'static str> {
         "^(none|host-model|host-passthrough|custom:[A-Za-z0-9._-]+)$" => {
             "must be none, host-model, host-passthrough or custom:<model>"
         }
-        "^(vd|sd|hd|xvd)[a-z]{1,2}$" => "must be a device name like vda, sdb, hdc or xvda",
+        "^(vd|sd|hd)[a-z]{1,2}$" => "must be a device name like vda, sdb or hdc",
+        r"^[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F]*$" => {
+            "must not contain control characters other than tab and newline"
+        }
         "^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$" => {
             "must be a unicast MAC address like 52:54:00:12:34:56"
         }
@@ -560,7 +563,7 @@ mod tests {
             {"pci_devices": [{"host_address": "01:00.0"}]} => pci_devices[0].host_address: must be a PCI address like 0000:01:00.0
             {"pci_devices": [{"host_address": "0000:01:00.0", "rom_file": "vbios.rom"}]} => pci_devices[0].rom_file: must be an absolute path without control characters
             {"networks": [{"type": "network", "source": "default", "mac": "01:00:5e:00:00:01"}]} => networks[0].mac: must be a unicast MAC address like 52:54:00:12:34:56
-            {"storage": {"disks": [{"action": "attach", "target": "sda1"}]}} => storage.disks[0].target: must be a device name like vda, sdb, hdc or xvda
+            {"storage": {"disks": [{"action": "attach", "target": "sda1"}]}} => storage.disks[0].target: must be a device name like vda, sdb or hdc
             {"graphics": [{"type": "spice", "listen": "example.org"}]} => graphics[0].listen: must be an IPv4 or IPv6 address, or 'localhost'
             "#,
         );

@@ -24,35 +24,50 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Authorize creating `plan`: once per pool it creates something in (so
-    /// rules can allow some pools only), or once when it uses none.
+    /// The first gate, before anything about the host is looked at (so a
+    /// caller who may not create VMs learns nothing about paths or pools).
+    async fn authorize_any_create(&self, header: &Header<'_>, spec: &str) -> Result<(), Error> {
+        let name = serde_json::from_str::<serde_json::Value>(spec)
+            .ok()
+            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(String::from))
+            .unwrap_or_default();
+        self.auth
+            .check(
+                header,
+                Action::VmCreate,
+                &[("vm.name", &name)],
+                &format!("create the virtual machine '{name}'"),
+            )
+            .await
+    }
+
+    /// Authorize what `plan` touches: every pool it creates volumes in or
+    /// reads volumes from (`pool.name`, so rules can allow some pools only),
+    /// and every host file outside the pools (`storage-host-path`).
     async fn authorize_create(&self, header: &Header<'_>, plan: &Plan) -> Result<(), Error> {
-        let name = plan.resolved.name.as_str();
-        for file in &plan.resolved.host_paths {
-            self.auth
-                .check(
-                    header,
-                    Action::StorageHostPath,
-                    &[("vm.name", name), ("storage.path", file)],
-                    &format!("let the virtual machine '{name}' use the host file {file}"),
-                )
-                .await?;
-        }
-        let what = format!("create the virtual machine '{name}'");
-        if plan.resolved.pools_used.is_empty() {
-            return self
-                .auth
-                .check(header, Action::VmCreate, &[("vm.name", name)], &what)
-                .await;
-        }
-        for pool in &plan.resolved.pools_used {
-            let what = format!("{what} with storage in pool '{pool}'");
+        let r = &plan.resolved;
+        let name = r.name.as_str();
+        let mut pools: Vec<&String> = r.pools_used.iter().chain(&r.pools_read).collect();
+        pools.sort();
+        pools.dedup();
+        for pool in pools {
+            let what = format!("create the virtual machine '{name}' with storage in pool '{pool}'");
             self.auth
                 .check(
                     header,
                     Action::VmCreate,
                     &[("vm.name", name), ("pool.name", pool)],
                     &what,
+                )
+                .await?;
+        }
+        for file in &r.host_paths {
+            self.auth
+                .check(
+                    header,
+                    Action::StorageHostPath,
+                    &[("vm.name", name), ("storage.path", file)],
+                    &format!("let the virtual machine '{name}' use the host file {file}"),
                 )
                 .await?;
         }
@@ -150,6 +165,7 @@ impl Manager {
         spec: &str,
     ) -> Result<OwnedObjectPath, Error> {
         let uid = self.auth.caller_uid(&header).await?;
+        self.authorize_any_create(&header, spec).await?;
         let plan = self.engine.plan(spec, uid).await?;
         self.authorize_create(&header, &plan).await?;
         let name = plan.resolved.name.clone();
@@ -168,18 +184,18 @@ impl Manager {
     }
 
     /// The dry run: the fully resolved spec (template merged, paths resolved,
-    /// targets assigned) as JSON and the exact domain XML, with no side effects.
+    /// targets assigned) as JSON and the exact domain XML, with no side
+    /// effects. Authorized exactly like the creation itself.
     #[zbus(out_args("resolved", "domain_xml"))]
     async fn plan_virtual_machine(
         &self,
         #[zbus(header)] header: Header<'_>,
         spec: &str,
     ) -> Result<(String, String), Error> {
-        self.auth
-            .check(&header, Action::Read, &[], "plan virtual machines")
-            .await?;
         let uid = self.auth.caller_uid(&header).await?;
+        self.authorize_any_create(&header, spec).await?;
         let plan = self.engine.plan(spec, uid).await?;
+        self.authorize_create(&header, &plan).await?;
         let resolved = serde_json::to_string_pretty(&plan.resolved)
             .map_err(|e| Error::Failed(e.to_string()))?;
         Ok((resolved, plan.xml))

@@ -109,7 +109,7 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
 
 /// The backing files below a qcow2 image (`qemu-img info --backing-chain`),
 /// empty when the image does not exist.
-fn image_backing_chain(path: &str) -> std::result::Result<Vec<String>, String> {
+pub fn image_backing_chain(path: &str) -> std::result::Result<Vec<String>, String> {
     if !std::path::Path::new(path).exists() {
         return Ok(Vec::new());
     }
