@@ -31,6 +31,13 @@ pub struct Config {
     /// Read-only templates shipped with vapord (API-created ones live in
     /// `<state_dir>/templates`).
     pub templates_dir: PathBuf,
+    /// Where sysfs is mounted (`/` on a host; a fake tree for tests). Live
+    /// udev updates are only followed for the real one.
+    pub sysfs_root: PathBuf,
+    /// Where `proc` is (mounts and routes, for HostCritical).
+    pub procfs_root: PathBuf,
+    /// The pci.ids database; unset = hwdata's usual places.
+    pub pci_ids: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -43,6 +50,9 @@ impl Default for Config {
             default_cpu_mode: "none".into(),
             reconnect_max_secs: 5,
             templates_dir: PathBuf::from("/etc/vapor/templates.d"),
+            sysfs_root: PathBuf::from("/"),
+            procfs_root: PathBuf::from("/"),
+            pci_ids: None,
         }
     }
 }

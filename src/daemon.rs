@@ -15,12 +15,15 @@ use crate::creation::engine::Engine;
 use crate::creation::resolve::Defaults;
 use crate::creation::template::TemplateStore;
 use crate::dbus::manager::Manager;
+use crate::dbus::pci::{pci_path, PciContext, PciDevice};
 use crate::dbus::polkit::Authorizer;
-use crate::dbus::publisher::Publisher;
+use crate::dbus::publisher::{run_pci, Publisher};
 use crate::dbus::vm::VmContext;
 use crate::dbus::{BUS_NAME, ROOT_PATH};
 use crate::libvirt::Hypervisor;
 use crate::model::Model;
+use crate::pci::udev::PciMonitor;
+use crate::services::pci::{PciConfig, PciService};
 use crate::services::VmService;
 
 /// How the daemon was asked to run, beyond the config file.
@@ -54,8 +57,46 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot reach polkit: {e}"))?
     });
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        format!(
+            "cannot create the state directory {}: {e}",
+            cfg.state_dir.display()
+        )
+    })?;
+    // PCI: subscribe to udev before reading sysfs, so nothing is missed.
+    let real_sysfs = cfg.sysfs_root == std::path::Path::new("/");
+    let monitor = if real_sysfs {
+        match PciMonitor::subscribe() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                log::warn!(
+                    "no udev (is systemd-udevd running?): PCI changes will not be followed: {e}"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let (pci, pci_changes) = PciService::new(
+        &PciConfig {
+            sysfs_root: cfg.sysfs_root.clone(),
+            procfs_root: cfg.procfs_root.clone(),
+            ids_path: cfg.pci_ids.clone(),
+            state_dir: cfg.state_dir.clone(),
+        },
+        model.hypervisor().clone(),
+    )
+    .map_err(|e| format!("PCI: {e}"))?;
+    pci.load().map_err(|e| format!("PCI: {e}"))?;
     let ctx = Arc::new(VmContext {
         vms: VmService::new(model.clone()),
+        auth: auth.clone(),
+        pci: pci.clone(),
+    });
+    let pci_ctx = Arc::new(PciContext {
+        pci: pci.clone(),
+        model: model.clone(),
         auth: auth.clone(),
     });
     let engine = Arc::new(Engine::new(
@@ -64,6 +105,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         Defaults {
             cpu_mode: cfg.default_cpu_mode.clone(),
         },
+        Some(pci.clone() as Arc<dyn crate::creation::resolve::PciPlanner>),
     ));
     let server = conn.object_server();
     server
@@ -83,9 +125,23 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot export the manager: {e}"))?;
 
+    for dev in pci.all() {
+        server
+            .at(
+                pci_path(&dev.address).as_str(),
+                PciDevice::new(dev.address, pci_ctx.clone()),
+            )
+            .await
+            .map_err(|e| format!("cannot export PCI device {}: {e}", dev.address))?;
+    }
+
     // First load; if libvirtd is not there yet we start anyway and keep trying.
     if let Err(e) = model.connect().await {
         log::warn!("libvirt not available yet ({e}); will keep retrying");
+    }
+    let mut touched = model.touched();
+    if let Err(e) = pci.load_hostdevs().await {
+        log::warn!("cannot read which VMs use which PCI devices yet: {e}");
     }
     let publisher = Publisher {
         conn: conn.clone(),
@@ -116,6 +172,33 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
 
     tokio::spawn(publisher.run(changes, model.connected()));
+    tokio::spawn(run_pci(conn.clone(), pci_ctx.clone(), pci_changes));
+    if let Some(monitor) = monitor {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(monitor.run(tx));
+        let pci = pci.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = rx.recv().await {
+                let pci = pci.clone();
+                // sysfs reads (and a re-applied override) block briefly.
+                let _ = tokio::task::spawn_blocking(move || pci.on_udev(&ev)).await;
+            }
+        });
+    }
+    {
+        let pci = pci.clone();
+        tokio::spawn(async move {
+            loop {
+                match touched.recv().await {
+                    Ok(uuid) => pci.refresh_hostdevs(&uuid).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let _ = pci.load_hostdevs().await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
     tokio::spawn(model.clone().run(
         hv_events,
         Duration::from_secs(cfg.stats_interval_secs),

@@ -14,6 +14,7 @@ pub mod error;
 pub mod libvirt;
 pub mod logging;
 pub mod model;
+pub mod pci;
 pub mod services;
 
 pub use error::{Error, Result};

@@ -51,12 +51,16 @@ pub struct Model {
     refresh_lock: Mutex<()>,
     changes: UnboundedSender<Change>,
     connected: watch::Sender<bool>,
+    /// UUIDs of domains libvirt reported an event for (definitions may have
+    /// changed: followers such as the PCI service re-read what they need).
+    touched: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Model {
     pub fn new(hv: Arc<Hypervisor>) -> (Arc<Self>, UnboundedReceiver<Change>) {
         let (changes, rx) = unbounded_channel();
         let (connected, _) = watch::channel(false);
+        let (touched, _) = tokio::sync::broadcast::channel(1024);
         let m = Arc::new(Self {
             hv,
             domains: RwLock::new(HashMap::new()),
@@ -64,12 +68,18 @@ impl Model {
             refresh_lock: Mutex::new(()),
             changes,
             connected,
+            touched,
         });
         (m, rx)
     }
 
     pub fn hypervisor(&self) -> &Arc<Hypervisor> {
         &self.hv
+    }
+
+    /// Domains libvirt reported an event for, as they happen.
+    pub fn touched(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.touched.subscribe()
     }
 
     /// Whether libvirt is connected now, and a way to follow it.
@@ -300,6 +310,7 @@ impl Model {
                         if let Err(e) = self.on_domain_event(&uuid, what).await {
                             log::warn!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "cannot refresh after '{what}' event: {e}");
                         }
+                        let _ = self.touched.send(uuid);
                     }
                     Some(HypervisorEvent::Disconnected { generation, why }) => {
                         if *self.connected.borrow() && generation == self.hv.generation() {

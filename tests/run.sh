@@ -7,6 +7,16 @@ cd "$(dirname "$0")/.."
 
 tests/env/setup.sh
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+# The one real PCI device tests may change: a virtio-rng (1af4:1044), if any.
+# (Tests check vendor and device again before touching it.)
+if [ -z "${VAPOR_TEST_PCI_DEVICE:-}" ]; then
+  for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1044 ]; then
+      export VAPOR_TEST_PCI_DEVICE=${d##*/}
+      break
+    fi
+  done
+fi
 # One libvirtd, one bus name: test binaries run one after another, tests
 # inside a binary in parallel (each on its own uniquely named domains).
 cargo test --locked 2>&1

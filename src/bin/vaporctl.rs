@@ -71,6 +71,23 @@ enum Cmd {
     /// VM templates.
     #[command(subcommand)]
     Template(TemplateCmd),
+    /// Host PCI devices and VFIO passthrough.
+    #[command(subcommand)]
+    Pci(PciCmd),
+    /// Give a host PCI device to a VM.
+    AttachPci {
+        vm: String,
+        address: String,
+        #[arg(long)]
+        guest_address: Option<String>,
+        #[arg(long)]
+        rom_file: Option<String>,
+        /// Accept a device the host seems to need.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take a host PCI device from a VM.
+    DetachPci { vm: String, address: String },
     /// Convert an old flat creation spec (storage_pool, iso_path, disks at the
     /// root) to the nested one and print it. Works offline.
     ConvertLegacy { spec: String },
@@ -85,6 +102,52 @@ enum Cmd {
         force: bool,
     },
 }
+
+#[derive(Subcommand)]
+enum PciCmd {
+    /// Every host PCI device with its driver, group and why the host needs it.
+    List,
+    /// One device's properties.
+    Show { address: String },
+    /// Every reason a device cannot be given to a VM (exit 0 when it can).
+    Check {
+        address: String,
+        #[arg(long)]
+        vm: String,
+        /// Other devices assigned in the same request (e.g. the GPU's audio).
+        #[arg(long = "with")]
+        with: Vec<String>,
+        #[arg(long)]
+        rom_file: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bind a device to vfio-pci, remembering its driver.
+    Bind {
+        address: String,
+        /// The whole IOMMU group.
+        #[arg(long)]
+        group: bool,
+        /// Re-apply whenever the device appears (like driverctl).
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// Give a device back to its own driver.
+    Restore { address: String },
+}
+
+fn pci_path(address: &str) -> Result<String, Failure> {
+    let a: vapor::pci::PciAddress =
+        address
+            .parse()
+            .map_err(|e: vapor::pci::address::BadAddress| Failure {
+                code: 6,
+                message: e.to_string(),
+            })?;
+    Ok(format!("{ROOT}/pci/{}", a.path_element()))
+}
+
+const PCI: &str = "org.vapor.Virtualization.PciDevice";
 
 #[derive(Subcommand)]
 enum TemplateCmd {
@@ -283,6 +346,8 @@ fn props_json_value(v: &zbus::Variant<'_>) -> Value {
         zbus::Variant::I32(n) => json!(n),
         zbus::Variant::I64(n) => json!(n),
         zbus::Variant::F64(n) => json!(n),
+        zbus::Variant::ObjectPath(p) => json!(p.as_str()),
+        zbus::Variant::Array(a) => Value::Array(a.iter().map(props_json_value).collect()),
         other => json!(other.to_string()),
     }
 }
@@ -528,6 +593,38 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             return Ok(());
         }
         Cmd::ConvertLegacy { .. } => unreachable!("handled before connecting"),
+        Cmd::Pci(p) => return pci_command(&c, p, json_out).await,
+        Cmd::AttachPci {
+            vm,
+            address,
+            guest_address,
+            rom_file,
+            force,
+        } => {
+            let path = c.lookup(vm).await?;
+            let mut opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            if let Some(g) = guest_address {
+                opts.insert("guest_address", g.as_str().into());
+            }
+            if let Some(r) = rom_file {
+                opts.insert("rom_file", r.as_str().into());
+            }
+            if *force {
+                opts.insert("force", true.into());
+            }
+            c.call::<_, ()>(&path, VM, "AttachPciDevice", &(address.as_str(), opts))
+                .await?;
+            println!("{vm}: {address} attached");
+            return Ok(());
+        }
+        Cmd::DetachPci { vm, address } => {
+            let path = c.lookup(vm).await?;
+            let opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            c.call::<_, ()>(&path, VM, "DetachPciDevice", &(address.as_str(), opts))
+                .await?;
+            println!("{vm}: {address} detached");
+            return Ok(());
+        }
         Cmd::Delete {
             vm,
             remove_storage,
@@ -567,6 +664,175 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         println!("{}", json!({"vm": vm, "done": method}));
     } else {
         println!("{vm}: {done}");
+    }
+    Ok(())
+}
+
+async fn pci_command(c: &Client, cmd: &PciCmd, json_out: bool) -> Result<(), Failure> {
+    match cmd {
+        PciCmd::List => {
+            type Managed = HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>>;
+            let p = c.proxy(ROOT, "org.freedesktop.DBus.ObjectManager").await?;
+            let objs: Managed = p.call("GetManagedObjects", &()).await?;
+            let mut devs: Vec<HashMap<String, OwnedVariant>> = objs
+                .into_values()
+                .filter_map(|mut i| i.remove(PCI))
+                .collect();
+            devs.sort_by_key(|d| prop_str(d, "Address"));
+            if json_out {
+                let v: Vec<Value> = devs.iter().map(props_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            let mut rows = vec![[
+                "ADDRESS",
+                "ID",
+                "CLASS",
+                "DRIVER",
+                "GROUP",
+                "ASSIGNED",
+                "HOST NEEDS IT",
+            ]
+            .map(String::from)
+            .to_vec()];
+            for d in &devs {
+                let group = prop_str(d, "IommuGroup");
+                let reasons = props_json(d)["HostCriticalReasons"].clone();
+                let reasons = reasons
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                    .unwrap_or_default();
+                let assigned = props_json(d)["AssignedToNames"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                rows.push(vec![
+                    prop_str(d, "Address"),
+                    format!(
+                        "{:04x}:{:04x}",
+                        props_json(d)["VendorId"].as_u64().unwrap_or(0),
+                        props_json(d)["DeviceId"].as_u64().unwrap_or(0)
+                    ),
+                    prop_str(d, "ClassName"),
+                    Some(prop_str(d, "Driver"))
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| "-".into()),
+                    if group == "-1" { "-".into() } else { group },
+                    if assigned.is_empty() {
+                        "-".into()
+                    } else {
+                        assigned
+                    },
+                    if reasons.is_empty() {
+                        "-".into()
+                    } else {
+                        reasons
+                    },
+                ]);
+            }
+            print!("{}", table(&rows));
+        }
+        PciCmd::Show { address } => {
+            let path = pci_path(address)?;
+            let p = c.proxy(&path, "org.freedesktop.DBus.Properties").await?;
+            let props: HashMap<String, OwnedVariant> = p.call("GetAll", &(PCI,)).await?;
+            let v = props_json(&props);
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else if let Value::Object(m) = v {
+                for (k, v) in m {
+                    let text = match v {
+                        Value::String(s) => s,
+                        v => v.to_string(),
+                    };
+                    println!("{k:<20} {text}");
+                }
+            }
+        }
+        PciCmd::Check {
+            address,
+            vm,
+            with,
+            rom_file,
+            force,
+        } => {
+            let path = pci_path(address)?;
+            let mut opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            if !with.is_empty() {
+                opts.insert("with", with.clone().into());
+            }
+            if let Some(r) = rom_file {
+                opts.insert("rom_file", r.as_str().into());
+            }
+            if *force {
+                opts.insert("force", true.into());
+            }
+            let problems: Vec<(String, String)> = c
+                .call(&path, PCI, "CheckAssignment", &(vm.as_str(), opts))
+                .await?;
+            if json_out {
+                let v: Vec<Value> = problems
+                    .iter()
+                    .map(|(c, m)| json!({"code": c, "message": m}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"address": address, "vm": vm, "assignable": problems.is_empty(), "problems": v})
+                );
+            } else if problems.is_empty() {
+                println!("{address} can be given to {vm}");
+            } else {
+                println!("{address} cannot be given to {vm}:");
+                for (code, msg) in &problems {
+                    println!("  [{code}] {msg}");
+                }
+            }
+            if !problems.is_empty() {
+                return Err(Failure {
+                    code: 5,
+                    message: format!("{address} is not assignable to {vm}"),
+                });
+            }
+        }
+        PciCmd::Bind {
+            address,
+            group,
+            persistent,
+        } => {
+            let path = pci_path(address)?;
+            let mut opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            opts.insert("group", (*group).into());
+            opts.insert("persistent", (*persistent).into());
+            let moved: Vec<(String, String)> = c.call(&path, PCI, "BindToVfio", &(opts,)).await?;
+            for (a, prev) in moved {
+                println!(
+                    "{a}: vfio-pci (was {})",
+                    if prev.is_empty() { "unbound" } else { &prev }
+                );
+            }
+        }
+        PciCmd::Restore { address } => {
+            let path = pci_path(address)?;
+            let driver: String = c.call(&path, PCI, "RestoreDriver", &()).await?;
+            println!(
+                "{address}: {}",
+                if driver.is_empty() {
+                    "unbound"
+                } else {
+                    &driver
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -28,6 +28,12 @@ struct Args {
     /// Directory of shipped read-only templates (overrides the config file).
     #[arg(long, value_name = "DIR")]
     templates_dir: Option<PathBuf>,
+    /// sysfs root for PCI devices (tests use a fake tree; overrides the config file).
+    #[arg(long, value_name = "DIR")]
+    sysfs_root: Option<PathBuf>,
+    /// The PCI ID database (overrides the config file).
+    #[arg(long, value_name = "FILE")]
+    pci_ids: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -63,6 +69,12 @@ fn main() -> ExitCode {
     }
     if let Some(d) = args.templates_dir {
         cfg.templates_dir = d;
+    }
+    if let Some(p) = args.pci_ids {
+        cfg.pci_ids = Some(p);
+    }
+    if let Some(d) = args.sysfs_root {
+        cfg.sysfs_root = d;
     }
     if let Some(l) = args.log_level {
         cfg.log_level = l;

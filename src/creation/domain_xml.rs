@@ -107,6 +107,13 @@ pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
         "  <currentMemory unit='MiB'>{}</currentMemory>",
         r.memory_mib
     );
+    if let Some(pci) = &r.pci {
+        let _ = writeln!(
+            x,
+            "  <memtune>\n    <hard_limit unit='KiB'>{}</hard_limit>\n  </memtune>",
+            pci.memlock_kib
+        );
+    }
     let _ = writeln!(x, "  <vcpu placement='static'>{}</vcpu>", r.vcpus);
     if r.uefi {
         x.push_str("  <os firmware='efi'>\n");
@@ -128,6 +135,9 @@ pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
     x.push_str("  </os>\n  <features>\n    <acpi/>\n    <apic/>\n");
     if r.secure_boot {
         x.push_str("    <smm state='on'/>\n");
+    }
+    if r.pci.as_ref().is_some_and(|p| p.viommu) {
+        let _ = writeln!(x, "    {}", crate::pci::hostdev::ioapic_feature_xml());
     }
     x.push_str("  </features>\n");
     x.push_str(&cpu_xml(&r.cpu_mode));
@@ -179,7 +189,22 @@ pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
             esc(listen)
         );
     }
-    if !r.graphics.is_empty() {
+    let primary_gpu = r.pci.as_ref().is_some_and(|p| p.primary_gpu);
+    if let Some(pci) = &r.pci {
+        for h in &pci.hostdevs {
+            let _ = writeln!(x, "    {}", h.xml);
+        }
+        if pci.viommu {
+            let _ = writeln!(x, "    {}", crate::pci::hostdev::iommu_xml());
+        }
+    }
+    if primary_gpu {
+        // The passed-through GPU is the display: no emulated video card.
+        let _ = writeln!(x, "    {}", crate::pci::hostdev::NO_VIDEO_XML);
+        if !r.graphics.is_empty() {
+            x.push_str("    <input type='tablet' bus='usb'/>\n");
+        }
+    } else if !r.graphics.is_empty() {
         let model = if r.graphics.iter().any(|g| g.kind == "spice") {
             "qxl"
         } else {

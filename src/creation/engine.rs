@@ -20,7 +20,7 @@ use virt::storage_vol::StorageVol;
 use virt_sys as sys;
 
 use super::domain_xml::{domain_xml, Origin};
-use super::resolve::{self, Defaults, PoolInfo, Resolved, StorageView, VolumeInfo};
+use super::resolve::{self, Defaults, PciPlanner, PoolInfo, Resolved, StorageView, VolumeInfo};
 use super::spec::{DiskAction, VmSpec};
 use super::template::{self, TemplateStore};
 use super::{cloud_init, validate};
@@ -78,6 +78,8 @@ impl CancelFlag {
 
 pub struct Engine {
     hv: Arc<Hypervisor>,
+    /// Plans `pci_devices`; without one they are refused as NotSupported.
+    pci: Option<Arc<dyn PciPlanner>>,
     templates: TemplateStore,
     defaults: Defaults,
     /// Names being created right now.
@@ -210,9 +212,15 @@ fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<(&str, &s
 }
 
 impl Engine {
-    pub fn new(hv: Arc<Hypervisor>, templates: TemplateStore, defaults: Defaults) -> Self {
+    pub fn new(
+        hv: Arc<Hypervisor>,
+        templates: TemplateStore,
+        defaults: Defaults,
+        pci: Option<Arc<dyn PciPlanner>>,
+    ) -> Self {
         Self {
             hv,
+            pci,
             templates,
             defaults,
             creating: Mutex::new(HashSet::new()),
@@ -241,6 +249,7 @@ impl Engine {
         let spec = validate::validate_spec(&merged)?;
         let name = validate::require_name(&spec)?.to_owned();
         let defaults = self.defaults.clone();
+        let pci = self.pci.clone();
         self.hv
             .run(move |c| {
                 match c.lookup_domain_by_name(&name) {
@@ -252,7 +261,7 @@ impl Engine {
                     Err(e) if is_not_found(&e) => {}
                     Err(e) => return Err(from_virt(e, "cannot check the name")),
                 }
-                let resolved = resolve::resolve(&LibvirtView(c), &spec, &name, &defaults)?;
+                let resolved = resolve_all(c, &spec, &name, &defaults, pci.as_deref())?;
                 let uuid = uuid::Uuid::new_v4().to_string();
                 let xml = domain_xml(
                     &resolved,
@@ -277,8 +286,9 @@ impl Engine {
         let name = plan.resolved.name.clone();
         let _claim = NameClaim::take(&self.creating, &name)?;
         let defaults = self.defaults.clone();
+        let pci = self.pci.clone();
         self.hv
-            .run(move |c| create_blocking(c, plan, &defaults, &*progress))
+            .run(move |c| create_blocking(c, plan, &defaults, pci.as_deref(), &*progress))
             .await
     }
 }
@@ -339,19 +349,33 @@ fn domain_type(conn: &Connect) -> &'static str {
     }
 }
 
+/// Storage resolution plus the PCI plan, if the spec has devices.
+fn resolve_all(
+    conn: &Connect,
+    spec: &VmSpec,
+    name: &str,
+    defaults: &Defaults,
+    pci: Option<&dyn PciPlanner>,
+) -> Result<Resolved> {
+    let mut resolved = resolve::resolve(&LibvirtView(conn), spec, name, defaults)?;
+    if let Some(devices) = spec.pci_devices.as_deref().filter(|d| !d.is_empty()) {
+        let planner = pci.ok_or_else(|| {
+            Error::NotSupported("pci_devices: this vapord has no PCI support".into())
+        })?;
+        resolved.pci = Some(planner.plan(name, resolved.memory_mib, &resolved.machine, devices)?);
+    }
+    Ok(resolved)
+}
+
 fn create_blocking(
     conn: &Connect,
     plan: Plan,
     defaults: &Defaults,
+    pci: Option<&dyn PciPlanner>,
     progress: &dyn Progress,
 ) -> Result<String> {
     // The host may have changed while the caller was being authorized.
-    let again = resolve::resolve(
-        &LibvirtView(conn),
-        &plan.spec,
-        &plan.resolved.name,
-        defaults,
-    )?;
+    let again = resolve_all(conn, &plan.spec, &plan.resolved.name, defaults, pci)?;
     if again != plan.resolved {
         return Err(Error::Conflict(
             "the host's storage changed while the request was being authorized; nothing was made, try again"

@@ -124,6 +124,8 @@ pub struct Resolved {
     /// backing chains): authorized separately, since a guest can read
     /// whatever it is given.
     pub host_paths: Vec<String>,
+    /// Host PCI devices, planned by a [`PciPlanner`] (None without any).
+    pub pci: Option<ResolvedPci>,
 }
 
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
@@ -411,6 +413,44 @@ fn resolve_disk(
     })
 }
 
+/// One host PCI device as it will be given to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedHostdev {
+    pub host_address: String,
+    /// Guest address, or None for libvirt to choose.
+    pub guest_address: Option<String>,
+    pub multifunction: bool,
+    pub rom_file: Option<String>,
+    pub primary_gpu: bool,
+    /// The exact `<hostdev>` element.
+    pub xml: String,
+}
+
+/// The PCI part of a creation: hostdevs, memory locking, vIOMMU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedPci {
+    pub hostdevs: Vec<ResolvedHostdev>,
+    /// `<memtune><hard_limit>` in KiB (libvirt's VFIO rule).
+    pub memlock_kib: u64,
+    /// An emulated IOMMU for the guest (q35).
+    pub viommu: bool,
+    /// A passed-through GPU is the primary display: no emulated video.
+    pub primary_gpu: bool,
+}
+
+/// Plans `pci_devices` for a creation: validation (every reason, naming
+/// `pci_devices[i].<field>`) and guest placement. Implemented by the PCI
+/// service; kept as a trait so creation does not depend on sysfs.
+pub trait PciPlanner: Send + Sync {
+    fn plan(
+        &self,
+        vm_name: &str,
+        memory_mib: u64,
+        machine: &str,
+        devices: &[super::spec::PciDeviceSpec],
+    ) -> Result<ResolvedPci>;
+}
+
 /// Defaults the daemon supplies where the spec is silent.
 #[derive(Debug, Clone)]
 pub struct Defaults {
@@ -424,12 +464,6 @@ pub fn resolve(
     name: &str,
     defaults: &Defaults,
 ) -> Result<Resolved> {
-    if spec.pci_devices.as_ref().is_some_and(|p| !p.is_empty()) {
-        return Err(Error::NotSupported(
-            "pci_devices: PCI passthrough at creation is not available in this version of vapord"
-                .into(),
-        ));
-    }
     let machine = spec.machine.clone().unwrap_or_else(|| "q35".into());
     let secure_boot = spec.secure_boot.unwrap_or(false);
     let uefi = spec.uefi.unwrap_or(false) || secure_boot;
@@ -620,6 +654,7 @@ pub fn resolve(
         pools_used,
         pools_read,
         host_paths,
+        pci: None,
     })
 }
 

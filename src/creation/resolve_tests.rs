@@ -299,16 +299,6 @@ fn size_rules_depend_on_the_action() {
 }
 
 #[test]
-fn pci_devices_are_refused_until_passthrough_lands() {
-    let e =
-        run(serde_json::json!({"pci_devices": [{"host_address": "0000:01:00.0"}]})).unwrap_err();
-    assert!(
-        matches!(e, Error::NotSupported(ref m) if m.starts_with("pci_devices")),
-        "{e}"
-    );
-}
-
-#[test]
 fn cloud_init_seed_goes_to_the_default_pool_on_the_next_cdrom_target() {
     let r = run(
         serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "ubuntu.iso"},

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod introspection;
 pub mod job;
 pub mod manager;
+pub mod pci;
 pub mod polkit;
 pub mod publisher;
 pub mod vm;
@@ -18,6 +19,7 @@ pub const BUS_NAME: &str = "org.vapor.Virtualization";
 pub const ROOT_PATH: &str = "/org/vapor/Virtualization";
 pub const MANAGER_IFACE: &str = "org.vapor.Virtualization.Manager";
 pub const VM_IFACE: &str = "org.vapor.Virtualization.VirtualMachine";
+pub const PCI_IFACE: &str = "org.vapor.Virtualization.PciDevice";
 
 /// Object path of the VM with this UUID (`-` is not allowed in paths).
 pub fn vm_path(uuid: &str) -> String {

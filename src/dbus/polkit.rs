@@ -31,6 +31,7 @@ pub enum Action {
     VmCreate,
     TemplateManage,
     StorageHostPath,
+    PciAssign,
 }
 
 impl Action {
@@ -43,6 +44,7 @@ impl Action {
             Action::VmCreate => "org.vapor.virtualization.vm-create",
             Action::TemplateManage => "org.vapor.virtualization.template-manage",
             Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
+            Action::PciAssign => "org.vapor.virtualization.pci-assign",
         }
     }
 }

@@ -112,3 +112,53 @@ impl Publisher {
         }
     }
 }
+
+/// Reflect host PCI changes on the bus: objects come and go with hotplug;
+/// driver, group and assignment changes are one PropertiesChanged each.
+pub async fn run_pci(
+    conn: Connection,
+    ctx: Arc<super::pci::PciContext>,
+    mut rx: UnboundedReceiver<crate::services::pci::PciChange>,
+) {
+    use super::pci::{pci_path, PciDevice};
+    use crate::services::pci::PciChange;
+    let server = conn.object_server();
+    while let Some(change) = rx.recv().await {
+        let result: zbus::Result<()> = async {
+            match change {
+                PciChange::Added(a) => {
+                    server
+                        .at(pci_path(&a).as_str(), PciDevice::new(a, ctx.clone()))
+                        .await?;
+                }
+                PciChange::Removed(a) => {
+                    server.remove::<PciDevice, _>(pci_path(&a).as_str()).await?;
+                }
+                PciChange::Changed(a) => {
+                    let path = pci_path(&a);
+                    let Ok(iface) = server.interface::<_, PciDevice>(path.as_str()).await else {
+                        return Ok(());
+                    };
+                    let changed = iface.get().await.take_changes();
+                    if changed.is_empty() {
+                        return Ok(());
+                    }
+                    let map: HashMap<&str, zbus::Variant<'_>> =
+                        changed.iter().map(|(k, v)| (*k, (**v).clone())).collect();
+                    zbus::fdo::Properties::properties_changed(
+                        iface.signal_emitter(),
+                        InterfaceName::from_static_str_unchecked(super::PCI_IFACE),
+                        map,
+                        Cow::Borrowed(&[]),
+                    )
+                    .await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            log::warn!("cannot publish a PCI change: {e}");
+        }
+    }
+}

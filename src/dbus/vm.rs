@@ -20,6 +20,7 @@ use crate::services::{DeleteOptions, LifecycleAction, VmService};
 pub struct VmContext {
     pub vms: VmService,
     pub auth: Arc<Authorizer>,
+    pub pci: Arc<crate::services::pci::PciService>,
 }
 
 pub struct VirtualMachine {
@@ -139,6 +140,35 @@ impl VirtualMachine {
     }
 }
 
+fn parse_address(field: &str, s: &str) -> Result<crate::pci::PciAddress, Error> {
+    s.parse()
+        .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))
+}
+
+fn string_option(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+) -> Result<Option<String>, Error> {
+    match options.get(key) {
+        None => Ok(None),
+        Some(v) => String::try_from(v.clone())
+            .map(Some)
+            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a string (s)"))),
+    }
+}
+
+fn bool_option_or(
+    options: &HashMap<String, OwnedVariant>,
+    key: &str,
+    default: bool,
+) -> Result<bool, Error> {
+    if options.contains_key(key) {
+        bool_option(options, key)
+    } else {
+        Ok(default)
+    }
+}
+
 fn bool_option(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<bool, Error> {
     match options.get(key) {
         None => Ok(false),
@@ -244,6 +274,101 @@ impl VirtualMachine {
             .await?;
         let report = self.ctx.vms.delete(&rec.uuid, opts).await?;
         Ok((report.removed, report.kept))
+    }
+
+    /// Give a host PCI device to the VM (VFIO, managed: libvirt moves it to
+    /// vfio-pci while the VM runs). Options: `guest_address` (s), `rom_file`
+    /// (s), `rom_bar` (b), `multifunction` (b), `live` (b, default: when
+    /// running), `config` (b, default: when persistent), `force` (b: accept
+    /// a device the host seems to need). Every viability problem is refused.
+    async fn attach_pci_device(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        host_address: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        use crate::dbus::pci::known_options;
+        known_options(
+            &options,
+            &[
+                "guest_address",
+                "rom_file",
+                "rom_bar",
+                "multifunction",
+                "live",
+                "config",
+                "force",
+            ],
+        )?;
+        let host = parse_address("host_address", host_address)?;
+        let rec = self.record();
+        let guest = string_option(&options, "guest_address")?
+            .map(|g| parse_address("options.guest_address", &g))
+            .transpose()?;
+        let req = crate::pci::hostdev::HostdevRequest {
+            host,
+            guest,
+            rom_file: string_option(&options, "rom_file")?,
+            rom_bar: options
+                .get("rom_bar")
+                .map(|v| {
+                    bool::try_from(v).map_err(|_| {
+                        Error::InvalidArgument("options.rom_bar: must be a boolean (b)".into())
+                    })
+                })
+                .transpose()?,
+            multifunction: bool_option(&options, "multifunction")?,
+            primary_gpu: false,
+        };
+        let scope = crate::services::pci::AttachScope {
+            live: bool_option_or(&options, "live", rec.state.is_active())?,
+            config: bool_option_or(&options, "config", rec.persistent)?,
+        };
+        let force = bool_option(&options, "force")?;
+        let addr = host.to_string();
+        let rec = self
+            .authorize_with(
+                &header,
+                Action::PciAssign,
+                &format!("give the host PCI device {addr} to"),
+                &[("pci.address", &addr)],
+            )
+            .await?;
+        self.ctx
+            .pci
+            .attach(&rec.uuid, &rec.name, req, scope, force)
+            .await?;
+        Ok(())
+    }
+
+    /// Take a host PCI device away from the VM. Options: `live`, `config` (b).
+    async fn detach_pci_device(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        host_address: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        crate::dbus::pci::known_options(&options, &["live", "config"])?;
+        let host = parse_address("host_address", host_address)?;
+        let rec = self.record();
+        let scope = crate::services::pci::AttachScope {
+            live: bool_option_or(&options, "live", rec.state.is_active())?,
+            config: bool_option_or(&options, "config", rec.persistent)?,
+        };
+        let addr = host.to_string();
+        let rec = self
+            .authorize_with(
+                &header,
+                Action::PciAssign,
+                &format!("take the host PCI device {addr} from"),
+                &[("pci.address", &addr)],
+            )
+            .await?;
+        self.ctx
+            .pci
+            .detach(&rec.uuid, &rec.name, host, scope)
+            .await?;
+        Ok(())
     }
 
     /// The VM's whole configuration and state as a JSON document.

@@ -3,6 +3,7 @@
 //! [`crate::libvirt::Hypervisor`] and keep [`crate::model::Model`] current after
 //! every change; they know nothing about D-Bus or polkit.
 
+pub mod pci;
 pub mod storage_ownership;
 pub mod vm;
 

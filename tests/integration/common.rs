@@ -30,7 +30,13 @@ static DAEMON: OnceLock<u32> = OnceLock::new();
 
 /// Start vapord once for this test binary (it dies with the test process).
 pub fn daemon() -> u32 {
-    *DAEMON.get_or_init(|| {
+    daemon_with(&[])
+}
+
+/// Like [`daemon`], with extra vapord arguments (only the first call's count).
+pub fn daemon_with(extra: &[&str]) -> u32 {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    *DAEMON.get_or_init(move || {
         assert!(
             Command::new("virsh")
                 .args(["-c", "qemu:///system", "version"])
@@ -59,6 +65,7 @@ pub fn daemon() -> u32 {
             let templates = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
             cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])
                 .args(["--state-dir", &state_dir, "--templates-dir", &templates])
+                .args(&extra)
                 .env("VAPOR_LOG_STDERR", "1")
                 .stdout(Stdio::null())
                 .stderr(log);

@@ -27,7 +27,25 @@ async fn running_daemon_matches_the_shipped_interface_xml() {
 
     let root = introspect(&conn, ROOT).await;
     let vm = introspect(&conn, &d.path()).await;
-    for (node, name) in [(&root, MANAGER), (&vm, VM)] {
+    // Any PCI device of the host will do.
+    let p = zbus::Proxy::new(&conn, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager")
+        .await
+        .unwrap();
+    let managed: std::collections::HashMap<
+        zbus::OwnedObjectPath,
+        std::collections::HashMap<String, std::collections::HashMap<String, zbus::OwnedVariant>>,
+    > = p.call("GetManagedObjects", &()).await.unwrap();
+    let pci_path = managed
+        .keys()
+        .find(|k| k.as_str().starts_with(&format!("{ROOT}/pci/")))
+        .expect("the host has PCI devices")
+        .clone();
+    let pci = introspect(&conn, pci_path.as_str()).await;
+    for (node, name) in [
+        (&root, MANAGER),
+        (&vm, VM),
+        (&pci, "org.vapor.Virtualization.PciDevice"),
+    ] {
         let live = canonical_interface(node, name);
         let file = canonical_interface(&shipped_interface(name), name);
         assert_eq!(live, file, "dbus/{name}.xml is out of date with the daemon");

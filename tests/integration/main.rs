@@ -9,4 +9,5 @@ mod delete;
 mod events;
 mod introspection;
 mod lifecycle;
+mod pci_real;
 mod polkit_access;

@@ -1,0 +1,643 @@
+//! Host PCI devices as a service: the inventory (from sysfs, kept current by
+//! udev events), which VMs reference which device (from domain definitions,
+//! kept current by libvirt events), the one viability check, driver control
+//! (vfio-pci and back) and attaching/detaching devices to VMs.
+//! Knows nothing about D-Bus.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use virt_sys as sys;
+
+use crate::libvirt::errors::from_virt;
+use crate::libvirt::xml::Element;
+use crate::libvirt::Hypervisor;
+use crate::pci::critical::HostCritical;
+use crate::pci::hostdev::{self, HostdevRequest};
+use crate::pci::ids::PciIds;
+use crate::pci::inventory::{self, PciDeviceInfo};
+use crate::pci::udev::PciEvent;
+use crate::pci::vfio::DriverStore;
+use crate::pci::vfio::{self, AssignContext, Problem};
+use crate::pci::{PciAddress, Sysfs};
+use crate::{Error, Result};
+
+/// A difference in the inventory, for the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PciChange {
+    Added(PciAddress),
+    Changed(PciAddress),
+    Removed(PciAddress),
+}
+
+/// Where the service finds the host.
+#[derive(Debug, Clone)]
+pub struct PciConfig {
+    /// `/` on a host; a fake tree in tests.
+    pub sysfs_root: PathBuf,
+    /// Where `proc/` is (for mounts and routes).
+    pub procfs_root: PathBuf,
+    /// pci.ids; `None` = the usual places.
+    pub ids_path: Option<PathBuf>,
+    pub state_dir: PathBuf,
+}
+
+/// Options of an attach or detach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachScope {
+    /// Change the running VM.
+    pub live: bool,
+    /// Change the persistent definition.
+    pub config: bool,
+}
+
+pub struct PciService {
+    sysfs: Sysfs,
+    procfs_root: PathBuf,
+    ids: PciIds,
+    critical: RwLock<HostCritical>,
+    store: DriverStore,
+    devices: RwLock<BTreeMap<PciAddress, PciDeviceInfo>>,
+    /// Domain UUID → (name, host PCI addresses its definitions reference).
+    hostdevs: RwLock<HashMap<String, (String, Vec<PciAddress>)>>,
+    changes: UnboundedSender<PciChange>,
+    hv: Arc<Hypervisor>,
+}
+
+fn lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_mut<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Host PCI addresses referenced by `<hostdev type='pci'>` in a domain document.
+pub fn domain_hostdevs(domain: &Element) -> Vec<PciAddress> {
+    let Some(devices) = domain.child("devices") else {
+        return Vec::new();
+    };
+    devices
+        .children_named("hostdev")
+        .filter(|h| h.attr("type") == Some("pci"))
+        .filter_map(|h| {
+            let a = h.child("source")?.child("address")?;
+            let num = |k: &str| {
+                let v = a.attr(k)?;
+                u32::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+            };
+            Some(PciAddress {
+                domain: num("domain").unwrap_or(0) as u16,
+                bus: num("bus")? as u8,
+                slot: num("slot")? as u8,
+                function: num("function")? as u8,
+            })
+        })
+        .collect()
+}
+
+impl PciService {
+    pub fn new(
+        cfg: &PciConfig,
+        hv: Arc<Hypervisor>,
+    ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
+        // A fake tree built by the tests (crate::pci::fake) carries a marker:
+        // then writes get the fake kernel's reactions. Never on a real root.
+        let fake = cfg.sysfs_root != std::path::Path::new("/")
+            && cfg
+                .sysfs_root
+                .join(crate::pci::fake::FAKE_KERNEL_MARKER)
+                .exists();
+        let sysfs = if fake {
+            log::warn!(
+                "sysfs root {} is a fake tree: emulating the kernel's reactions",
+                cfg.sysfs_root.display()
+            );
+            Sysfs::with_hook(
+                &cfg.sysfs_root,
+                Arc::new(crate::pci::fake::FakeKernel::new()),
+            )
+        } else {
+            Sysfs::new(&cfg.sysfs_root)
+        };
+        Self::with_sysfs(sysfs, cfg, hv)
+    }
+
+    /// With a given sysfs (tests pass one with a fake kernel).
+    pub fn with_sysfs(
+        sysfs: Sysfs,
+        cfg: &PciConfig,
+        hv: Arc<Hypervisor>,
+    ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
+        let (changes, rx) = unbounded_channel();
+        let store = DriverStore::open(&cfg.state_dir)?;
+        let svc = Arc::new(Self {
+            ids: PciIds::load_or_default(cfg.ids_path.as_deref()),
+            critical: RwLock::new(HostCritical::none()),
+            procfs_root: cfg.procfs_root.clone(),
+            sysfs,
+            store,
+            devices: RwLock::new(BTreeMap::new()),
+            hostdevs: RwLock::new(HashMap::new()),
+            changes,
+            hv,
+        });
+        Ok((svc, rx))
+    }
+
+    pub fn sysfs(&self) -> &Sysfs {
+        &self.sysfs
+    }
+
+    /// Read every device (call after subscribing to udev). Emits nothing.
+    pub fn load(&self) -> Result<()> {
+        let critical = HostCritical::detect(&self.sysfs, &self.procfs_root);
+        let found = inventory::scan(&self.sysfs, &self.ids, &critical)
+            .map_err(|e| Error::Failed(format!("cannot read PCI devices from sysfs: {e}")))?;
+        *lock_mut(&self.critical) = critical;
+        *lock_mut(&self.devices) = found.into_iter().map(|d| (d.address, d)).collect();
+        Ok(())
+    }
+
+    pub fn device(&self, addr: &PciAddress) -> Option<PciDeviceInfo> {
+        lock(&self.devices).get(addr).cloned()
+    }
+
+    pub fn all(&self) -> Vec<PciDeviceInfo> {
+        lock(&self.devices).values().cloned().collect()
+    }
+
+    /// The driver vapord remembered for a device it moved to vfio-pci.
+    pub fn original_driver(&self, addr: &PciAddress) -> Option<String> {
+        self.store.original_driver(addr)
+    }
+
+    /// The persistent driver override (driverctl style), if any.
+    pub fn persistent_override(&self, addr: &PciAddress) -> Option<String> {
+        self.store.record(addr).and_then(|r| r.persistent_override)
+    }
+
+    /// VMs (uuid, name) whose definitions reference the device.
+    pub fn assigned_to(&self, addr: &PciAddress) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = lock(&self.hostdevs)
+            .iter()
+            .filter(|(_, (_, addrs))| addrs.contains(addr))
+            .map(|(uuid, (name, _))| (uuid.clone(), name.clone()))
+            .collect();
+        v.sort_by(|a, b| a.1.cmp(&b.1));
+        v
+    }
+
+    /// Re-read one device and publish what changed.
+    pub fn refresh(&self, addr: &PciAddress) {
+        let critical = lock(&self.critical).clone();
+        let now = inventory::read_device(&self.sysfs, &self.ids, &critical, addr);
+        let mut devices = lock_mut(&self.devices);
+        let change = match (devices.get(addr), now) {
+            (None, None) => None,
+            (Some(_), None) => {
+                devices.remove(addr);
+                Some(PciChange::Removed(*addr))
+            }
+            (None, Some(d)) => {
+                devices.insert(*addr, d);
+                Some(PciChange::Added(*addr))
+            }
+            (Some(old), Some(d)) if *old == d => None,
+            (Some(_), Some(d)) => {
+                devices.insert(*addr, d);
+                Some(PciChange::Changed(*addr))
+            }
+        };
+        if let Some(c) = change {
+            let _ = self.changes.send(c);
+        }
+    }
+
+    /// Follow one udev event.
+    pub fn on_udev(&self, ev: &PciEvent) {
+        let addr = ev.address();
+        if let PciEvent::Added(_) = ev {
+            match vfio::reapply_override(&self.sysfs, &self.store, &addr) {
+                Ok(true) => {
+                    log::info!(pci_address = addr.to_string().as_str(); "re-applied the persistent driver override")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    log::warn!(pci_address = addr.to_string().as_str(); "cannot re-apply the driver override: {e}")
+                }
+            }
+        }
+        self.refresh(&addr);
+    }
+
+    /// Read which devices every domain references (persistent and live).
+    pub async fn load_hostdevs(&self) -> Result<()> {
+        let all = self
+            .hv
+            .run(|c| {
+                let doms = c
+                    .list_all_domains(0)
+                    .map_err(|e| from_virt(e, "cannot list domains"))?;
+                Ok(doms
+                    .iter()
+                    .filter_map(|d| Some((d.uuid_string().ok()?, domain_pci(d))))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        let mut touched = Vec::new();
+        {
+            let mut map = lock_mut(&self.hostdevs);
+            for (_, (_, addrs)) in map.iter() {
+                touched.extend(addrs.iter().copied());
+            }
+            map.clear();
+            for (uuid, entry) in all.into_iter() {
+                if let Some(e) = entry {
+                    touched.extend(e.1.iter().copied());
+                    map.insert(uuid, e);
+                }
+            }
+        }
+        self.announce(touched);
+        Ok(())
+    }
+
+    /// Re-read one domain's references (after a libvirt event for it).
+    pub async fn refresh_hostdevs(&self, uuid: &str) {
+        let u = uuid.to_owned();
+        let now = self
+            .hv
+            .run(move |c| {
+                Ok(c.lookup_domain_by_uuid_string(&u)
+                    .ok()
+                    .and_then(|d| domain_pci(&d)))
+            })
+            .await
+            .unwrap_or(None);
+        let mut touched = Vec::new();
+        {
+            let mut map = lock_mut(&self.hostdevs);
+            if let Some((_, old)) = map.get(uuid) {
+                touched.extend(old.iter().copied());
+            }
+            match now {
+                Some(e) if !e.1.is_empty() => {
+                    touched.extend(e.1.iter().copied());
+                    map.insert(uuid.to_owned(), e);
+                }
+                _ => {
+                    map.remove(uuid);
+                }
+            }
+        }
+        self.announce(touched);
+    }
+
+    fn announce(&self, mut addrs: Vec<PciAddress>) {
+        addrs.sort();
+        addrs.dedup();
+        for a in addrs {
+            if lock(&self.devices).contains_key(&a) {
+                let _ = self.changes.send(PciChange::Changed(a));
+            }
+        }
+    }
+
+    /// Devices referenced by domains other than `except_uuid` → domain name.
+    fn in_use(&self, except_uuid: Option<&str>) -> HashMap<PciAddress, String> {
+        let mut m = HashMap::new();
+        for (uuid, (name, addrs)) in lock(&self.hostdevs).iter() {
+            if Some(uuid.as_str()) == except_uuid {
+                continue;
+            }
+            for a in addrs {
+                m.insert(*a, name.clone());
+            }
+        }
+        m
+    }
+
+    /// Every reason `addr` cannot go to the VM (`vm_uuid`, `vm_name`); no side effects.
+    pub fn check(
+        &self,
+        addr: &PciAddress,
+        vm_uuid: Option<&str>,
+        vm_name: &str,
+        rom_file: Option<PathBuf>,
+        also: &[PciAddress],
+        force_host_critical: bool,
+    ) -> Vec<Problem> {
+        let ctx = AssignContext {
+            vm_name: vm_name.to_owned(),
+            in_use: self.in_use(vm_uuid),
+            force_host_critical,
+            rom_file,
+            also_assigned: also.to_vec(),
+        };
+        let lookup = |a: &PciAddress| self.device(a);
+        vfio::check_assignable(&self.sysfs, &lookup, addr, &ctx)
+    }
+
+    /// Bind a device (or its whole IOMMU group) to vfio-pci, remembering the
+    /// original drivers; optionally make it persistent (re-applied when the
+    /// device reappears). Returns (address, previous driver) per device moved.
+    pub async fn bind_vfio(
+        self: &Arc<Self>,
+        addr: PciAddress,
+        whole_group: bool,
+        persistent: bool,
+    ) -> Result<Vec<(PciAddress, String)>> {
+        if !self.critical_reasons(&addr).is_empty() {
+            return Err(Error::InvalidState(format!(
+                "{addr} {}: the host needs it",
+                self.critical_reasons(&addr).join("; ")
+            )));
+        }
+        let this = self.clone();
+        let out = tokio::task::spawn_blocking(move || -> Result<Vec<(PciAddress, String)>> {
+            let outcomes = if whole_group {
+                vfio::bind_group_to_vfio(&this.sysfs, &this.store, &addr)?
+            } else {
+                vec![vfio::bind_to_vfio(&this.sysfs, &this.store, &addr)?]
+            };
+            if persistent {
+                for o in &outcomes {
+                    this.store
+                        .set_persistent_override(&o.address, vfio::VFIO_PCI)?;
+                }
+            }
+            Ok(outcomes
+                .into_iter()
+                .map(|o| (o.address, o.previous_driver.unwrap_or_default()))
+                .collect())
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
+        for (a, _) in &out {
+            self.refresh(a);
+        }
+        Ok(out)
+    }
+
+    /// Give a device back to its own driver and drop any persistent override.
+    pub async fn restore_driver(self: &Arc<Self>, addr: PciAddress) -> Result<String> {
+        let this = self.clone();
+        let driver = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+            this.store.clear_persistent_override(&addr)?;
+            vfio::restore_driver(&this.sysfs, &this.store, &addr)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
+        self.refresh(&addr);
+        Ok(driver.unwrap_or_default())
+    }
+
+    fn critical_reasons(&self, addr: &PciAddress) -> Vec<String> {
+        lock(&self.critical).reasons(addr).to_vec()
+    }
+
+    /// Attach a host device to a VM (managed='yes': libvirt moves it to
+    /// vfio-pci at start and back at stop), after the full viability check.
+    pub async fn attach(
+        &self,
+        vm_uuid: &str,
+        vm_name: &str,
+        req: HostdevRequest,
+        scope: AttachScope,
+        force_host_critical: bool,
+    ) -> Result<()> {
+        if !scope.live && !scope.config {
+            return Err(Error::InvalidArgument(
+                "options: at least one of live and config must be true".into(),
+            ));
+        }
+        let problems = self.check(
+            &req.host,
+            Some(vm_uuid),
+            vm_name,
+            req.rom_file.as_ref().map(PathBuf::from),
+            &[],
+            force_host_critical,
+        );
+        if let Some(e) = vfio::problems_error(&problems) {
+            return Err(e);
+        }
+        if self
+            .assigned_to(&req.host)
+            .iter()
+            .any(|(u, _)| u == vm_uuid)
+        {
+            return Err(Error::Conflict(format!(
+                "{} is already assigned to VM '{vm_name}'",
+                req.host
+            )));
+        }
+        let planned = hostdev::plan_hostdevs(std::slice::from_ref(&req), &|_| 1)?;
+        let xml = hostdev::hostdev_xml(&planned[0]);
+        let uuid = vm_uuid.to_owned();
+        let what = format!("cannot attach {} to VM '{vm_name}'", req.host);
+        self.hv
+            .run_on_domain(&uuid, move |_, d| {
+                d.attach_device_flags(&xml, flags(scope))
+                    .map(|_| ())
+                    .map_err(|e| from_virt(e, &what))
+            })
+            .await?;
+        self.refresh_hostdevs(vm_uuid).await;
+        Ok(())
+    }
+
+    /// Detach a host device from a VM.
+    pub async fn detach(
+        &self,
+        vm_uuid: &str,
+        vm_name: &str,
+        addr: PciAddress,
+        scope: AttachScope,
+    ) -> Result<()> {
+        if !scope.live && !scope.config {
+            return Err(Error::InvalidArgument(
+                "options: at least one of live and config must be true".into(),
+            ));
+        }
+        let what = format!("cannot detach {addr} from VM '{vm_name}'");
+        let name = vm_name.to_owned();
+        self.hv
+            .run_on_domain(vm_uuid, move |_, d| {
+                let xml_flags = if scope.config && !scope.live {
+                    sys::VIR_DOMAIN_XML_INACTIVE
+                } else {
+                    0
+                };
+                let xml = d.xml_desc(xml_flags).map_err(|e| from_virt(e, &what))?;
+                let root = Element::parse(&xml)?;
+                if !domain_hostdevs(&root).contains(&addr) {
+                    return Err(Error::NotFound(format!(
+                        "{addr} is not assigned to VM '{name}'"
+                    )));
+                }
+                let dev = hostdev::hostdev_xml(&hostdev::PlannedHostdev {
+                    host: addr,
+                    guest: None,
+                    multifunction: false,
+                    rom_file: None,
+                    rom_bar: None,
+                    primary_gpu: false,
+                });
+                d.detach_device_flags(&dev, flags(scope))
+                    .map(|_| ())
+                    .map_err(|e| from_virt(e, &what))
+            })
+            .await?;
+        self.refresh_hostdevs(vm_uuid).await;
+        Ok(())
+    }
+}
+
+fn flags(scope: AttachScope) -> u32 {
+    let mut f = 0;
+    if scope.live {
+        f |= sys::VIR_DOMAIN_AFFECT_LIVE;
+    }
+    if scope.config {
+        f |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+    }
+    f
+}
+
+/// (name, referenced addresses) of a domain, from its live and persistent XML.
+fn domain_pci(d: &virt::domain::Domain) -> Option<(String, Vec<PciAddress>)> {
+    let name = d.name().ok()?;
+    let mut addrs = Vec::new();
+    let mut flags = vec![0];
+    if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
+        flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
+    }
+    for f in flags {
+        if let Some(root) = d.xml_desc(f).ok().and_then(|x| Element::parse(&x).ok()) {
+            addrs.extend(domain_hostdevs(&root));
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    Some((name, addrs))
+}
+
+impl crate::creation::resolve::PciPlanner for PciService {
+    /// Validate every requested device (all problems, naming
+    /// `pci_devices[i].<field>`), place them in the guest, and compute the
+    /// memory-locking limit with a vIOMMU on q35.
+    fn plan(
+        &self,
+        vm_name: &str,
+        memory_mib: u64,
+        machine: &str,
+        devices: &[crate::creation::spec::PciDeviceSpec],
+    ) -> Result<crate::creation::resolve::ResolvedPci> {
+        use crate::creation::resolve::{ResolvedHostdev, ResolvedPci};
+        let mut reqs = Vec::new();
+        for (i, d) in devices.iter().enumerate() {
+            let field = |f: &str| format!("pci_devices[{i}].{f}");
+            let host: PciAddress = d
+                .host_address
+                .parse()
+                .map_err(|e| Error::InvalidArgument(format!("{}: {e}", field("host_address"))))?;
+            let guest = d
+                .guest_address
+                .as_deref()
+                .map(|g| {
+                    g.parse::<PciAddress>().map_err(|e| {
+                        Error::InvalidArgument(format!("{}: {e}", field("guest_address")))
+                    })
+                })
+                .transpose()?;
+            reqs.push(HostdevRequest {
+                host,
+                guest,
+                rom_file: d.rom_file.clone(),
+                rom_bar: None,
+                multifunction: d.multifunction.unwrap_or(false),
+                primary_gpu: d.primary_gpu.unwrap_or(false),
+            });
+        }
+        let hosts: Vec<PciAddress> = reqs.iter().map(|r| r.host).collect();
+        let mut messages = Vec::new();
+        let mut first_kind = None;
+        for (i, r) in reqs.iter().enumerate() {
+            let others: Vec<PciAddress> = hosts.iter().copied().filter(|h| *h != r.host).collect();
+            let problems = self.check(
+                &r.host,
+                None,
+                vm_name,
+                r.rom_file.as_ref().map(PathBuf::from),
+                &others,
+                false,
+            );
+            for p in problems {
+                let f = if p.code == "rom-file" {
+                    "rom_file"
+                } else {
+                    "host_address"
+                };
+                if first_kind.is_none() {
+                    first_kind = vfio::problems_error(std::slice::from_ref(&p));
+                }
+                messages.push(format!("pci_devices[{i}].{f}: {}", p.message));
+            }
+        }
+        if !messages.is_empty() {
+            let msg = messages.join("; ");
+            return Err(match first_kind {
+                Some(Error::NotFound(_)) => Error::NotFound(msg),
+                Some(Error::Conflict(_)) => Error::Conflict(msg),
+                Some(Error::NotSupported(_)) => Error::NotSupported(msg),
+                Some(Error::InvalidArgument(_)) => Error::InvalidArgument(msg),
+                _ => Error::InvalidState(msg),
+            });
+        }
+        let planned = hostdev::plan_hostdevs(&reqs, &|_| 1)?;
+        let viommu = !(machine == "pc" || machine.starts_with("pc-i440fx"));
+        let memlock_kib =
+            hostdev::memlock_limit_kib(memory_mib * 1024, planned.len(), viommu).unwrap_or(0);
+        Ok(ResolvedPci {
+            primary_gpu: planned.iter().any(|h| h.primary_gpu),
+            hostdevs: planned
+                .iter()
+                .map(|h| ResolvedHostdev {
+                    host_address: h.host.to_string(),
+                    guest_address: h.guest.map(|g| g.to_string()),
+                    multifunction: h.multifunction,
+                    rom_file: h.rom_file.clone(),
+                    primary_gpu: h.primary_gpu,
+                    xml: hostdev::hostdev_xml(h),
+                })
+                .collect(),
+            memlock_kib,
+            viommu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostdev_addresses_are_read_from_the_domain() {
+        let root = Element::parse(
+            "<domain><devices>\
+             <hostdev mode='subsystem' type='pci' managed='yes'><source>\
+             <address domain='0x0000' bus='0x01' slot='0x00' function='0x1'/></source></hostdev>\
+             <hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/></source></hostdev>\
+             </devices></domain>",
+        )
+        .unwrap();
+        assert_eq!(
+            domain_hostdevs(&root),
+            vec!["0000:01:00.1".parse().unwrap()]
+        );
+    }
+}
