@@ -343,3 +343,124 @@ async fn pci_assign_needs_an_explicit_rule() {
         Some("snd_hda_intel")
     );
 }
+
+#[tokio::test]
+async fn attach_and_detach_change_the_persistent_definition_and_assigned_to() {
+    fake();
+    let conn = bus().await;
+    let d = TestDomain::define("pciattach");
+    wait_for_object(&conn, &d.path()).await;
+    let vm = Proxy::new(&conn, BUS_NAME, d.path(), VM).await.unwrap();
+    let opts: HashMap<&str, zbus::Variant<'_>> =
+        [("config", true.into()), ("live", false.into())].into();
+    vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    let xml = virsh(&["dumpxml", "--inactive", &d.name]);
+    assert!(
+        xml.contains("<address domain='0x0000' bus='0x03' slot='0x10' function='0x0'/>"),
+        "{xml}"
+    );
+    // AssignedTo follows the definition.
+    let mut tries = 0;
+    while !Vec::<String>::try_from(props(&conn, "0000:03:10.0").await["AssignedToNames"].clone())
+        .unwrap()
+        .contains(&d.name)
+    {
+        tries += 1;
+        assert!(tries < 600, "AssignedTo never listed the VM");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Attaching it again, or a bridge, is refused with the reason.
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
+    let err = error_name(
+        vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.contains("already assigned"), "{err}");
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
+    let err = error_name(
+        vm.call::<_, _, ()>("AttachPciDevice", &("0000:00:01.0", opts))
+            .await
+            .unwrap_err(),
+    );
+    assert!(err.contains("bridge"), "{err}");
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
+    let err = error_name(
+        vm.call::<_, _, ()>("AttachPciDevice", &("0000:01:00:0", opts))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        err.contains("InvalidArgument") && err.contains("host_address"),
+        "{err}"
+    );
+
+    let opts: HashMap<&str, zbus::Variant<'_>> =
+        [("config", true.into()), ("live", false.into())].into();
+    vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    assert!(!virsh(&["dumpxml", "--inactive", &d.name]).contains("bus='0x03' slot='0x10'"));
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
+    let err = error_name(
+        vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        err.contains("NotFound") && err.contains("not assigned"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn persistent_override_is_reapplied_when_the_device_comes_back() {
+    let f = fake();
+    let conn = bus().await;
+    let p = Proxy::new(&conn, BUS_NAME, pci_path("0000:03:00.0"), PCI)
+        .await
+        .unwrap();
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("persistent", true.into())].into();
+    p.call::<_, _, Vec<(String, String)>>("BindToVfio", &(opts,))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    assert_eq!(
+        s(&props(&conn, "0000:03:00.0").await["PersistentOverride"]),
+        "vfio-pci"
+    );
+    // The kernel forgets driver_override on remove + rescan; vapord re-applies
+    // it when told the device is back (udev add on a real host).
+    let sysfs = vapor::pci::Sysfs::with_hook(
+        &f.root,
+        std::sync::Arc::new(vapor::pci::fake::FakeKernel::new()),
+    );
+    let addr: vapor::pci::PciAddress = "0000:03:00.0".parse().unwrap();
+    sysfs.write_attr(&addr, "remove", "1").unwrap();
+    sysfs.rescan().unwrap();
+    assert_eq!(
+        driver_link(&f.root, "0000:03:00.0").as_deref(),
+        Some("ixgbe"),
+        "the kernel probed its own driver"
+    );
+    let store = vapor::pci::vfio::DriverStore::open(state_dir()).unwrap();
+    assert!(vapor::pci::vfio::reapply_override(&sysfs, &store, &addr).unwrap());
+    assert_eq!(
+        driver_link(&f.root, "0000:03:00.0").as_deref(),
+        Some("vfio-pci")
+    );
+    let driver: String = p
+        .call("RestoreDriver", &())
+        .await
+        .map_err(error_name)
+        .unwrap();
+    assert_eq!(driver, "ixgbe");
+    assert_eq!(
+        s(&props(&conn, "0000:03:00.0").await["PersistentOverride"]),
+        ""
+    );
+}

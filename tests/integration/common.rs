@@ -57,11 +57,7 @@ pub fn daemon_with(extra: &[&str]) -> u32 {
             );
             let log = std::fs::File::create(&log_path).expect("daemon log file");
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_vapord"));
-            let state_dir = format!(
-                "{}/vapord-state-{}",
-                env!("CARGO_TARGET_TMPDIR"),
-                std::process::id()
-            );
+            let state_dir = state_dir();
             let templates = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
             cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])
                 .args(["--state-dir", &state_dir, "--templates-dir", &templates])
@@ -105,6 +101,15 @@ pub fn daemon_with(extra: &[&str]) -> u32 {
         }
         pid
     })
+}
+
+/// The state directory of this binary's vapord.
+pub fn state_dir() -> String {
+    format!(
+        "{}/vapord-state-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    )
 }
 
 /// A system bus connection as root, with vapord running.
