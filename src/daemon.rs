@@ -117,6 +117,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             ROOT_PATH,
             Manager {
                 model: model.clone(),
+                pci: pci.clone(),
                 auth,
                 engine,
                 vm_ctx: ctx.clone(),
@@ -182,6 +183,20 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                 let pci = pci.clone();
                 // sysfs reads (and a re-applied override) block briefly.
                 let _ = tokio::task::spawn_blocking(move || pci.on_udev(&ev)).await;
+            }
+        });
+    }
+    {
+        // After a libvirt reconnect, re-read who uses which device.
+        let pci = pci.clone();
+        let mut connected = model.connected();
+        tokio::spawn(async move {
+            while connected.changed().await.is_ok() {
+                if *connected.borrow() {
+                    if let Err(e) = pci.load_hostdevs().await {
+                        log::warn!("cannot re-read which VMs use which PCI devices: {e}");
+                    }
+                }
             }
         });
     }

@@ -18,6 +18,7 @@ use crate::model::Model;
 
 pub struct Manager {
     pub model: Arc<Model>,
+    pub pci: Arc<crate::services::pci::PciService>,
     pub auth: Arc<Authorizer>,
     pub engine: Arc<Engine>,
     pub vm_ctx: Arc<VmContext>,
@@ -61,7 +62,38 @@ impl Manager {
                 )
                 .await?;
         }
-        for file in &r.host_paths {
+        // Host PCI devices: each needs pci-assign, like attaching it later.
+        if let Some(pci) = &r.pci {
+            for h in &pci.hostdevs {
+                let (vendor, device) = h
+                    .host_address
+                    .parse()
+                    .map(|a| self.pci.ids_of(&a))
+                    .unwrap_or_default();
+                self.auth
+                    .check(
+                        header,
+                        Action::PciAssign,
+                        &[
+                            ("vm.name", name),
+                            ("pci.address", &h.host_address),
+                            ("pci.vendor", &vendor),
+                            ("pci.device", &device),
+                        ],
+                        &format!(
+                            "give the host PCI device {} to the new virtual machine '{name}'",
+                            h.host_address
+                        ),
+                    )
+                    .await?;
+            }
+        }
+        let rom_files = r
+            .pci
+            .iter()
+            .flat_map(|p| p.hostdevs.iter().filter_map(|h| h.rom_file.clone()));
+        let files: Vec<String> = r.host_paths.iter().cloned().chain(rom_files).collect();
+        for file in &files {
             self.auth
                 .check(
                     header,

@@ -32,6 +32,7 @@ pub enum Action {
     TemplateManage,
     StorageHostPath,
     PciAssign,
+    PciAssignHostCritical,
 }
 
 impl Action {
@@ -45,6 +46,7 @@ impl Action {
             Action::TemplateManage => "org.vapor.virtualization.template-manage",
             Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
             Action::PciAssign => "org.vapor.virtualization.pci-assign",
+            Action::PciAssignHostCritical => "org.vapor.virtualization.pci-assign-host-critical",
         }
     }
 }

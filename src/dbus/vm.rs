@@ -326,14 +326,41 @@ impl VirtualMachine {
         };
         let force = bool_option(&options, "force")?;
         let addr = host.to_string();
+        let (vendor, device) = self.ctx.pci.ids_of(&host);
         let rec = self
             .authorize_with(
                 &header,
                 Action::PciAssign,
                 &format!("give the host PCI device {addr} to"),
-                &[("pci.address", &addr)],
+                &[
+                    ("pci.address", &addr),
+                    ("pci.vendor", &vendor),
+                    ("pci.device", &device),
+                ],
             )
             .await?;
+        if let Some(rom) = &req.rom_file {
+            self.authorize_with(
+                &header,
+                Action::StorageHostPath,
+                &format!("let the ROM file {rom} be read by"),
+                &[("storage.path", rom)],
+            )
+            .await?;
+        }
+        // Forcing only matters for a device the host needs: then it takes
+        // its own, stricter authorization.
+        let needed = self.ctx.pci.host_critical_now(&host);
+        if force && !needed.is_empty() {
+            let reasons = needed.join("; ");
+            self.authorize_with(
+                &header,
+                Action::PciAssignHostCritical,
+                &format!("take {addr}, which the host needs ({reasons}), and give it to"),
+                &[("pci.address", &addr), ("pci.host_critical", &reasons)],
+            )
+            .await?;
+        }
         self.ctx
             .pci
             .attach(&rec.uuid, &rec.name, req, scope, force)
@@ -356,12 +383,17 @@ impl VirtualMachine {
             config: bool_option_or(&options, "config", rec.persistent)?,
         };
         let addr = host.to_string();
+        let (vendor, device) = self.ctx.pci.ids_of(&host);
         let rec = self
             .authorize_with(
                 &header,
                 Action::PciAssign,
                 &format!("take the host PCI device {addr} from"),
-                &[("pci.address", &addr)],
+                &[
+                    ("pci.address", &addr),
+                    ("pci.vendor", &vendor),
+                    ("pci.device", &device),
+                ],
             )
             .await?;
         self.ctx

@@ -107,6 +107,16 @@ unsafe extern "C" fn on_metadata(
     on_domain_generic(conn, dom, opaque)
 }
 
+unsafe extern "C" fn on_device(
+    conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _alias: *const std::os::raw::c_char,
+    opaque: *mut c_void,
+) {
+    let _ = conn;
+    send_domain(opaque, dom, "device-changed");
+}
+
 unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
     let why = match reason as u32 {
         sys::VIR_CONNECT_CLOSE_REASON_EOF => "libvirtd closed the connection",
@@ -179,10 +189,21 @@ pub unsafe fn register(
     let lifecycle: Generic = std::mem::transmute::<Lifecycle, Generic>(on_lifecycle);
     let balloon: Generic = std::mem::transmute::<Balloon, Generic>(on_balloon);
     let metadata: Generic = std::mem::transmute::<Metadata, Generic>(on_metadata);
-    let events: [(u32, Generic); 3] = [
+    type Device = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        *const std::os::raw::c_char,
+        *mut c_void,
+    );
+    let device: Generic = std::mem::transmute::<Device, Generic>(on_device);
+    // Device events: hostdevs attached or detached (also by virsh) change
+    // which VM uses which PCI device.
+    let events: [(u32, Generic); 5] = [
         (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
         (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
         (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device),
     ];
     let mut ids = Vec::new();
     for (id, cb) in events {

@@ -133,6 +133,7 @@ impl DriverStore {
     /// to apply it now).
     pub fn set_persistent_override(&self, addr: &PciAddress, driver: &str) -> Result<()> {
         let valid = !driver.is_empty()
+            && !driver.starts_with('-')
             && driver.len() <= 64
             && driver
                 .chars()

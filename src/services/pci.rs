@@ -64,6 +64,10 @@ pub struct PciService {
     hostdevs: RwLock<HashMap<String, (String, Vec<PciAddress>)>>,
     changes: UnboundedSender<PciChange>,
     hv: Arc<Hypervisor>,
+    /// One driver change (bind, restore, re-applied override) at a time.
+    driver_ops: std::sync::Mutex<()>,
+    /// One assignment (attach) at a time: check and act without a race.
+    assign_ops: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -143,6 +147,8 @@ impl PciService {
             hostdevs: RwLock::new(HashMap::new()),
             changes,
             hv,
+            driver_ops: std::sync::Mutex::new(()),
+            assign_ops: tokio::sync::Mutex::new(()),
         });
         Ok((svc, rx))
     }
@@ -158,7 +164,27 @@ impl PciService {
             .map_err(|e| Error::Failed(format!("cannot read PCI devices from sysfs: {e}")))?;
         *lock_mut(&self.critical) = critical;
         *lock_mut(&self.devices) = found.into_iter().map(|d| (d.address, d)).collect();
+        // Like driverctl at boot: devices present before vapord started get
+        // their persistent overrides now.
+        for (addr, rec) in self.store.records() {
+            if rec.persistent_override.is_some() && self.sysfs.exists(&addr) {
+                let _serial = self.driver_ops.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = vfio::reapply_override(&self.sysfs, &self.store, &addr) {
+                    log::warn!(pci_address = addr.to_string().as_str(); "cannot re-apply the persistent driver override: {e}");
+                }
+                drop(_serial);
+                self.refresh(&addr);
+            }
+        }
         Ok(())
+    }
+
+    /// HostCritical as of now (mounts and routes change; recomputed for every
+    /// decision that could unbind something).
+    fn fresh_critical(&self) -> HostCritical {
+        let c = HostCritical::detect(&self.sysfs, &self.procfs_root);
+        *lock_mut(&self.critical) = c.clone();
+        c
     }
 
     pub fn device(&self, addr: &PciAddress) -> Option<PciDeviceInfo> {
@@ -219,7 +245,13 @@ impl PciService {
     /// Follow one udev event.
     pub fn on_udev(&self, ev: &PciEvent) {
         let addr = ev.address();
+        // Group mates list each other: an add or remove changes theirs too.
+        let mates: Vec<PciAddress> = self
+            .device(&addr)
+            .map(|d| d.iommu_group_members)
+            .unwrap_or_default();
         if let PciEvent::Added(_) = ev {
+            let _serial = self.driver_ops.lock().unwrap_or_else(|e| e.into_inner());
             match vfio::reapply_override(&self.sysfs, &self.store, &addr) {
                 Ok(true) => {
                     log::info!(pci_address = addr.to_string().as_str(); "re-applied the persistent driver override")
@@ -231,6 +263,15 @@ impl PciService {
             }
         }
         self.refresh(&addr);
+        if matches!(ev, PciEvent::Added(_) | PciEvent::Removed(_)) {
+            let now: Vec<PciAddress> = self
+                .device(&addr)
+                .map(|d| d.iommu_group_members)
+                .unwrap_or_default();
+            for m in mates.iter().chain(&now) {
+                self.refresh(m);
+            }
+        }
     }
 
     /// Read which devices every domain references (persistent and live).
@@ -268,15 +309,25 @@ impl PciService {
     /// Re-read one domain's references (after a libvirt event for it).
     pub async fn refresh_hostdevs(&self, uuid: &str) {
         let u = uuid.to_owned();
-        let now = self
+        // Only a domain libvirt says is gone loses its references; any other
+        // failure keeps what we knew (an empty map would let a second VM
+        // take a device that is in use).
+        let now = match self
             .hv
-            .run(move |c| {
-                Ok(c.lookup_domain_by_uuid_string(&u)
-                    .ok()
-                    .and_then(|d| domain_pci(&d)))
+            .run(move |c| match c.lookup_domain_by_uuid_string(&u) {
+                Ok(d) => Ok(Some(domain_pci(&d))),
+                Err(e) if crate::libvirt::errors::is_not_found(&e) => Ok(None),
+                Err(e) => Err(from_virt(e, "cannot look up the domain")),
             })
             .await
-            .unwrap_or(None);
+        {
+            Ok(Some(Some(entry))) => Some(entry),
+            Ok(Some(None)) | Err(_) => {
+                log::warn!(vm_uuid = uuid; "cannot re-read which PCI devices this VM uses; keeping what was known");
+                return;
+            }
+            Ok(None) => None,
+        };
         let mut touched = Vec::new();
         {
             let mut map = lock_mut(&self.hostdevs);
@@ -337,7 +388,15 @@ impl PciService {
             rom_file,
             also_assigned: also.to_vec(),
         };
-        let lookup = |a: &PciAddress| self.device(a);
+        let critical = self.fresh_critical();
+        let lookup = |a: &PciAddress| {
+            self.device(a).map(|mut d| {
+                // Decide on what is true now, not on the last event.
+                d.driver = self.sysfs.driver(a);
+                d.host_critical = critical.reasons(a).to_vec();
+                d
+            })
+        };
         vfio::check_assignable(&self.sysfs, &lookup, addr, &ctx)
     }
 
@@ -350,14 +409,10 @@ impl PciService {
         whole_group: bool,
         persistent: bool,
     ) -> Result<Vec<(PciAddress, String)>> {
-        if !self.critical_reasons(&addr).is_empty() {
-            return Err(Error::InvalidState(format!(
-                "{addr} {}: the host needs it",
-                self.critical_reasons(&addr).join("; ")
-            )));
-        }
+        self.precheck_bind(&addr, whole_group)?;
         let this = self.clone();
         let out = tokio::task::spawn_blocking(move || -> Result<Vec<(PciAddress, String)>> {
+            let _serial = this.driver_ops.lock().unwrap_or_else(|e| e.into_inner());
             let outcomes = if whole_group {
                 vfio::bind_group_to_vfio(&this.sysfs, &this.store, &addr)?
             } else {
@@ -378,25 +433,132 @@ impl PciService {
         .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
         for (a, _) in &out {
             self.refresh(a);
+            let _ = self.changes.send(PciChange::Changed(*a));
         }
         Ok(out)
     }
 
+    /// What must hold before any driver is unbound: the device is an endpoint
+    /// in an IOMMU group, and neither it nor (for a group bind) any member
+    /// that would be moved is needed by the host right now.
+    fn precheck_bind(&self, addr: &PciAddress, whole_group: bool) -> Result<()> {
+        let dev = self.device(addr).ok_or_else(|| {
+            Error::NotFound(format!("PCI device {addr} does not exist on this host"))
+        })?;
+        // Every reason at once; the first decides the error's kind.
+        let mut problems: Vec<(fn(String) -> Error, String)> = Vec::new();
+        if !self.sysfs.driver_registered(vfio::VFIO_PCI)
+            && !vfio::vfio_module_available(&self.sysfs)
+        {
+            problems.push((Error::NotSupported, vfio::VFIO_UNAVAILABLE.to_owned()));
+        }
+        if !self.sysfs.iommu_enabled() {
+            problems.push((Error::NotSupported, vfio::IOMMU_OFF.to_owned()));
+        } else if dev.iommu_group.is_none() {
+            problems.push((Error::NotSupported, format!("{addr} is in no IOMMU group")));
+        }
+        if dev.is_bridge {
+            problems.push((
+                Error::InvalidArgument,
+                format!("{addr} is a bridge: bridges are never given to guests"),
+            ));
+        }
+        let critical = self.fresh_critical();
+        let mut affected = vec![*addr];
+        if whole_group {
+            affected.extend(
+                dev.iommu_group_members
+                    .iter()
+                    .filter(|m| !self.device(m).is_some_and(|d| d.is_bridge)),
+            );
+        }
+        let needed: Vec<String> = affected
+            .iter()
+            .filter(|a| critical.is_critical(a))
+            .map(|a| format!("{a} ({})", critical.reasons(a).join("; ")))
+            .collect();
+        if !needed.is_empty() {
+            problems.push((
+                Error::InvalidState,
+                format!(
+                    "refusing to unbind what the host needs: {}",
+                    needed.join(", ")
+                ),
+            ));
+        }
+        match problems.first() {
+            None => Ok(()),
+            Some((kind, _)) => Err(kind(
+                problems
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        }
+    }
+
     /// Give a device back to its own driver and drop any persistent override.
+    /// Refused while a running VM uses it (QEMU holds it through vfio).
     pub async fn restore_driver(self: &Arc<Self>, addr: PciAddress) -> Result<String> {
+        let running: Vec<String> = {
+            let users = self.assigned_to(&addr);
+            let uuids: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
+            let active = self
+                .hv
+                .run(move |c| {
+                    Ok(uuids
+                        .iter()
+                        .filter(|u| {
+                            c.lookup_domain_by_uuid_string(u)
+                                .and_then(|d| d.is_active())
+                                .unwrap_or(false)
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>())
+                })
+                .await?;
+            users
+                .into_iter()
+                .filter(|(u, _)| active.contains(u))
+                .map(|(_, n)| n)
+                .collect()
+        };
+        if !running.is_empty() {
+            return Err(Error::InvalidState(format!(
+                "{addr} is in use by the running VM '{}'; stop it or detach the device first",
+                running.join("', '")
+            )));
+        }
         let this = self.clone();
         let driver = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+            let _serial = this.driver_ops.lock().unwrap_or_else(|e| e.into_inner());
+            let driver = vfio::restore_driver(&this.sysfs, &this.store, &addr)?;
             this.store.clear_persistent_override(&addr)?;
-            vfio::restore_driver(&this.sysfs, &this.store, &addr)
+            Ok(driver)
         })
         .await
         .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
         self.refresh(&addr);
+        let _ = self.changes.send(PciChange::Changed(addr));
         Ok(driver.unwrap_or_default())
     }
 
-    fn critical_reasons(&self, addr: &PciAddress) -> Vec<String> {
-        lock(&self.critical).reasons(addr).to_vec()
+    /// Vendor and device id as 4 hex digits (empty when unknown), for polkit.
+    pub fn ids_of(&self, addr: &PciAddress) -> (String, String) {
+        self.device(addr)
+            .map(|d| {
+                (
+                    format!("{:04x}", d.vendor_id),
+                    format!("{:04x}", d.device_id),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// Whether the device is needed by the host right now (and why).
+    pub fn host_critical_now(&self, addr: &PciAddress) -> Vec<String> {
+        self.fresh_critical().reasons(addr).to_vec()
     }
 
     /// Attach a host device to a VM (managed='yes': libvirt moves it to
@@ -414,6 +576,7 @@ impl PciService {
                 "options: at least one of live and config must be true".into(),
             ));
         }
+        let _serial = self.assign_ops.lock().await;
         let problems = self.check(
             &req.host,
             Some(vm_uuid),

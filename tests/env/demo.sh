@@ -49,6 +49,26 @@ run runuser -u vapor-alice -- vaporctl show vapor-demo-1
 run runuser -u vapor-alice -- vaporctl force-stop vapor-demo-1
 run vaporctl list
 
+say "creating a VM from a JSON spec as vapor-alice (dry run first), then deleting it with its storage"
+cat >/tmp/vapor-demo-3.json <<JSON
+{"name": "vapor-demo-3", "memory": 128,
+ "storage": {"default_pool": "default", "disks": [{"action": "create", "size": 1}]},
+ "cloud_init": {"user_data": "#cloud-config\nhostname: demo\n"},
+ "metadata": {"purpose": "demo"}}
+JSON
+chmod 644 /tmp/vapor-demo-3.json
+run runuser -u vapor-alice -- vaporctl template list
+run runuser -u vapor-alice -- vaporctl create --dry-run /tmp/vapor-demo-3.json
+run runuser -u vapor-alice -- vaporctl create /tmp/vapor-demo-3.json
+run runuser -u vapor-alice -- vaporctl show vapor-demo-3
+run runuser -u vapor-alice -- vaporctl delete --remove-storage vapor-demo-3
+
+say "host PCI devices: drivers, IOMMU groups, and why the host needs some of them"
+run vaporctl pci list
+disk=$(findmnt -n -o SOURCE / | xargs basename)
+addr=$(readlink -f /sys/class/block/$disk | grep -o '[0-9a-f]\{4\}:[0-9a-f]\{2\}:[0-9a-f]\{2\}\.[0-7]' | tail -1)
+[ -n "$addr" ] && run vaporctl pci check "$addr" --vm vapor-demo-2
+
 say "done"
 echo "vapord is still running (log: /var/log/vapord.log). Try: vaporctl --help"
 echo "Remove the demo VMs with: vaporctl delete vapor-demo-1; vaporctl delete vapor-demo-2"
