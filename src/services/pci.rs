@@ -446,7 +446,8 @@ impl PciService {
             Error::NotFound(format!("PCI device {addr} does not exist on this host"))
         })?;
         // Every reason at once; the first decides the error's kind.
-        let mut problems: Vec<(fn(String) -> Error, String)> = Vec::new();
+        type ErrorKind = fn(String) -> Error;
+        let mut problems: Vec<(ErrorKind, String)> = Vec::new();
         if !self.sysfs.driver_registered(vfio::VFIO_PCI)
             && !vfio::vfio_module_available(&self.sysfs)
         {
