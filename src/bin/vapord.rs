@@ -61,6 +61,15 @@ fn main() -> ExitCode {
     if args.session && args.uri.is_none() && cfg.libvirt_uri == Config::default().libvirt_uri {
         cfg.libvirt_uri = "qemu:///session".into();
     }
+    if args.session && args.state_dir.is_none() && cfg.state_dir == Config::default().state_dir {
+        // One user's daemon keeps its state with the user.
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+        if let Some(base) = base {
+            cfg.state_dir = base.join("vapor");
+        }
+    }
     if let Some(u) = args.uri {
         cfg.libvirt_uri = u;
     }
