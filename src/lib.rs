@@ -11,6 +11,7 @@ pub mod creation;
 pub mod daemon;
 pub mod dbus;
 pub mod error;
+pub mod fsutil;
 pub mod libvirt;
 pub mod logging;
 pub mod model;

@@ -4,24 +4,10 @@
 
 use std::fmt::Write;
 
+pub use crate::libvirt::xml::escape as esc;
+
 use super::resolve::{Resolved, ResolvedDisk};
 use crate::libvirt::xml::{METADATA_NS, METADATA_PREFIX};
-
-/// Escape text for an XML attribute or element.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// Who asked, and the identity the new domain gets.
 #[derive(Debug, Clone, Copy)]

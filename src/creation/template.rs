@@ -14,14 +14,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::fsutil::write_atomic;
 use crate::{Error, Result};
 
 /// Where shipped templates are installed.
@@ -329,40 +328,6 @@ fn read_template(path: &Path) -> std::result::Result<TemplateFile, String> {
         return Err("\"spec\" must be a JSON object".into());
     }
     Ok(t)
-}
-
-/// Temp file in the same directory + fsync + rename + fsync of the directory,
-/// so a crash leaves either the old file or the new one. Mode 0644; the
-/// directory is created 0755 when missing.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no directory"))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{fname}.{}.{seq}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(0o644))?; // regardless of umask
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

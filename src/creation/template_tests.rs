@@ -2,6 +2,7 @@
 
 use super::*;
 use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn scalars_override_and_null_is_absent() {

@@ -6,6 +6,7 @@ pub mod errors;
 pub mod introspection;
 pub mod job;
 pub mod manager;
+pub mod options;
 pub mod pci;
 pub mod polkit;
 pub mod publisher;

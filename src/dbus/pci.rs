@@ -10,6 +10,7 @@ use zbus::interface;
 use zbus::message::Header;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
+use super::options;
 use super::polkit::{Action, Authorizer};
 use super::{vm_path, Error, ROOT_PATH};
 use crate::model::Model;
@@ -34,36 +35,6 @@ pub struct PciDevice {
     ctx: Arc<PciContext>,
     /// What the last PropertiesChanged announced (base of the next diff).
     signalled: RwLock<Vec<(&'static str, OwnedVariant)>>,
-}
-
-fn bool_opt(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<bool, Error> {
-    match options.get(key) {
-        None => Ok(false),
-        Some(v) => bool::try_from(v)
-            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a boolean (b)"))),
-    }
-}
-
-fn string_opt(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<Option<String>, Error> {
-    match options.get(key) {
-        None => Ok(None),
-        Some(v) => String::try_from(v.clone())
-            .map(Some)
-            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a string (s)"))),
-    }
-}
-
-/// Refuse option keys outside `known`.
-pub fn known_options(options: &HashMap<String, OwnedVariant>, known: &[&str]) -> Result<(), Error> {
-    for k in options.keys() {
-        if !known.contains(&k.as_str()) {
-            return Err(Error::InvalidArgument(format!(
-                "options.{k}: unknown option (known: {})",
-                known.join(", ")
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl PciDevice {
@@ -182,7 +153,7 @@ impl PciDevice {
         vm: &str,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<Vec<(String, String)>, Error> {
-        known_options(&options, &["rom_file", "with", "force"])?;
+        options::known(&options, &["rom_file", "with", "force"])?;
         self.ctx
             .auth
             .check(
@@ -214,9 +185,9 @@ impl PciDevice {
             &self.addr,
             Some(&rec.uuid),
             &rec.name,
-            string_opt(&options, "rom_file")?.map(Into::into),
+            options::string(&options, "rom_file")?.map(Into::into),
             &with,
-            bool_opt(&options, "force")?,
+            options::flag(&options, "force")?,
         );
         Ok(problems
             .into_iter()
@@ -234,7 +205,7 @@ impl PciDevice {
         #[zbus(header)] header: Header<'_>,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<Vec<(String, String)>, Error> {
-        known_options(&options, &["group", "persistent"])?;
+        options::known(&options, &["group", "persistent"])?;
         self.authorize_assign(&header, "bind to vfio-pci", None)
             .await?;
         let moved = self
@@ -242,8 +213,8 @@ impl PciDevice {
             .pci
             .bind_vfio(
                 self.addr,
-                bool_opt(&options, "group")?,
-                bool_opt(&options, "persistent")?,
+                options::flag(&options, "group")?,
+                options::flag(&options, "persistent")?,
             )
             .await?;
         Ok(moved.into_iter().map(|(a, d)| (a.to_string(), d)).collect())

@@ -11,6 +11,7 @@ use zbus::interface;
 use zbus::message::Header;
 use zbus::{OwnedVariant, Variant};
 
+use super::options;
 use super::polkit::{Action, Authorizer};
 use super::Error;
 use crate::libvirt::DomainRecord;
@@ -140,43 +141,6 @@ impl VirtualMachine {
     }
 }
 
-fn parse_address(field: &str, s: &str) -> Result<crate::pci::PciAddress, Error> {
-    s.parse()
-        .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))
-}
-
-fn string_option(
-    options: &HashMap<String, OwnedVariant>,
-    key: &str,
-) -> Result<Option<String>, Error> {
-    match options.get(key) {
-        None => Ok(None),
-        Some(v) => String::try_from(v.clone())
-            .map(Some)
-            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a string (s)"))),
-    }
-}
-
-fn bool_option_or(
-    options: &HashMap<String, OwnedVariant>,
-    key: &str,
-    default: bool,
-) -> Result<bool, Error> {
-    if options.contains_key(key) {
-        bool_option(options, key)
-    } else {
-        Ok(default)
-    }
-}
-
-fn bool_option(options: &HashMap<String, OwnedVariant>, key: &str) -> Result<bool, Error> {
-    match options.get(key) {
-        None => Ok(false),
-        Some(v) => bool::try_from(v)
-            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a boolean (b)"))),
-    }
-}
-
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
     proxy(visibility = "pub")
@@ -243,16 +207,10 @@ impl VirtualMachine {
         #[zbus(header)] header: Header<'_>,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
-        for key in options.keys() {
-            if !matches!(key.as_str(), "remove_storage" | "force") {
-                return Err(Error::InvalidArgument(format!(
-                    "options.{key}: unknown option (known: remove_storage, force)"
-                )));
-            }
-        }
+        options::known(&options, &["remove_storage", "force"])?;
         let opts = DeleteOptions {
-            remove_storage: bool_option(&options, "remove_storage")?,
-            force: bool_option(&options, "force")?,
+            remove_storage: options::flag(&options, "remove_storage")?,
+            force: options::flag(&options, "force")?,
         };
         let flag = |b: bool| if b { "true" } else { "false" };
         let what = match (opts.remove_storage, opts.force) {
@@ -287,8 +245,7 @@ impl VirtualMachine {
         host_address: &str,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(), Error> {
-        use crate::dbus::pci::known_options;
-        known_options(
+        options::known(
             &options,
             &[
                 "guest_address",
@@ -300,31 +257,24 @@ impl VirtualMachine {
                 "force",
             ],
         )?;
-        let host = parse_address("host_address", host_address)?;
+        let host = options::pci_address("host_address", host_address)?;
         let rec = self.record();
-        let guest = string_option(&options, "guest_address")?
-            .map(|g| parse_address("options.guest_address", &g))
+        let guest = options::string(&options, "guest_address")?
+            .map(|g| options::pci_address("options.guest_address", &g))
             .transpose()?;
         let req = crate::pci::hostdev::HostdevRequest {
             host,
             guest,
-            rom_file: string_option(&options, "rom_file")?,
-            rom_bar: options
-                .get("rom_bar")
-                .map(|v| {
-                    bool::try_from(v).map_err(|_| {
-                        Error::InvalidArgument("options.rom_bar: must be a boolean (b)".into())
-                    })
-                })
-                .transpose()?,
-            multifunction: bool_option(&options, "multifunction")?,
+            rom_file: options::string(&options, "rom_file")?,
+            rom_bar: options::maybe_flag(&options, "rom_bar")?,
+            multifunction: options::flag(&options, "multifunction")?,
             primary_gpu: false,
         };
         let scope = crate::services::pci::AttachScope {
-            live: bool_option_or(&options, "live", rec.state.is_active())?,
-            config: bool_option_or(&options, "config", rec.persistent)?,
+            live: options::flag_or(&options, "live", rec.state.is_active())?,
+            config: options::flag_or(&options, "config", rec.persistent)?,
         };
-        let force = bool_option(&options, "force")?;
+        let force = options::flag(&options, "force")?;
         let addr = host.to_string();
         let (vendor, device) = self.ctx.pci.ids_of(&host);
         let rec = self
@@ -375,12 +325,12 @@ impl VirtualMachine {
         host_address: &str,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(), Error> {
-        crate::dbus::pci::known_options(&options, &["live", "config"])?;
-        let host = parse_address("host_address", host_address)?;
+        options::known(&options, &["live", "config"])?;
+        let host = options::pci_address("host_address", host_address)?;
         let rec = self.record();
         let scope = crate::services::pci::AttachScope {
-            live: bool_option_or(&options, "live", rec.state.is_active())?,
-            config: bool_option_or(&options, "config", rec.persistent)?,
+            live: options::flag_or(&options, "live", rec.state.is_active())?,
+            config: options::flag_or(&options, "config", rec.persistent)?,
         };
         let addr = host.to_string();
         let (vendor, device) = self.ctx.pci.ids_of(&host);

@@ -16,6 +16,22 @@ pub const METADATA_NS: &str = "https://vapor.dev/xmlns/domain/1";
 /// Prefix used when vapord writes that element.
 pub const METADATA_PREFIX: &str = "vapor";
 
+/// Escape text for an XML attribute (quoted either way) or element.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One XML element with its attributes, text and children, in document order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Element {

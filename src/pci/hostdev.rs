@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::address::PciAddress;
+use crate::libvirt::xml::escape as esc;
 use crate::{Error, Result};
 
 /// One device to give to a guest, as asked.
@@ -197,21 +198,6 @@ pub fn plan_hostdevs(
             }
         })
         .collect())
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn address_attrs(a: &PciAddress) -> String {

@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
 use super::VFIO_PCI;
+use crate::fsutil::write_atomic;
 use crate::pci::address::PciAddress;
 use crate::{Error, Result};
 
@@ -152,36 +151,4 @@ impl DriverStore {
     pub fn clear_persistent_override(&self, addr: &PciAddress) -> Result<bool> {
         self.update(addr, |r| r.persistent_override.take().is_some())
     }
-}
-
-/// Temp file in the same directory + fsync + rename + fsync of the directory.
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .ok_or_else(|| io::Error::other("path has no directory"))?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)?;
-    let fname = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{fname}.{}.{seq}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
