@@ -17,6 +17,8 @@ use serde_json::json;
 use zbus::{OwnedObjectPath, OwnedVariant, Proxy};
 
 const PCI: &str = "org.vapor.Virtualization.PciDevice";
+/// Tests that change the VF's driver take turns.
+static VF: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Fake {
     root: std::path::PathBuf,
@@ -246,6 +248,7 @@ fn scopeguard(name: &str) -> Undefine {
 #[tokio::test]
 async fn bind_to_vfio_and_restore_round_trip_through_the_fake_kernel() {
     let f = fake();
+    let _vf = VF.lock().await;
     let conn = bus().await;
     let p = Proxy::new(&conn, BUS_NAME, pci_path("0000:03:10.0"), PCI)
         .await
@@ -346,8 +349,23 @@ async fn pci_assign_needs_an_explicit_rule() {
 
 #[tokio::test]
 async fn attach_and_detach_change_the_persistent_definition_and_assigned_to() {
-    fake();
+    let f = fake();
+    let _vf = VF.lock().await;
     let conn = bus().await;
+    // Bound to vfio-pci by hand first: released after the detach, it goes
+    // back to its own driver by itself.
+    let p = Proxy::new(&conn, BUS_NAME, pci_path("0000:03:10.0"), PCI)
+        .await
+        .unwrap();
+    let none: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+    p.call::<_, _, Vec<(String, String)>>("BindToVfio", &(none,))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    assert_eq!(
+        driver_link(&f.root, "0000:03:10.0").as_deref(),
+        Some("vfio-pci")
+    );
     let d = TestDomain::define("pciattach");
     wait_for_object(&conn, &d.path()).await;
     let vm = Proxy::new(&conn, BUS_NAME, d.path(), VM).await.unwrap();

@@ -344,7 +344,33 @@ impl PciService {
                 }
             }
         }
+        self.release_unused(&touched);
         self.announce(touched);
+    }
+
+    /// A device vapord moved to vfio-pci by hand goes back to its own driver
+    /// once no VM references it any more ("released"), unless its owner made
+    /// the binding persistent.
+    fn release_unused(&self, addrs: &[PciAddress]) {
+        for a in addrs {
+            let released = self.assigned_to(a).is_empty()
+                && self.store.original_driver(a).is_some()
+                && self.store.persistent_override(a).is_none()
+                && self.sysfs.driver(a).as_deref() == Some(vfio::VFIO_PCI);
+            if !released {
+                continue;
+            }
+            let _serial = self.driver_ops.lock().unwrap_or_else(|e| e.into_inner());
+            match vfio::restore_driver(&self.sysfs, &self.store, a) {
+                Ok(d) => log::info!(pci_address = a.to_string().as_str();
+                    "released by every VM: back on {}", d.unwrap_or_else(|| "no driver".into())),
+                Err(e) => {
+                    log::warn!(pci_address = a.to_string().as_str(); "released, but cannot restore its driver: {e}")
+                }
+            }
+            drop(_serial);
+            self.refresh(a);
+        }
     }
 
     fn announce(&self, mut addrs: Vec<PciAddress>) {
