@@ -69,6 +69,24 @@ async fn create(conn: &zbus::Connection, spec: &Value) -> Result<OwnedObjectPath
         .map_err(error_name)
 }
 
+/// `CreateVirtualMachine` through busctl as a test user.
+fn create_as(user: &str, spec: &str) -> std::process::Output {
+    as_user(
+        user,
+        &[
+            "busctl",
+            "--system",
+            "call",
+            BUS_NAME,
+            ROOT,
+            MANAGER,
+            "CreateVirtualMachine",
+            "s",
+            spec,
+        ],
+    )
+}
+
 async fn plan(conn: &zbus::Connection, spec: &Value) -> Result<(Value, String), String> {
     let p = Proxy::new(conn, BUS_NAME, ROOT, MANAGER).await.unwrap();
     let (resolved, xml): (String, String) = p
@@ -438,22 +456,7 @@ async fn creating_is_refused_for_a_non_member_and_allowed_for_a_member() {
     let spec = json!({"name": name, "memory": 128,
         "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 1}]}})
     .to_string();
-    let call = |user: &str| {
-        as_user(
-            user,
-            &[
-                "busctl",
-                "--system",
-                "call",
-                BUS_NAME,
-                ROOT,
-                MANAGER,
-                "CreateVirtualMachine",
-                "s",
-                &spec,
-            ],
-        )
-    };
+    let call = |user: &str| create_as(user, &spec);
     let out = call(BOB);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -532,20 +535,7 @@ async fn rules_can_restrict_creation_per_pool() {
     let spec = json!({"name": name, "memory": 128,
         "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 1}]}})
     .to_string();
-    let out = as_user(
-        ALICE,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            "CreateVirtualMachine",
-            "s",
-            &spec,
-        ],
-    );
+    let out = create_as(ALICE, &spec);
     assert!(
         !out.status.success(),
         "the pool.name rule must refuse alice"
@@ -618,20 +608,7 @@ async fn host_files_outside_pools_need_their_own_authorization() {
     let spec = json!({"name": name, "memory": 128,
         "storage": {"default_pool": pool.name, "disks": [{"action": "attach", "path": "/etc/passwd"}]}})
     .to_string();
-    let out = as_user(
-        ALICE,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            "CreateVirtualMachine",
-            "s",
-            &spec,
-        ],
-    );
+    let out = create_as(ALICE, &spec);
     assert!(
         !out.status.success(),
         "alice may create VMs but not hand them /etc/passwd"
