@@ -620,3 +620,65 @@ async fn host_files_outside_pools_need_their_own_authorization() {
     );
     assert!(!virsh_quiet(&["dominfo", &name]));
 }
+
+#[tokio::test]
+async fn cancelling_the_job_removes_what_was_made() {
+    use std::collections::HashMap;
+    use zbus::OwnedVariant;
+    let conn = bus().await;
+    let pool = TestPool::new("cancel");
+    // A source big enough that copying it takes far longer than a Cancel call.
+    let golden = format!("{}/golden.raw", pool.dir);
+    let ok = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={golden}"),
+            "bs=1M",
+            "count=256",
+            "status=none",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    pool.refresh();
+    let name = unique_name("cancelled");
+    let _guard = Created(name.clone());
+    let spec = json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
+        {"action": "clone", "source": "golden.raw", "path": "one.raw"},
+        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}});
+    let mut added = interfaces_added(&conn).await;
+    let creating = {
+        let conn = conn.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { create(&conn, &spec).await })
+    };
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
+    let m = wait_signal(&mut added, "the Job object", |m| {
+        m.body()
+            .deserialize::<Added>()
+            .is_ok_and(|(p, _)| p.as_str().starts_with(&format!("{ROOT}/job/")))
+    })
+    .await;
+    let (job, _) = m.body().deserialize::<Added>().unwrap();
+    let j = Proxy::new(
+        &conn,
+        BUS_NAME,
+        job.as_str(),
+        "org.vapor.Virtualization.Job",
+    )
+    .await
+    .unwrap();
+    j.call::<_, _, ()>("Cancel", &()).await.unwrap();
+    let err = creating.await.unwrap().unwrap_err();
+    assert!(err.contains("cancelled"), "{err}");
+    assert_eq!(
+        pool.files(),
+        vec!["golden.raw".to_string()],
+        "the first clone was removed"
+    );
+    assert!(!virsh_quiet(&["dominfo", &name]));
+}
