@@ -136,7 +136,19 @@ impl PciService {
         hv: Arc<Hypervisor>,
     ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
         let (changes, rx) = unbounded_channel();
-        let store = DriverStore::open(&cfg.state_dir)?;
+        let store = match DriverStore::open(&cfg.state_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                // A damaged record file must not keep the whole daemon down:
+                // set it aside (for a person to read) and start afresh.
+                let file = cfg.state_dir.join(crate::pci::vfio::DRIVER_STORE_FILE);
+                let aside = file.with_extension("json.damaged");
+                log::error!("{e}; moving it to {} and starting with no remembered drivers", aside.display());
+                std::fs::rename(&file, &aside)
+                    .map_err(|e| Error::Failed(format!("cannot move {} aside: {e}", file.display())))?;
+                DriverStore::open(&cfg.state_dir)?
+            }
+        };
         let svc = Arc::new(Self {
             ids: PciIds::load_or_default(cfg.ids_path.as_deref()),
             critical: RwLock::new(HostCritical::none()),
