@@ -233,6 +233,29 @@ async fn seed_example_with_the_fake_gpu_defines_hostdevs_rom_and_memlock() {
         err.contains("pci_devices[0].host_address") && err.contains("bridge"),
         "{err}"
     );
+
+    // A third device attached later raises the explicit limit: 3 × 16 GiB + 1 GiB.
+    let _vf = VF.lock().await;
+    let vm = Proxy::new(&conn, BUS_NAME, path.as_str(), VM)
+        .await
+        .unwrap();
+    let opts: HashMap<&str, zbus::Variant<'_>> =
+        [("config", true.into()), ("live", false.into())].into();
+    vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    let xml = virsh(&["dumpxml", "--inactive", &name]);
+    assert!(
+        xml.contains("<hard_limit unit='KiB'>51380224</hard_limit>"),
+        "{xml}"
+    );
+    let opts: HashMap<&str, zbus::Variant<'_>> =
+        [("config", true.into()), ("live", false.into())].into();
+    vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
+        .await
+        .map_err(error_name)
+        .unwrap();
 }
 
 struct Undefine(String);

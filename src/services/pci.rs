@@ -143,9 +143,13 @@ impl PciService {
                 // set it aside (for a person to read) and start afresh.
                 let file = cfg.state_dir.join(crate::pci::vfio::DRIVER_STORE_FILE);
                 let aside = file.with_extension("json.damaged");
-                log::error!("{e}; moving it to {} and starting with no remembered drivers", aside.display());
-                std::fs::rename(&file, &aside)
-                    .map_err(|e| Error::Failed(format!("cannot move {} aside: {e}", file.display())))?;
+                log::error!(
+                    "{e}; moving it to {} and starting with no remembered drivers",
+                    aside.display()
+                );
+                std::fs::rename(&file, &aside).map_err(|e| {
+                    Error::Failed(format!("cannot move {} aside: {e}", file.display()))
+                })?;
                 DriverStore::open(&cfg.state_dir)?
             }
         };
@@ -645,7 +649,11 @@ impl PciService {
             .run_on_domain(&uuid, move |_, d| {
                 d.attach_device_flags(&xml, flags(scope))
                     .map(|_| ())
-                    .map_err(|e| from_virt(e, &what))
+                    .map_err(|e| from_virt(e, &what))?;
+                if scope.config {
+                    raise_memlock(d)?;
+                }
+                Ok(())
             })
             .await?;
         self.refresh_hostdevs(vm_uuid).await;
@@ -708,6 +716,41 @@ fn flags(scope: AttachScope) -> u32 {
         f |= sys::VIR_DOMAIN_AFFECT_CONFIG;
     }
     f
+}
+
+/// A definition with an explicit `<memtune><hard_limit>` (vapord writes one
+/// at creation) keeps that limit even when devices are added, so raise it to
+/// libvirt's VFIO rule for the devices it has now. Without one libvirt
+/// computes the limit itself.
+fn raise_memlock(d: &virt::domain::Domain) -> Result<()> {
+    let xml = d
+        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+        .map_err(|e| from_virt(e, "cannot read the definition"))?;
+    let root = Element::parse(&xml)?;
+    let kib = |el: Option<&Element>| el.and_then(|e| e.text.trim().parse::<u64>().ok());
+    let Some(limit) = kib(root.child("memtune").and_then(|m| m.child("hard_limit"))) else {
+        return Ok(());
+    };
+    let memory = kib(root.child("memory")).unwrap_or(0);
+    let devices = domain_hostdevs(&root).len();
+    let viommu = root
+        .child("devices")
+        .and_then(|d| d.child("iommu"))
+        .is_some();
+    match hostdev::memlock_limit_kib(memory, devices, viommu) {
+        Some(needed) if needed > limit => d
+            .set_memory_parameters(
+                virt::domain::MemoryParameters {
+                    hard_limit: Some(needed),
+                    soft_limit: None,
+                    min_guarantee: None,
+                    swap_hard_limit: None,
+                },
+                sys::VIR_DOMAIN_AFFECT_CONFIG,
+            )
+            .map_err(|e| from_virt(e, "cannot raise the memory-locking limit")),
+        _ => Ok(()),
+    }
 }
 
 /// (name, referenced addresses) of a domain, from its live and persistent XML.
