@@ -107,10 +107,24 @@ impl PciDevice {
         &self,
         header: &Header<'_>,
         what: &str,
-        vm: Option<&str>,
+        group: bool,
     ) -> Result<(), Error> {
         let info = self.info();
         let addr = self.addr.to_string();
+        // For a group bind, rules see every device that would be moved.
+        let members = if group {
+            info.as_ref()
+                .map(|i| {
+                    i.iommu_group_members
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         let vendor = info
             .as_ref()
             .map(|i| format!("{:04x}", i.vendor_id))
@@ -124,8 +138,8 @@ impl PciDevice {
             ("pci.vendor", vendor.as_str()),
             ("pci.device", device.as_str()),
         ];
-        if let Some(vm) = vm {
-            details.push(("vm.name", vm));
+        if group {
+            details.push(("pci.group_members", members.as_str()));
         }
         self.ctx
             .auth
@@ -206,7 +220,8 @@ impl PciDevice {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<Vec<(String, String)>, Error> {
         options::known(&options, &["group", "persistent"])?;
-        self.authorize_assign(&header, "bind to vfio-pci", None)
+        let group = options::flag(&options, "group")?;
+        self.authorize_assign(&header, "bind to vfio-pci", group)
             .await?;
         let moved = self
             .ctx
@@ -224,7 +239,7 @@ impl PciDevice {
     /// override). Returns the driver bound now.
     #[zbus(out_args("driver"))]
     async fn restore_driver(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
-        self.authorize_assign(&header, "restore the driver of", None)
+        self.authorize_assign(&header, "restore the driver of", false)
             .await?;
         Ok(self.ctx.pci.restore_driver(self.addr).await?)
     }

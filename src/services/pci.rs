@@ -235,8 +235,9 @@ impl PciService {
     /// Re-read one device and publish what changed.
     pub fn refresh(&self, addr: &PciAddress) {
         let critical = lock(&self.critical).clone();
-        let now = inventory::read_device(&self.sysfs, &self.ids, &critical, addr);
+        // Read under the lock: two refreshes can never store an older reading last.
         let mut devices = lock_mut(&self.devices);
+        let now = inventory::read_device(&self.sysfs, &self.ids, &critical, addr);
         let change = match (devices.get(addr), now) {
             (None, None) => None,
             (Some(_), None) => {
