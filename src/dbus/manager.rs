@@ -291,7 +291,11 @@ impl Manager {
             .await?;
         let doc = crate::creation::validate::parse_json(spec)?;
         crate::creation::validate::validate_spec(&doc)?;
-        Ok(self.engine.templates().save(name, description, &doc)?)
+        let store = self.engine.templates();
+        // An atomic write with fsyncs: off the async workers.
+        Ok(tokio::task::block_in_place(|| {
+            store.save(name, description, &doc)
+        })?)
     }
 
     /// Delete a user template (shipped ones are read-only).
@@ -308,7 +312,8 @@ impl Manager {
                 &format!("delete the template '{name}'"),
             )
             .await?;
-        Ok(self.engine.templates().delete(name)?)
+        let store = self.engine.templates();
+        Ok(tokio::task::block_in_place(|| store.delete(name))?)
     }
 
     /// vapord's version.

@@ -176,8 +176,16 @@ impl PciService {
     /// Read every device (call after subscribing to udev). Emits nothing.
     pub fn load(&self) -> Result<()> {
         let critical = HostCritical::detect(&self.sysfs, &self.procfs_root);
-        let found = inventory::scan(&self.sysfs, &self.ids, &critical)
-            .map_err(|e| Error::Failed(format!("cannot read PCI devices from sysfs: {e}")))?;
+        let found = match inventory::scan(&self.sysfs, &self.ids, &critical) {
+            Ok(found) => found,
+            // A host (or container) without a PCI bus simply has no devices.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(Error::Failed(format!(
+                    "cannot read PCI devices from sysfs: {e}"
+                )))
+            }
+        };
         *lock_mut(&self.critical) = critical;
         *lock_mut(&self.devices) = found.into_iter().map(|d| (d.address, d)).collect();
         // Like driverctl at boot: devices present before vapord started get
@@ -361,7 +369,8 @@ impl PciService {
                 }
             }
         }
-        self.release_unused(&touched);
+        // Restoring a driver writes sysfs and may wait for the probe.
+        tokio::task::block_in_place(|| self.release_unused(&touched));
         self.announce(touched);
     }
 
@@ -452,7 +461,7 @@ impl PciService {
         whole_group: bool,
         persistent: bool,
     ) -> Result<Vec<(PciAddress, String)>> {
-        self.precheck_bind(&addr, whole_group)?;
+        tokio::task::block_in_place(|| self.precheck_bind(&addr, whole_group))?;
         let this = self.clone();
         let out = tokio::task::spawn_blocking(move || -> Result<Vec<(PciAddress, String)>> {
             let _serial = this.driver_ops.lock().unwrap_or_else(|e| e.into_inner());

@@ -68,7 +68,7 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
         let name = d.name().unwrap_or_default();
         let unreadable = |e: String| {
             Error::Failed(format!(
-                "cannot read the definition of VM '{name}' to make sure it does not share this storage: {e}"
+                "cannot make sure VM '{name}' does not share this storage, so nothing was deleted: {e}"
             ))
         };
         // A domain undefined meanwhile uses nothing any more; any other

@@ -3,6 +3,8 @@
 # the system bus, and walk through a short live demo with vaporctl and busctl
 # as a permitted user (vapor-alice, group vapor) and a refused one (vapor-bob).
 # vapord keeps running afterwards; stop it with: pkill -x vapord
+# Meant for a throwaway machine of this project's kind: it installs the test
+# users and the test polkit rules system-wide (tests/env/setup.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -65,9 +67,9 @@ run runuser -u vapor-alice -- vaporctl delete --remove-storage vapor-demo-3
 
 say "host PCI devices: drivers, IOMMU groups, and why the host needs some of them"
 run vaporctl pci list
-disk=$(findmnt -n -o SOURCE / | xargs basename)
-addr=$(readlink -f /sys/class/block/$disk | grep -o '[0-9a-f]\{4\}:[0-9a-f]\{2\}:[0-9a-f]\{2\}\.[0-7]' | tail -1)
-[ -n "$addr" ] && run vaporctl pci check "$addr" --vm vapor-demo-2
+disk=$(findmnt -n -o SOURCE / | xargs basename || true)
+addr=$(readlink -f "/sys/class/block/$disk" 2>/dev/null | grep -o '[0-9a-f]\{4\}:[0-9a-f]\{2\}:[0-9a-f]\{2\}\.[0-7]' | tail -1 || true)
+if [ -n "$addr" ]; then run vaporctl pci check "$addr" --vm vapor-demo-2; fi
 
 say "done"
 echo "vapord is still running (log: /var/log/vapord.log). Try: vaporctl --help"

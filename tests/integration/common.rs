@@ -35,7 +35,14 @@ pub fn daemon() -> u32 {
 
 /// Like [`daemon`], with extra vapord arguments (only the first call's count).
 pub fn daemon_with(extra: &[&str]) -> u32 {
+    daemon_wrapped(&[], extra)
+}
+
+/// Like [`daemon_with`], run through a wrapper command (e.g. `setpriv …`,
+/// which execs vapord in place, keeping the pid).
+pub fn daemon_wrapped(wrapper: &[&str], extra: &[&str]) -> u32 {
     let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let wrapper: Vec<String> = wrapper.iter().map(|s| s.to_string()).collect();
     *DAEMON.get_or_init(move || {
         assert!(
             Command::new("virsh")
@@ -56,7 +63,14 @@ pub fn daemon_with(extra: &[&str]) -> u32 {
                 std::process::id()
             );
             let log = std::fs::File::create(&log_path).expect("daemon log file");
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_vapord"));
+            let mut cmd = match wrapper.split_first() {
+                None => Command::new(env!("CARGO_BIN_EXE_vapord")),
+                Some((prog, args)) => {
+                    let mut c = Command::new(prog);
+                    c.args(args).arg(env!("CARGO_BIN_EXE_vapord"));
+                    c
+                }
+            };
             let state_dir = state_dir();
             let templates = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
             cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])

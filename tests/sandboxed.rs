@@ -1,0 +1,66 @@
+//! vapord with only the capabilities the shipped systemd unit leaves it
+//! (CapabilityBoundingSet=CAP_SYS_MODULE CAP_DAC_READ_SEARCH), so the tests
+//! notice when the code starts needing more than the unit allows. Its own
+//! test binary: its vapord runs under `setpriv`.
+
+#[path = "integration/common.rs"]
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use zbus::Proxy;
+
+/// The capabilities the unit keeps (read from the unit file itself).
+fn unit_capabilities() -> String {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/vapord.service"
+    ))
+    .unwrap();
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("CapabilityBoundingSet="))
+        .expect("the unit sets CapabilityBoundingSet=");
+    let caps: Vec<String> = line["CapabilityBoundingSet=".len()..]
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    format!("-all,{}", caps.join(","))
+}
+
+fn start() {
+    let bounding = format!("--bounding-set={}", unit_capabilities());
+    daemon_wrapped(&["setpriv", &bounding, "--inh-caps=-all"], &[]);
+}
+
+#[tokio::test]
+async fn delete_reads_a_running_guests_image_with_the_units_capabilities() {
+    start();
+    let conn = bus().await;
+    let pool = TestPool::new("caps");
+    let running_disk = pool.volume("running.qcow2", "qcow2");
+    let doomed_disk = pool.volume("doomed.qcow2", "qcow2");
+    let disk = |p: &str| {
+        format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{p}'/><target dev='vda' bus='virtio'/></disk>"
+        )
+    };
+    let running = TestDomain::define_with("caps-running", &disk(&running_disk));
+    let doomed = TestDomain::define_with("caps-doomed", &disk(&doomed_disk));
+    wait_for_object(&conn, &running.path()).await;
+    wait_for_object(&conn, &doomed.path()).await;
+    // Started, libvirt hands the image to libvirt-qemu with mode 0600.
+    vm_call(&conn, &running.path(), "Start").await.unwrap();
+    let vm = Proxy::new(&conn, BUS_NAME, doomed.path(), VM)
+        .await
+        .unwrap();
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("remove_storage", true.into())].into();
+    let (removed, _kept): (Vec<String>, Vec<(String, String)>) = vm
+        .call("Delete", &(opts,))
+        .await
+        .map_err(error_name)
+        .unwrap();
+    assert_eq!(removed, vec![doomed_disk]);
+    vm_call(&conn, &running.path(), "ForceStop").await.unwrap();
+}
