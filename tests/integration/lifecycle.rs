@@ -22,10 +22,12 @@ async fn lifecycle_round_trip_updates_state_before_each_reply() {
     vm_call(&conn, &path, "Resume").await.unwrap();
     assert_eq!(prop_string(&conn, &path, "State").await, "running");
 
-    vm_call(&conn, &path, "Reset").await.unwrap();
     vm_call(&conn, &path, "Reboot").await.unwrap();
     // The guest has no OS to act on ACPI, so it keeps running; the request itself succeeds.
     vm_call(&conn, &path, "Shutdown").await.unwrap();
+    // Last before the stop: under this nested KVM a reset now and then makes
+    // KVM fail and QEMU pause the guest (an environment limitation).
+    vm_call(&conn, &path, "Reset").await.unwrap();
 
     vm_call(&conn, &path, "ForceStop").await.unwrap();
     assert_eq!(prop_string(&conn, &path, "State").await, "shutoff");
