@@ -19,4 +19,13 @@ if [ -z "${VAPOR_TEST_PCI_DEVICE:-}" ]; then
 fi
 # One libvirtd, one bus name: test binaries run one after another, tests
 # inside a binary in parallel (each on its own uniquely named domains).
-cargo test --locked 2>&1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+grep -o 'test result: [a-zA-Z]*\. [0-9]* passed; [0-9]* failed' "$log" |
+  awk '{p += $4; f += $6} END {printf "vapor: %d passed, %d failed\n", p, f}'
+exit "$status"
