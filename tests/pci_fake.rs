@@ -239,23 +239,26 @@ async fn seed_example_with_the_fake_gpu_defines_hostdevs_rom_and_memlock() {
     let vm = Proxy::new(&conn, BUS_NAME, path.as_str(), VM)
         .await
         .unwrap();
-    let opts: HashMap<&str, zbus::Variant<'_>> =
-        [("config", true.into()), ("live", false.into())].into();
-    vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
+    config_only(&vm, "AttachPciDevice", "0000:03:10.0")
         .await
-        .map_err(error_name)
         .unwrap();
     let xml = virsh(&["dumpxml", "--inactive", &name]);
     assert!(
         xml.contains("<hard_limit unit='KiB'>51380224</hard_limit>"),
         "{xml}"
     );
+    config_only(&vm, "DetachPciDevice", "0000:03:10.0")
+        .await
+        .unwrap();
+}
+
+/// Attach or detach a host device in the persistent definition only.
+async fn config_only(vm: &Proxy<'_>, method: &str, addr: &str) -> Result<(), String> {
     let opts: HashMap<&str, zbus::Variant<'_>> =
         [("config", true.into()), ("live", false.into())].into();
-    vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
+    vm.call::<_, _, ()>(method, &(addr, opts))
         .await
         .map_err(error_name)
-        .unwrap();
 }
 
 struct Undefine(String);
@@ -392,11 +395,8 @@ async fn attach_and_detach_change_the_persistent_definition_and_assigned_to() {
     let d = TestDomain::define("pciattach");
     wait_for_object(&conn, &d.path()).await;
     let vm = Proxy::new(&conn, BUS_NAME, d.path(), VM).await.unwrap();
-    let opts: HashMap<&str, zbus::Variant<'_>> =
-        [("config", true.into()), ("live", false.into())].into();
-    vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
+    config_only(&vm, "AttachPciDevice", "0000:03:10.0")
         .await
-        .map_err(error_name)
         .unwrap();
     let xml = virsh(&["dumpxml", "--inactive", &d.name]);
     assert!(
@@ -414,44 +414,29 @@ async fn attach_and_detach_change_the_persistent_definition_and_assigned_to() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     // Attaching it again, or a bridge, is refused with the reason.
-    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
-    let err = error_name(
-        vm.call::<_, _, ()>("AttachPciDevice", &("0000:03:10.0", opts))
-            .await
-            .unwrap_err(),
-    );
+    let err = config_only(&vm, "AttachPciDevice", "0000:03:10.0")
+        .await
+        .unwrap_err();
     assert!(err.contains("already assigned"), "{err}");
-    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
-    let err = error_name(
-        vm.call::<_, _, ()>("AttachPciDevice", &("0000:00:01.0", opts))
-            .await
-            .unwrap_err(),
-    );
+    let err = config_only(&vm, "AttachPciDevice", "0000:00:01.0")
+        .await
+        .unwrap_err();
     assert!(err.contains("bridge"), "{err}");
-    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
-    let err = error_name(
-        vm.call::<_, _, ()>("AttachPciDevice", &("0000:01:00:0", opts))
-            .await
-            .unwrap_err(),
-    );
+    let err = config_only(&vm, "AttachPciDevice", "0000:01:00:0")
+        .await
+        .unwrap_err();
     assert!(
         err.contains("InvalidArgument") && err.contains("host_address"),
         "{err}"
     );
 
-    let opts: HashMap<&str, zbus::Variant<'_>> =
-        [("config", true.into()), ("live", false.into())].into();
-    vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
+    config_only(&vm, "DetachPciDevice", "0000:03:10.0")
         .await
-        .map_err(error_name)
         .unwrap();
     assert!(!virsh(&["dumpxml", "--inactive", &d.name]).contains("bus='0x03' slot='0x10'"));
-    let opts: HashMap<&str, zbus::Variant<'_>> = [("config", true.into())].into();
-    let err = error_name(
-        vm.call::<_, _, ()>("DetachPciDevice", &("0000:03:10.0", opts))
-            .await
-            .unwrap_err(),
-    );
+    let err = config_only(&vm, "DetachPciDevice", "0000:03:10.0")
+        .await
+        .unwrap_err();
     assert!(
         err.contains("NotFound") && err.contains("not assigned"),
         "{err}"

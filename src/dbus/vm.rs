@@ -123,6 +123,28 @@ impl VirtualMachine {
         Ok(rec)
     }
 
+    /// Authorize `pci-assign` for a host device, with its address and ids.
+    async fn authorize_pci(
+        &self,
+        header: &Header<'_>,
+        host: &crate::pci::PciAddress,
+        what: &str,
+    ) -> Result<Arc<DomainRecord>, Error> {
+        let addr = host.to_string();
+        let (vendor, device) = self.ctx.pci.ids_of(host);
+        self.authorize_with(
+            header,
+            Action::PciAssign,
+            what,
+            &[
+                ("pci.address", &addr),
+                ("pci.vendor", &vendor),
+                ("pci.device", &device),
+            ],
+        )
+        .await
+    }
+
     async fn lifecycle(&self, header: &Header<'_>, action: LifecycleAction) -> Result<(), Error> {
         let rec = self
             .authorize(header, Action::VmLifecycle, action.verb())
@@ -139,6 +161,17 @@ impl VirtualMachine {
             set(&self.shown, r);
         }
     }
+}
+
+/// `live` (default: the VM runs) and `config` (default: it is persistent).
+fn pci_scope(
+    opts: &options::Options,
+    rec: &DomainRecord,
+) -> Result<crate::services::pci::AttachScope, Error> {
+    Ok(crate::services::pci::AttachScope {
+        live: options::flag_or(opts, "live", rec.state.is_active())?,
+        config: options::flag_or(opts, "config", rec.persistent)?,
+    })
 }
 
 #[interface(
@@ -270,23 +303,14 @@ impl VirtualMachine {
             multifunction: options::flag(&options, "multifunction")?,
             primary_gpu: false,
         };
-        let scope = crate::services::pci::AttachScope {
-            live: options::flag_or(&options, "live", rec.state.is_active())?,
-            config: options::flag_or(&options, "config", rec.persistent)?,
-        };
+        let scope = pci_scope(&options, &rec)?;
         let force = options::flag(&options, "force")?;
         let addr = host.to_string();
-        let (vendor, device) = self.ctx.pci.ids_of(&host);
         let rec = self
-            .authorize_with(
+            .authorize_pci(
                 &header,
-                Action::PciAssign,
+                &host,
                 &format!("give the host PCI device {addr} to"),
-                &[
-                    ("pci.address", &addr),
-                    ("pci.vendor", &vendor),
-                    ("pci.device", &device),
-                ],
             )
             .await?;
         if let Some(rom) = &req.rom_file {
@@ -328,22 +352,13 @@ impl VirtualMachine {
         options::known(&options, &["live", "config"])?;
         let host = options::pci_address("host_address", host_address)?;
         let rec = self.record();
-        let scope = crate::services::pci::AttachScope {
-            live: options::flag_or(&options, "live", rec.state.is_active())?,
-            config: options::flag_or(&options, "config", rec.persistent)?,
-        };
+        let scope = pci_scope(&options, &rec)?;
         let addr = host.to_string();
-        let (vendor, device) = self.ctx.pci.ids_of(&host);
         let rec = self
-            .authorize_with(
+            .authorize_pci(
                 &header,
-                Action::PciAssign,
+                &host,
                 &format!("take the host PCI device {addr} from"),
-                &[
-                    ("pci.address", &addr),
-                    ("pci.vendor", &vendor),
-                    ("pci.device", &device),
-                ],
             )
             .await?;
         self.ctx
