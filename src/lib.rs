@@ -5,6 +5,9 @@
 //! - [`services`]: what vapord does (VM lifecycle, deletion, description);
 //! - [`model`]: the event-fed cache of every domain;
 //! - [`libvirt`]: the adapter over the libvirt C library.
+//!
+//! Beside them, [`text`] holds the rules for caller-supplied text: what may
+//! reach bus messages, polkit details, XML, paths, logs and files.
 
 pub mod config;
 pub mod creation;
@@ -17,5 +20,6 @@ pub mod logging;
 pub mod model;
 pub mod pci;
 pub mod services;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::spec::VmSpec;
+use crate::text::{self, TextRule};
 use crate::Error;
 
 const SCHEMA_TEXT: &str = include_str!("../../dbus/schemas/vm-spec.schema.json");
@@ -47,18 +48,28 @@ pub fn schema() -> &'static Value {
     &compiled().schema
 }
 
-/// Parse request text as JSON; the error says where it broke.
+/// Parse request text as JSON, strictly: at most 1 MiB, no duplicate keys
+/// (`spec: duplicate key memory`), and every key and string acceptable text
+/// (see [`crate::text`]); a syntax error says where it broke.
 pub fn parse_json(text: &str) -> Result<Value, Error> {
-    serde_json::from_str(text).map_err(|e| {
-        let full = e.to_string();
-        let suffix = format!(" at line {} column {}", e.line(), e.column());
-        let what = full.strip_suffix(&suffix).unwrap_or(&full);
-        Error::InvalidArgument(format!(
-            "spec is not valid JSON: line {} column {}: {what}",
-            e.line(),
-            e.column()
-        ))
-    })
+    let doc = text::parse_json_strict("spec", text, TextRule::DOCUMENT.max_bytes)?;
+    text::check_json("", &doc, text_rule)?;
+    Ok(doc)
+}
+
+/// The text rule for the string at `path` in a spec: documents and free text
+/// may span lines, everything else is one line. The schema then applies each
+/// field's own pattern and length.
+fn text_rule(path: &str) -> TextRule {
+    match path {
+        "cloud_init.user_data" | "cloud_init.meta_data" | "cloud_init.network_config" => {
+            TextRule::DOCUMENT
+        }
+        "description" => TextRule::DESCRIPTION,
+        // Free-form values; the schema allows tabs and newlines in them.
+        p if p.starts_with("metadata.") || p.starts_with("metadata[") => TextRule::DESCRIPTION,
+        _ => TextRule::LINE,
+    }
 }
 
 /// Validate `doc` against the schema and turn it into a [`VmSpec`]; on
@@ -557,7 +568,6 @@ mod tests {
             {"machine": "virt"} => machine: must be q35, pc, pc-q35-<version> or pc-i440fx-<version>
             {"cpu_mode": "max"} => cpu_mode: must be none, host-model, host-passthrough or custom:<model>
             {"os_variant": "Ubuntu"} => os_variant: must be a libosinfo short id: 1-64 lowercase letters, digits, '.', '_', '-' (e.g. ubuntu22.04)
-            {"storage": {"boot_iso": "a\nb"}} => storage.boot_iso: must not contain control characters
             {"storage": {"boot_iso": ""}} => storage.boot_iso: must not be empty
             {"storage": {"default_pool": "a/b"}} => storage.default_pool: must be 1-64 characters of letters, digits, '.', '_', '+', '-', starting with a letter or digit
             {"pci_devices": [{"host_address": "01:00.0"}]} => pci_devices[0].host_address: must be a PCI address like 0000:01:00.0
@@ -566,6 +576,12 @@ mod tests {
             {"storage": {"disks": [{"action": "attach", "target": "sda1"}]}} => storage.disks[0].target: must be a device name like vda, sdb or hdc
             {"graphics": [{"type": "spice", "listen": "example.org"}]} => graphics[0].listen: must be an IPv4 or IPv6 address, or 'localhost'
             "#,
+        );
+        // parse_json refuses this first (see unsafe_characters_are_refused_before_the_schema);
+        // the schema still says it for documents that did not come through it.
+        assert_eq!(
+            errors_of(json!({"storage": {"boot_iso": "a\nb"}})),
+            "storage.boot_iso: must not contain control characters"
         );
         for listen in ["localhost", "::1", "127.0.0.1"] {
             let doc = json!({"graphics": [{"type": "vnc", "listen": listen}]});
@@ -640,5 +656,113 @@ mod tests {
             Err(Error::InvalidArgument(want.into()))
         );
         assert_eq!(parse_json("{\"a\": 1}").unwrap(), json!({"a": 1}));
+    }
+
+    fn parse_error(text: &str) -> String {
+        match parse_json(text) {
+            Err(Error::InvalidArgument(m)) => m,
+            other => panic!("expected InvalidArgument for {text}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let table = [
+            (
+                r#"{"memory":64,"memory":4194304}"#,
+                "spec: duplicate key memory",
+            ),
+            (
+                r#"{"storage":{"disks":[{"action":"create","size":1,"size":9}]}}"#,
+                "spec: duplicate key storage.disks[0].size",
+            ),
+            (
+                r#"{"cloud_init":{"user_data":"a"},"cloud_init":{}}"#,
+                "spec: duplicate key cloud_init",
+            ),
+            (
+                r#"{"metadata":{"owner.team":"a","owner.team":"b"}}"#,
+                r#"spec: duplicate key metadata["owner.team"]"#,
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_error(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn unsafe_characters_are_refused_before_the_schema() {
+        let table = [
+            (
+                r#"{"name":"a\u0000b"}"#,
+                "name: contains NUL (U+0000) at character 2",
+            ),
+            (
+                r#"{"name":"\ufffe"}"#,
+                "name: contains the Unicode non-character U+FFFE at character 1",
+            ),
+            (
+                r#"{"storage":{"disks":[{"action":"attach","path":"/x\u001b[0m"}]}}"#,
+                "storage.disks[0].path: contains the control character U+001B at character 3",
+            ),
+            (
+                r#"{"na\u0007me":1}"#,
+                r#"["na\u{7}me"]: key contains the control character U+0007 at character 3"#,
+            ),
+            (
+                r#"{"metadata":{"k\nx":"v"}}"#,
+                r#"metadata["k\nx"]: key contains a line feed (U+000A) at character 2; must be one line"#,
+            ),
+            (
+                r#"{"template":"a\nb"}"#,
+                "template: contains a line feed (U+000A) at character 2; must be one line",
+            ),
+            (
+                r##"{"cloud_init":{"user_data":"#cloud-config\u0000"}}"##,
+                "cloud_init.user_data: contains NUL (U+0000) at character 14",
+            ),
+            (
+                r#"{"cloud_init":{"meta_data":"\udbff\udffe"}}"#,
+                "cloud_init.meta_data: contains the Unicode non-character U+10FFFE at character 1",
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_error(text), want, "{text}");
+        }
+        // All problems at once, sorted.
+        assert_eq!(
+            parse_error(r#"{"name":"\u0000","template":"\u0085"}"#),
+            "name: contains NUL (U+0000) at character 1; \
+             template: contains the control character U+0085 at character 1"
+        );
+    }
+
+    #[test]
+    fn multiline_fields_keep_their_lines() {
+        let text = r##"{"name": "vm1", "cloud_init": {
+            "user_data": "#cloud-config\npackages:\n\t- nginx\r\n",
+            "meta_data": "instance-id: x\n",
+            "network_config": "version: 2\n"},
+            "metadata": {"note": "line 1\nline 2\ttabbed"}}"##;
+        let spec = validate_spec(&parse_json(text).unwrap()).unwrap();
+        let ci = spec.cloud_init.unwrap();
+        assert_eq!(
+            ci.user_data.as_deref(),
+            Some("#cloud-config\npackages:\n\t- nginx\r\n")
+        );
+    }
+
+    #[test]
+    fn oversized_specs_are_refused_unread() {
+        let text = format!(r#"{{"name": "{}"}}"#, "a".repeat(1 << 20));
+        assert_eq!(
+            parse_error(&text),
+            format!("spec: is {} bytes, at most 1048576 allowed", text.len())
+        );
+        let long_path = format!(r#"{{"storage": {{"boot_iso": "/{}"}}}}"#, "a".repeat(5000));
+        assert_eq!(
+            parse_error(&long_path),
+            "storage.boot_iso: is 5001 bytes, at most 4096 allowed"
+        );
     }
 }
