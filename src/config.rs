@@ -26,8 +26,9 @@ pub struct Config {
     /// Guest CPU for new VMs: `none` (no `<cpu>` element), `custom:<model>`,
     /// `host-model` or `host-passthrough`.
     pub default_cpu_mode: String,
-    /// Longest wait between reconnection attempts when libvirtd is gone.
-    pub reconnect_max_secs: u64,
+    /// Longest wait, in milliseconds, between reconnection attempts when
+    /// libvirtd is gone (so vapord is back within this long of libvirtd).
+    pub reconnect_max_ms: u64,
     /// Read-only templates shipped with vapord (API-created ones live in
     /// `<state_dir>/templates`).
     pub templates_dir: PathBuf,
@@ -38,6 +39,40 @@ pub struct Config {
     pub procfs_root: PathBuf,
     /// The pci.ids database; unset = hwdata's usual places.
     pub pci_ids: Option<PathBuf>,
+    /// Upper bounds on what one creation request may ask for.
+    pub limits: Limits,
+}
+
+/// Upper bounds enforced when a creation is planned (`[limits]`). An unset
+/// bound is the host's own: its physical memory, the hypervisor's vCPU
+/// maximum, the capacity of the pool a disk is made in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest disk, in GiB.
+    pub max_disk_gib: Option<u64>,
+    /// Most disks (including cdroms) one VM may have.
+    pub max_disks: Option<u32>,
+    /// Largest memory of one VM, in MiB.
+    pub max_memory_mib: Option<u64>,
+    /// Most vCPUs of one VM.
+    pub max_vcpus: Option<u32>,
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let zero = |key, v: Option<u64>| match v {
+            Some(0) => Err((
+                key,
+                "must be at least 1 (leave it out for the host's own limit)".into(),
+            )),
+            _ => Ok(()),
+        };
+        zero("limits.max_disk_gib", self.max_disk_gib)?;
+        zero("limits.max_disks", self.max_disks.map(u64::from))?;
+        zero("limits.max_memory_mib", self.max_memory_mib)?;
+        zero("limits.max_vcpus", self.max_vcpus.map(u64::from))
+    }
 }
 
 impl Default for Config {
@@ -48,11 +83,12 @@ impl Default for Config {
             stats_interval_secs: 5,
             log_level: "info".into(),
             default_cpu_mode: "none".into(),
-            reconnect_max_secs: 5,
+            reconnect_max_ms: 500,
             templates_dir: PathBuf::from("/etc/vapor/templates.d"),
             sysfs_root: PathBuf::from("/"),
             procfs_root: PathBuf::from("/"),
             pci_ids: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -143,9 +179,10 @@ impl Config {
         if !self.state_dir.is_absolute() {
             return Err(("state_dir", "must be an absolute path".into()));
         }
-        if self.reconnect_max_secs == 0 {
-            return Err(("reconnect_max_secs", "must be at least 1".into()));
+        if !(50..=60_000).contains(&self.reconnect_max_ms) {
+            return Err(("reconnect_max_ms", "must be between 50 and 60000".into()));
         }
+        self.limits.validate()?;
         Ok(())
     }
 }
@@ -183,6 +220,18 @@ mod tests {
         assert!(cfg.validate().is_ok());
         cfg.log_level = "loud".into();
         assert_eq!(cfg.validate().unwrap_err().0, "log_level");
+    }
+
+    #[test]
+    fn limits_are_read_and_zero_is_refused() {
+        let cfg = Config::parse("[limits]\nmax_disk_gib = 100\nmax_vcpus = 4\n").unwrap();
+        assert_eq!(cfg.limits.max_disk_gib, Some(100));
+        assert_eq!(cfg.limits.max_vcpus, Some(4));
+        assert_eq!(cfg.limits.max_memory_mib, None);
+        assert!(cfg.validate().is_ok());
+        let cfg = Config::parse("[limits]\nmax_disks = 0\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().0, "limits.max_disks");
+        assert!(Config::parse("[limits]\nmax_gpus = 1\n").is_err());
     }
 
     #[test]

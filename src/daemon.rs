@@ -20,10 +20,12 @@ use crate::dbus::polkit::Authorizer;
 use crate::dbus::publisher::{run_pci, Publisher};
 use crate::dbus::vm::VmContext;
 use crate::dbus::{BUS_NAME, ROOT_PATH};
+use crate::intent::IntentLog;
 use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::services::pci::{PciConfig, PciService};
+use crate::services::rollback;
 use crate::services::VmService;
 
 /// How the daemon was asked to run, beyond the config file.
@@ -99,13 +101,22 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         model: model.clone(),
         auth: auth.clone(),
     });
+    // Operations a dead vapord left half done are rolled back below, once
+    // libvirt answers; only those listed now, before anything new can start.
+    let intents = IntentLog::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+    if let Err(e) = intents.clear_scratch() {
+        log::warn!("{e}");
+    }
+    let leftovers = intents.leftovers();
     let engine = Arc::new(Engine::new(
         model.hypervisor().clone(),
         TemplateStore::new(&cfg.templates_dir, &cfg.state_dir),
         Defaults {
             cpu_mode: cfg.default_cpu_mode.clone(),
+            limits: cfg.limits.clone(),
         },
         Some(pci.clone() as Arc<dyn crate::creation::resolve::PciPlanner>),
+        intents.clone(),
     ));
     let server = conn.object_server();
     server
@@ -139,6 +150,31 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     // First load; if libvirtd is not there yet we start anyway and keep trying.
     if let Err(e) = model.connect().await {
         log::warn!("libvirt not available yet ({e}); will keep retrying");
+    }
+    if !leftovers.is_empty() {
+        // Before the name is requested when libvirt is up (the usual case), so
+        // a retried creation of the same name finds the ground clear.
+        let hv = model.hypervisor().clone();
+        let mut connected = model.connected();
+        let recovery = async move {
+            while !*connected.borrow_and_update() {
+                if connected.changed().await.is_err() {
+                    return;
+                }
+            }
+            let n = leftovers.len();
+            let log = intents.clone();
+            let done = hv
+                .run(move |c| Ok(rollback::recover(c, &log, leftovers)))
+                .await
+                .unwrap_or(0);
+            log::info!("rolled back {done} of {n} unfinished operations");
+        };
+        if model.hypervisor().is_connected() {
+            recovery.await;
+        } else {
+            tokio::spawn(recovery);
+        }
     }
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
@@ -217,7 +253,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     tokio::spawn(model.clone().run(
         hv_events,
         Duration::from_secs(cfg.stats_interval_secs),
-        Duration::from_secs(cfg.reconnect_max_secs),
+        Duration::from_millis(cfg.reconnect_max_ms),
     ));
 
     let status = format!("Serving {} VMs from {}", model.all().len(), cfg.libvirt_uri);
@@ -243,11 +279,22 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             l = lost.next() => match l {
                 Some(sig) => {
                     if sig.args().is_ok_and(|a| a.name() == BUS_NAME) {
-                        log::info!("{BUS_NAME} was taken over by another vapord; exiting");
-                        break;
+                        // Handing over to `vapord --replace` is the one clean
+                        // way to lose the name; anything else is a failure, so
+                        // that Restart=on-failure brings vapord back.
+                        return match dbus.get_name_owner(BUS_NAME.try_into().map_err(|e| format!("{e}"))?).await {
+                            Ok(owner) if owner.as_str() != conn.unique_name().map(|n| n.as_str()).unwrap_or_default() => {
+                                log::info!("{BUS_NAME} was taken over by {owner}; exiting");
+                                let _ = sd_notify::notify(&[NotifyState::Stopping]);
+                                Ok(())
+                            }
+                            _ => Err(format!("lost the bus name {BUS_NAME}; exiting so that it can be restarted")),
+                        };
                     }
                 }
-                None => break,
+                None => {
+                    return Err("lost the connection to the D-Bus bus; exiting so that vapord can be restarted".into());
+                }
             },
         }
     }

@@ -19,6 +19,10 @@ pub enum Error {
     /// Another object already has this name, or another request got there first.
     #[error("{0}")]
     Conflict(String),
+    /// The request asks for more than this host allows: a configured limit,
+    /// the host's own size, or a pool's free space.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The host, hypervisor or this build cannot do this.
     #[error("{0}")]
     NotSupported(String),
@@ -44,6 +48,7 @@ impl Error {
             Error::InvalidArgument(m) => Error::InvalidArgument(wrap(m)),
             Error::InvalidState(m) => Error::InvalidState(wrap(m)),
             Error::Conflict(m) => Error::Conflict(wrap(m)),
+            Error::LimitExceeded(m) => Error::LimitExceeded(wrap(m)),
             Error::NotSupported(m) => Error::NotSupported(wrap(m)),
             Error::Unavailable(m) => Error::Unavailable(wrap(m)),
             Error::Timeout(m) => Error::Timeout(wrap(m)),

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod fsutil;
+pub mod intent;
 pub mod libvirt;
 pub mod logging;
 pub mod model;

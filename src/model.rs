@@ -323,7 +323,7 @@ impl Model {
                 },
                 _ = tick => {
                     ticks = ticks.wrapping_add(1);
-                    match self.resync(ticks % FULL_EVERY != 0).await {
+                    match self.resync(!ticks.is_multiple_of(FULL_EVERY)).await {
                         Err(crate::Error::Unavailable(e)) => {
                             // A dead connection the close callback missed.
                             log::warn!("lost libvirt connection: {e}");
@@ -339,7 +339,7 @@ impl Model {
     }
 
     async fn reconnect(&self, max: Duration) {
-        let mut delay = Duration::from_millis(250);
+        let mut delay = Duration::from_millis(100).min(max);
         loop {
             match self.connect().await {
                 Ok(()) => return,

@@ -91,12 +91,16 @@ enum Cmd {
     /// Convert an old flat creation spec (storage_pool, iso_path, disks at the
     /// root) to the nested one and print it. Works offline.
     ConvertLegacy { spec: String },
-    /// Delete a VM (and, with --remove-storage, the storage that is its alone).
+    /// Delete a VM (and, with --remove-storage, the volumes vapord created for it).
     Delete {
         vm: String,
-        /// Also delete volumes that belong to this VM alone.
+        /// Also delete the volumes vapord created for this VM (unless another VM uses them).
         #[arg(long)]
         remove_storage: bool,
+        /// Also delete other writable volumes only this VM uses, such as
+        /// attached ones (implies --remove-storage; usually needs an administrator).
+        #[arg(long)]
+        remove_foreign_storage: bool,
         /// Force-stop the VM first if it is running.
         #[arg(long)]
         force: bool,
@@ -258,6 +262,7 @@ impl From<zbus::Error> for Failure {
             "Conflict" => 7,
             "Unavailable" | "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => 69,
             "NotSupported" => 8,
+            "LimitExceeded" => 9,
             _ => 1,
         };
         let message = match short {
@@ -360,19 +365,52 @@ fn props_json(props: &HashMap<String, OwnedVariant>) -> Value {
     Value::Object(m)
 }
 
+/// A table cell: one line, no control characters (a daemon reply could carry
+/// terminal escape sequences), at most `MAX_CELL` characters.
+fn cell_text(cell: &str) -> String {
+    const MAX_CELL: usize = 80;
+    let mut out: String = cell
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .take(MAX_CELL + 1)
+        .collect();
+    if out.chars().count() > MAX_CELL {
+        out = out.chars().take(MAX_CELL - 1).collect();
+        out.push('…');
+    }
+    out
+}
+
 fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell_text(c)).collect())
+        .collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
+    for r in &rows {
+        let mut line = String::new();
+        for (i, cell) in r.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -628,11 +666,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Delete {
             vm,
             remove_storage,
+            remove_foreign_storage,
             force,
         } => {
             let path = c.lookup(vm).await?;
             let mut opts: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
             opts.insert("remove_storage", (*remove_storage).into());
+            if *remove_foreign_storage {
+                opts.insert("remove_foreign_storage", true.into());
+            }
             opts.insert("force", (*force).into());
             let (removed, kept): (Vec<String>, Vec<(String, String)>) =
                 c.call(&path, VM, "Delete", &(opts,)).await?;
@@ -933,5 +975,31 @@ fn main() -> ExitCode {
             eprintln!("vaporctl: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_take_any_reply_without_panicking() {
+        let long = "d".repeat(200_000);
+        let rows = vec![
+            vec!["NAME".to_string(), "DESCRIPTION".to_string()],
+            vec!["t1".to_string(), long],
+            vec!["t2".to_string()],
+            vec![
+                "t3".to_string(),
+                "line\nbreak \u{1b}[31mred\u{fffe}".to_string(),
+            ],
+        ];
+        let out = table(&rows);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[1].chars().count() <= 4 + 2 + 80);
+        assert!(lines[1].ends_with('…'));
+        assert!(!out.contains('\u{1b}'));
+        assert!(lines[3].starts_with("t3    line break"), "{}", lines[3]);
     }
 }

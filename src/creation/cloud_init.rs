@@ -43,7 +43,9 @@ pub fn build_seed_iso(spec: &CloudInitSpec, vm_name: &str, out: &Path) -> Result
         &hostname_for(vm_name),
     )?;
 
-    let work = WorkDir::create()?;
+    // The user data is written next to `out`, which the caller keeps in a
+    // private directory (it can carry secrets).
+    let work = WorkDir::create(out.parent().unwrap_or(Path::new(".")))?;
     let write = |name: &str, text: &str| {
         fs::write(work.0.join(name), text)
             .map_err(|e| Error::Failed(format!("cannot write cloud-init {name}: {e}")))
@@ -71,6 +73,46 @@ pub fn build_seed_iso(spec: &CloudInitSpec, vm_name: &str, out: &Path) -> Result
         instance_id,
         size_bytes,
     })
+}
+
+/// The first lines cloud-init recognises user data by; anything else it
+/// ignores without a word, so it is refused when the request is planned.
+const USER_DATA_HEADERS: &[&str] = &[
+    "#cloud-config",
+    "#!",
+    "#include",
+    "#cloud-boothook",
+    "#part-handler",
+    "#cloud-config-archive",
+    "#cloud-config-jsonp",
+    "## template: jinja",
+    "Content-Type:",
+    "MIME-Version:",
+];
+
+/// Check what building the seed would check, before anything is made (the
+/// dry run reports the same errors as the creation).
+pub fn check(spec: &CloudInitSpec) -> Result<()> {
+    if let Some(ud) = spec.user_data.as_deref() {
+        let first = ud.trim_start_matches('\u{feff}');
+        if !USER_DATA_HEADERS.iter().any(|h| first.starts_with(h)) {
+            return Err(Error::InvalidArgument(
+                "cloud_init.user_data: must start with a cloud-init header such as \
+                 #cloud-config or #! (cloud-init ignores anything else)"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(nc) = spec.network_config.as_deref() {
+        if nc.trim_start().starts_with('{') {
+            serde_json::from_str::<Value>(nc).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cloud_init.network_config: looks like JSON but is not: {e}"
+                ))
+            })?;
+        }
+    }
+    complete_meta_data(spec.meta_data.as_deref(), "iid-check", "check").map(|_| ())
 }
 
 /// `iid-<vm>-<first 16 hex of sha256(user_data NUL network_config)>` (the NUL
@@ -232,12 +274,12 @@ fn sibling_temp(out: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.{}.tmp", unique_suffix())))
 }
 
-/// A private (0700) directory under the system temp dir, removed on drop.
+/// A private (0700) directory inside `parent`, removed on drop.
 struct WorkDir(PathBuf);
 
 impl WorkDir {
-    fn create() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("vapor-cidata-{}", unique_suffix()));
+    fn create(parent: &Path) -> Result<Self> {
+        let path = parent.join(format!("cidata-{}", unique_suffix()));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
@@ -428,6 +470,33 @@ mod tests {
     }
 
     #[test]
+    fn plan_time_check_refuses_what_the_build_would() {
+        let ok = spec(
+            Some("#cloud-config\npackages: [nginx]\n"),
+            Some("a: b"),
+            None,
+        );
+        assert!(check(&ok).is_ok());
+        assert!(check(&spec(Some("#!/bin/sh\necho hi\n"), None, None)).is_ok());
+        assert!(check(&CloudInitSpec::default()).is_ok());
+        let e = check(&spec(Some("packages: [nginx]\n"), None, None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("cloud_init.user_data: must start"),
+            "{e}"
+        );
+        let e = check(&spec(None, Some("{not json"), None)).unwrap_err();
+        assert!(e.to_string().starts_with("cloud_init.meta_data:"), "{e}");
+        let e = check(&spec(None, Some("{\"a\": [1]}"), None));
+        assert!(e.is_ok(), "{e:?}");
+        let e = check(&spec(None, None, Some("{\"version\": "))).unwrap_err();
+        assert!(
+            e.to_string().starts_with("cloud_init.network_config:"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn hostnames() {
         assert_eq!(hostname_for("web01"), "web01");
         assert_eq!(hostname_for("db_main+2"), "db-main-2");
@@ -438,8 +507,9 @@ mod tests {
 
     #[test]
     fn work_dir_is_removed() {
+        let tmp = tempfile::tempdir().unwrap();
         let path = {
-            let w = WorkDir::create().unwrap();
+            let w = WorkDir::create(tmp.path()).unwrap();
             fs::write(w.0.join("f"), "x").unwrap();
             assert_eq!(
                 fs::metadata(&w.0).unwrap().permissions().mode() & 0o777,

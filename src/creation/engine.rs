@@ -3,10 +3,12 @@
 //! `plan` parses, merges the template, validates against the schema and
 //! resolves against the host's pools (no side effects: it is the dry run).
 //! `create` then makes every volume, the cloud-init seed, the definition,
-//! autostart and (if asked) starts the VM. Each step that makes something
-//! records how to undo it; if any step fails or the job is cancelled, the
-//! undo list runs in reverse and the caller gets the real cause. Two requests
-//! for the same name: exactly one proceeds, the other gets Conflict.
+//! autostart and (if asked) starts the VM. Each step that makes something is
+//! first written to an intent record (`crate::intent`); if any step fails or
+//! the job is cancelled, the recorded steps are undone in reverse and the
+//! caller gets the real cause, and if vapord dies half way the next start
+//! undoes them. Two requests for the same name: exactly one proceeds, the
+//! other gets Conflict.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -20,13 +22,17 @@ use virt::storage_vol::StorageVol;
 use virt_sys as sys;
 
 use super::domain_xml::{domain_xml, Origin};
-use super::resolve::{self, Defaults, PciPlanner, PoolInfo, Resolved, StorageView, VolumeInfo};
+use super::resolve::{
+    self, Defaults, HostLimits, PciPlanner, PoolInfo, Resolved, StorageView, VolumeInfo,
+};
 use super::spec::{DiskAction, VmSpec};
 use super::template::{self, TemplateStore};
 use super::{cloud_init, validate};
+use crate::intent::{self, Intent, IntentLog, Step};
 use crate::libvirt::errors::{from_virt, is_not_found};
 use crate::libvirt::xml::Element;
 use crate::libvirt::Hypervisor;
+use crate::services::rollback;
 use crate::{Error, Result};
 
 /// A resolved request and the exact definition it would produce.
@@ -84,6 +90,8 @@ pub struct Engine {
     defaults: Defaults,
     /// Names being created right now.
     creating: Mutex<HashSet<String>>,
+    /// Where each creation records what it makes before making it.
+    intents: IntentLog,
 }
 
 /// Host storage as libvirt sees it, for the resolver.
@@ -92,10 +100,17 @@ struct LibvirtView<'a>(&'a Connect);
 fn pool_info(p: &StoragePool) -> Option<PoolInfo> {
     let xml = p.xml_desc(0).ok()?;
     let root = Element::parse(&xml).ok()?;
+    let bytes = |name: &str| {
+        root.child_text(name)
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    };
     Some(PoolInfo {
         name: p.name().ok()?,
         target: root.child("target")?.child_text("path")?.to_owned(),
         active: p.is_active().unwrap_or(false),
+        capacity_bytes: bytes("capacity"),
+        available_bytes: bytes("available"),
     })
 }
 
@@ -141,62 +156,48 @@ impl StorageView for LibvirtView<'_> {
         if !Path::new(path).is_file() {
             return Ok(Vec::new());
         }
-        crate::services::storage_ownership::image_backing_chain(path).map_err(Error::Failed)
+        // Read from the image headers by vapord itself: only local files are
+        // accepted, and nothing named in an image is ever connected to.
+        crate::services::storage_ownership::image_backing_chain(path)
+            .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))
     }
-}
 
-/// One thing made so far, and how to take it back.
-enum Undo {
-    /// A volume we made, by the path libvirt gave it.
-    Volume(String),
-    /// A domain we defined; `keep_nvram` when its NVRAM file was not ours.
-    Domain { uuid: String, keep_nvram: bool },
-}
-
-fn rollback(conn: &Connect, undo: Vec<Undo>) -> Vec<String> {
-    let mut problems = Vec::new();
-    for step in undo.into_iter().rev() {
-        match step {
-            Undo::Domain { uuid, keep_nvram } => {
-                if let Ok(d) = conn.lookup_domain_by_uuid_string(&uuid) {
-                    if d.is_active().unwrap_or(false) {
-                        let _ = d.destroy();
-                    }
-                    let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                        | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                        | sys::VIR_DOMAIN_UNDEFINE_TPM
-                        | if keep_nvram {
-                            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-                        } else {
-                            sys::VIR_DOMAIN_UNDEFINE_NVRAM
-                        };
-                    if let Err(e) = d.undefine_flags(flags) {
-                        problems.push(format!("cannot undefine the new domain: {}", e.message()));
-                    }
-                }
-            }
-            Undo::Volume(path) => match conn.lookup_storage_vol_by_path(&path) {
-                Ok(v) => {
-                    if let Err(e) = v.delete(0) {
-                        problems.push(format!("cannot delete {path}: {}", e.message()));
-                    }
-                }
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => problems.push(format!("cannot look up {path}: {}", e.message())),
-            },
+    fn host_limits(&self) -> HostLimits {
+        let memory_mib = self
+            .0
+            .node_info()
+            .map(|n| n.memory / 1024)
+            .unwrap_or(u64::MAX);
+        let max_vcpus = self
+            .0
+            .max_vcpus(Some("kvm"))
+            .or_else(|_| self.0.max_vcpus(None))
+            .unwrap_or(u32::MAX);
+        HostLimits {
+            memory_mib,
+            max_vcpus,
         }
     }
-    problems
 }
 
 fn gib(n: u64) -> u64 {
     n.saturating_mul(1 << 30)
 }
 
-fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<(&str, &str)>) -> String {
+/// A volume definition. Sparse unless `preallocate`: without an
+/// `<allocation>` libvirt would allocate (and write) the whole capacity.
+fn volume_xml(
+    name: &str,
+    capacity: u64,
+    format: &str,
+    backing: Option<(&str, &str)>,
+    preallocate: bool,
+) -> String {
     use super::domain_xml::esc;
+    let allocation = if preallocate { capacity } else { 0 };
     let mut x = format!(
-        "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity><target><format type='{}'/></target>",
+        "<volume><name>{}</name><capacity unit='bytes'>{capacity}</capacity>\
+         <allocation unit='bytes'>{allocation}</allocation><target><format type='{}'/></target>",
         esc(name),
         esc(format)
     );
@@ -217,6 +218,7 @@ impl Engine {
         templates: TemplateStore,
         defaults: Defaults,
         pci: Option<Arc<dyn PciPlanner>>,
+        intents: IntentLog,
     ) -> Self {
         Self {
             hv,
@@ -224,6 +226,7 @@ impl Engine {
             templates,
             defaults,
             creating: Mutex::new(HashSet::new()),
+            intents,
         }
     }
 
@@ -282,13 +285,29 @@ impl Engine {
     }
 
     /// Carry out a plan. Returns the new domain's UUID.
-    pub async fn create(&self, plan: Plan, progress: Arc<dyn Progress>) -> Result<String> {
+    pub async fn create(
+        &self,
+        plan: Plan,
+        uid: u32,
+        progress: Arc<dyn Progress>,
+    ) -> Result<String> {
         let name = plan.resolved.name.clone();
         let _claim = NameClaim::take(&self.creating, &name)?;
         let defaults = self.defaults.clone();
         let pci = self.pci.clone();
+        let intents = self.intents.clone();
         self.hv
-            .run(move |c| create_blocking(c, plan, &defaults, pci.as_deref(), &*progress))
+            .run(move |c| {
+                create_blocking(
+                    c,
+                    plan,
+                    uid,
+                    &intents,
+                    &defaults,
+                    pci.as_deref(),
+                    &*progress,
+                )
+            })
             .await
     }
 }
@@ -370,6 +389,8 @@ fn resolve_all(
 fn create_blocking(
     conn: &Connect,
     plan: Plan,
+    uid: u32,
+    intents: &IntentLog,
     defaults: &Defaults,
     pci: Option<&dyn PciPlanner>,
     progress: &dyn Progress,
@@ -382,11 +403,14 @@ fn create_blocking(
                 .into(),
         ));
     }
-    let mut undo = Vec::new();
-    match create_steps(conn, &plan, progress, &mut undo) {
+    // Every step is recorded before it is taken: if vapord dies half way,
+    // the next start rolls the creation back (services::rollback::recover).
+    let mut intent = intents.begin("vm-create", &plan.resolved.name, uid)?;
+    let result = create_steps(conn, &plan, progress, &mut intent);
+    let result = match result {
         Ok(uuid) => Ok(uuid),
         Err(e) => {
-            let problems = rollback(conn, undo);
+            let problems = rollback::undo(conn, intent.steps());
             if problems.is_empty() {
                 Err(e)
             } else {
@@ -396,14 +420,19 @@ fn create_blocking(
                 )))
             }
         }
+    };
+    // Done or undone: either way nothing is left for a later start to undo.
+    if let Err(e) = intent.finish() {
+        log::error!("{e}");
     }
+    result
 }
 
 fn create_steps(
     conn: &Connect,
     plan: &Plan,
     progress: &dyn Progress,
-    undo: &mut Vec<Undo>,
+    intent: &mut Intent,
 ) -> Result<String> {
     let r = &plan.resolved;
     match conn.lookup_domain_by_name(&r.name) {
@@ -451,9 +480,20 @@ fn create_steps(
         let pool = conn
             .lookup_storage_pool_by_name(pool_name)
             .map_err(|e| from_virt(e, &what))?;
+        intent.record(Step::Volume {
+            path: d.path.clone(),
+            not_before_ns: intent::now_ns(),
+            made: false,
+        })?;
         let vol = match d.action {
             DiskAction::Create => {
-                let xml = volume_xml(vol_name, gib(d.size_gib.unwrap_or(1)), &d.format, None);
+                let xml = volume_xml(
+                    vol_name,
+                    gib(d.size_gib.unwrap_or(1)),
+                    &d.format,
+                    None,
+                    d.preallocate,
+                );
                 StorageVol::create_xml(&pool, &xml, 0)
             }
             DiskAction::Clone => {
@@ -462,7 +502,7 @@ fn create_steps(
                     .lookup_storage_vol_by_path(src_path)
                     .map_err(|e| from_virt(e, &what))?;
                 let cap = src.info().map(|i| i.capacity).unwrap_or(0);
-                let xml = volume_xml(vol_name, cap, &d.format, None);
+                let xml = volume_xml(vol_name, cap, &d.format, None, d.preallocate);
                 StorageVol::create_xml_from(&pool, &xml, &src, 0)
             }
             DiskAction::Backing => {
@@ -473,7 +513,7 @@ fn create_steps(
                 let cap = src.info().map(|i| i.capacity).unwrap_or(0);
                 let cap = cap.max(gib(d.size_gib.unwrap_or(0)));
                 let fmt = d.source_format.as_deref().unwrap_or("qcow2");
-                let xml = volume_xml(vol_name, cap, "qcow2", Some((src_path, fmt)));
+                let xml = volume_xml(vol_name, cap, "qcow2", Some((src_path, fmt)), d.preallocate);
                 StorageVol::create_xml(&pool, &xml, 0)
             }
             DiskAction::Attach => continue,
@@ -481,12 +521,17 @@ fn create_steps(
         .map_err(|e| from_virt(e, &what))?;
         // Undo by the path libvirt really used, and refuse if it is not the planned one.
         let made = vol.path().map_err(|e| from_virt(e, &what))?;
-        undo.push(Undo::Volume(made.clone()));
         if made != d.path {
+            intent.record(Step::Volume {
+                path: made.clone(),
+                not_before_ns: 0,
+                made: true,
+            })?;
             return Err(Error::Conflict(format!(
                 "{what}: libvirt created it at {made} instead (has the pool changed?)"
             )));
         }
+        intent.volume_made(&made)?;
         if d.action == DiskAction::Clone {
             if let Some(size) = d.size_gib {
                 vol.resize(gib(size), 0).map_err(|e| from_virt(e, &what))?;
@@ -499,34 +544,44 @@ fn create_steps(
     if let (Some(seed), Some(ci)) = (&r.cloud_init_seed, plan_cloud_init(plan)) {
         check_cancel()?;
         progress.update("building the cloud-init seed", done, total);
-        // Built in a private directory: the seed holds the user data.
-        let dir = private_temp_dir(&r.name)?;
+        // Built in a private directory under the state directory: the seed
+        // holds the user data, which can carry secrets.
+        let dir = intent.scratch_dir()?;
         let tmp = dir.join("seed.iso");
         let built = cloud_init::build_seed_iso(&ci, &r.name, &tmp);
-        let uploaded =
-            built.and_then(|_| upload_file(conn, &seed.pool, &seed.volume, &tmp, undo, &seed.path));
+        let uploaded = built
+            .and_then(|_| upload_file(conn, &seed.pool, &seed.volume, &tmp, intent, &seed.path));
         let _ = std::fs::remove_dir_all(&dir);
         uploaded.map_err(|e| e.context("cloud_init"))?;
     }
 
     check_cancel()?;
     progress.update("defining the domain", done, total);
+    // The files the guest will be given must still be the ones authorized:
+    // no path may have turned into a symlink since it was resolved.
+    recheck_paths(plan)?;
+    let uuid = plan.uuid.clone();
+    // An NVRAM file that already exists (left by an earlier VM of this name)
+    // is not ours to delete on undo. Recorded as kept until we know better.
+    intent.record(Step::Domain {
+        uuid: uuid.clone(),
+        keep_nvram: true,
+    })?;
     let dom = conn
         .define_domain_xml(&plan.xml)
         .map_err(|e| from_virt(e, "libvirt refused the domain definition"))?;
-    let uuid = plan.uuid.clone();
-    // An NVRAM file that already exists (left by an earlier VM of this name)
-    // is not ours to delete on undo.
     let keep_nvram = dom
         .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
         .ok()
         .and_then(|x| Element::parse(&x).ok())
         .and_then(|root| crate::services::storage_ownership::nvram_path(&root))
         .is_some_and(|p| Path::new(&p).exists());
-    undo.push(Undo::Domain {
-        uuid: uuid.clone(),
-        keep_nvram,
-    });
+    if !keep_nvram {
+        intent.record(Step::Domain {
+            uuid: uuid.clone(),
+            keep_nvram: false,
+        })?;
+    }
     if r.autostart {
         dom.set_autostart(true)
             .map_err(|e| from_virt(e, "cannot enable autostart"))?;
@@ -541,19 +596,23 @@ fn create_steps(
     Ok(uuid)
 }
 
-/// A fresh directory only root can enter.
-fn private_temp_dir(tag: &str) -> Result<std::path::PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!(
-        "vapor-{tag}-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::Failed(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
+/// Refuse to go on if a path the guest will be given has become a symlink
+/// (or moved) since the plan resolved it: what was authorized is what is used.
+fn recheck_paths(plan: &Plan) -> Result<()> {
+    use crate::services::storage_ownership::canonical;
+    for d in &plan.resolved.disks {
+        let given = (!d.is_created()).then_some(&d.path);
+        for p in given.into_iter().chain(d.source.iter()) {
+            if canonical(p) != *p {
+                return Err(Error::Conflict(format!(
+                    "{}: {p} changed (it now leads elsewhere) while the request was being \
+                     carried out; nothing was kept, try again",
+                    d.field
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn plan_cloud_init(plan: &Plan) -> Option<super::spec::CloudInitSpec> {
@@ -566,7 +625,7 @@ fn upload_file(
     pool: &str,
     volume: &str,
     file: &Path,
-    undo: &mut Vec<Undo>,
+    intent: &mut Intent,
     path: &str,
 ) -> Result<()> {
     let data = std::fs::read(file)
@@ -575,13 +634,18 @@ fn upload_file(
     let pool = conn
         .lookup_storage_pool_by_name(pool)
         .map_err(|e| from_virt(e, &what))?;
+    intent.record(Step::Volume {
+        path: path.to_owned(),
+        not_before_ns: intent::now_ns(),
+        made: false,
+    })?;
     let vol = StorageVol::create_xml(
         &pool,
-        &volume_xml(volume, data.len() as u64, "raw", None),
+        &volume_xml(volume, data.len() as u64, "raw", None, true),
         0,
     )
     .map_err(|e| from_virt(e, &what))?;
-    undo.push(Undo::Volume(path.to_owned()));
+    intent.volume_made(path)?;
     let stream = virt::stream::Stream::new(conn, 0).map_err(|e| from_virt(e, &what))?;
     vol.upload(&stream, 0, data.len() as u64, 0)
         .map_err(|e| from_virt(e, &what))?;

@@ -23,6 +23,26 @@ pub struct PoolInfo {
     /// The pool's directory (dir/fs pools) or device path prefix.
     pub target: String,
     pub active: bool,
+    pub capacity_bytes: u64,
+    /// Free space, as libvirt last saw it.
+    pub available_bytes: u64,
+}
+
+/// The host's own bounds on one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    /// Physical memory.
+    pub memory_mib: u64,
+    /// The hypervisor's vCPU maximum for this kind of guest.
+    pub max_vcpus: u32,
+}
+
+impl HostLimits {
+    /// No bound (for hosts that cannot tell).
+    pub const NONE: HostLimits = HostLimits {
+        memory_mib: u64::MAX,
+        max_vcpus: u32::MAX,
+    };
 }
 
 /// What resolution needs to know about a volume or file.
@@ -51,6 +71,10 @@ pub trait StorageView {
     fn backing_chain(&self, _path: &str) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+    /// The host's own bounds on one VM.
+    fn host_limits(&self) -> HostLimits {
+        HostLimits::NONE
+    }
 }
 
 /// One disk as it will be made and attached.
@@ -70,6 +94,8 @@ pub struct ResolvedDisk {
     pub bus: String,
     pub target: String,
     pub readonly: bool,
+    /// Allocated in full now (else sparse).
+    pub preallocate: bool,
     pub boot_order: Option<u32>,
     /// Clone source / backing image, absolute.
     pub source: Option<String>,
@@ -166,14 +192,41 @@ fn invalid(field: &str, msg: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{field}: {msg}"))
 }
 
-/// Resolve a path against a pool, per the seed's rules. Returns the absolute
-/// path and the pool it lies in (if any).
-fn resolve_path(
+/// Where a path really lands: symlinks resolved (a file that does not exist
+/// yet by its resolved directory), and the pool whose directory directly
+/// holds it, if any. Pool directories are compared resolved too.
+fn locate(view: &dyn StorageView, path: &str) -> (String, Option<String>) {
+    let real = if view.path_exists(path) {
+        view.canonical(path)
+    } else {
+        match (Path::new(path).parent(), Path::new(path).file_name()) {
+            (Some(dir), Some(file)) => {
+                let dir = view.canonical(&dir.to_string_lossy());
+                format!("{}/{}", dir.trim_end_matches('/'), file.to_string_lossy())
+            }
+            _ => path.to_owned(),
+        }
+    };
+    let parent = Path::new(&real).parent().map(Path::to_path_buf);
+    let owner = view
+        .pools()
+        .into_iter()
+        .find(|p| {
+            parent.as_deref() == Some(Path::new(&view.canonical(&p.target)))
+                || parent.as_deref() == Some(Path::new(&p.target))
+        })
+        .map(|p| p.name);
+    (real, owner)
+}
+
+/// A path as the request spells it, made absolute per the seed's rules (a
+/// plain name is a file in the pool), without following anything.
+fn spelled_path(
     view: &dyn StorageView,
     field: &str,
     path: &str,
     pool: Option<&str>,
-) -> Result<(String, Option<String>)> {
+) -> Result<String> {
     if Path::new(path).is_absolute() {
         use std::path::Component;
         let odd = path.ends_with('/')
@@ -189,13 +242,7 @@ fn resolve_path(
                 ),
             ));
         }
-        let path = view.canonical(path);
-        let owner = view
-            .pools()
-            .into_iter()
-            .find(|p| Path::new(&path).parent() == Some(Path::new(&p.target)))
-            .map(|p| p.name);
-        return Ok((path, owner));
+        return Ok(path.to_owned());
     }
     if path.contains('/') || path == "." || path == ".." {
         return Err(invalid(
@@ -212,10 +259,21 @@ fn resolve_path(
         )
     })?;
     let info = checked_pool(view, field, pool)?;
-    Ok((
-        format!("{}/{path}", info.target.trim_end_matches('/')),
-        Some(info.name),
-    ))
+    Ok(format!("{}/{path}", info.target.trim_end_matches('/')))
+}
+
+/// Resolve a path of an existing file and judge it by where it really lands:
+/// a name in a pool that is a symlink to a file elsewhere is that file,
+/// exactly as if the caller had written its path (so outside the pools it
+/// needs `storage-host-path`). Returns the resolved absolute path and the
+/// pool whose directory holds it (if any).
+fn resolve_path(
+    view: &dyn StorageView,
+    field: &str,
+    path: &str,
+    pool: Option<&str>,
+) -> Result<(String, Option<String>)> {
+    Ok(locate(view, &spelled_path(view, field, path, pool)?))
 }
 
 fn checked_pool(view: &dyn StorageView, field: &str, pool: &str) -> Result<PoolInfo> {
@@ -269,6 +327,12 @@ fn resolve_disk(
                 "only create, clone and backing disks have a size",
             ))
         }
+        _ if d.action == DiskAction::Attach && d.preallocate.is_some() => {
+            return Err(invalid(
+                &format!("{field}.preallocate"),
+                "only create, clone and backing disks are allocated",
+            ))
+        }
         _ => {}
     }
     let creates = d.action != DiskAction::Attach;
@@ -299,23 +363,42 @@ fn resolve_disk(
                 Some(volume),
             )
         }
-        Some(p) => {
-            let (abs, pool) = resolve_path(view, &path_field, p, pool_name)?;
-            let volume = Path::new(&abs)
+        Some(p) if creates => {
+            // The new file's own name is never followed: anything already
+            // there, a symlink included, is a conflict.
+            let given = spelled_path(view, &path_field, p, pool_name)?;
+            if view.path_exists(&given) || view.volume(&given).is_some() {
+                return Err(Error::Conflict(format!(
+                    "{path_field}: {given} already exists"
+                )));
+            }
+            let volume = Path::new(&given)
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned());
-            (abs, pool, volume)
+            let (_, pool) = locate(view, &given);
+            let Some(pool) = pool else {
+                return Err(invalid(
+                    &path_field,
+                    format!(
+                        "{given} is not inside any storage pool; vapord creates volumes only in pools"
+                    ),
+                ));
+            };
+            // Spelled as libvirt will make it: the pool's directory and the name.
+            let info = checked_pool(view, &path_field, &pool)?;
+            let name = volume.clone().unwrap_or_default();
+            (
+                format!("{}/{name}", info.target.trim_end_matches('/')),
+                Some(info.name),
+                volume,
+            )
+        }
+        Some(p) => {
+            let (abs, pool) = resolve_path(view, &path_field, p, pool_name)?;
+            (abs, pool, None)
         }
     };
     if creates {
-        if pool.is_none() {
-            return Err(invalid(
-                &path_field,
-                format!(
-                    "{path} is not inside any storage pool; vapord creates volumes only in pools"
-                ),
-            ));
-        }
         if view.path_exists(&path) || view.volume(&path).is_some() {
             return Err(Error::Conflict(format!(
                 "{path_field}: {path} already exists"
@@ -365,6 +448,14 @@ fn resolve_disk(
             .unwrap_or_else(|| format_for_path(&path).into()),
         (None, _) => default_format.to_owned(),
     };
+    // Other formats can name further files (a vmdk's parent, for one) that
+    // vapord does not follow, so they are not given to guests.
+    if !matches!(format.as_str(), "raw" | "qcow2") {
+        return Err(invalid(
+            &format!("{field}.format"),
+            format!("{path} is a {format} image; only raw and qcow2 are supported"),
+        ));
+    }
     if let (Some(size), Some(cap)) = (d.size, source_capacity) {
         if size.saturating_mul(1 << 30) < cap {
             return Err(invalid(
@@ -404,6 +495,7 @@ fn resolve_disk(
         size_gib: d.size,
         format,
         readonly: d.readonly.unwrap_or(device == "cdrom"),
+        preallocate: d.preallocate.unwrap_or(false),
         device,
         bus,
         target: d.target.clone().unwrap_or_default(),
@@ -451,10 +543,109 @@ pub trait PciPlanner: Send + Sync {
     ) -> Result<ResolvedPci>;
 }
 
-/// Defaults the daemon supplies where the spec is silent.
+/// Defaults the daemon supplies where the spec is silent, and its limits.
 #[derive(Debug, Clone)]
 pub struct Defaults {
     pub cpu_mode: String,
+    /// `[limits]` from the configuration (unset: the host's own).
+    pub limits: crate::config::Limits,
+}
+
+fn limit_exceeded(field: &str, msg: impl std::fmt::Display) -> Error {
+    Error::LimitExceeded(format!("{field}: {msg}"))
+}
+
+/// Where a bound comes from, for messages.
+fn bound_source<T>(configured: Option<T>, key: &str, host: &str) -> String {
+    match configured {
+        Some(_) => format!("limits.{key} in vapord.toml"),
+        None => host.to_owned(),
+    }
+}
+
+/// Refuse a request that asks for more than the configured limits or the
+/// host's own: memory, vCPUs, number of disks, disk sizes (at most the pool's
+/// capacity), and preallocated space (at most each pool's free space).
+fn check_limits(
+    view: &dyn StorageView,
+    r: &Resolved,
+    limits: &crate::config::Limits,
+) -> Result<()> {
+    let host = view.host_limits();
+    let max_mem = limits.max_memory_mib.unwrap_or(host.memory_mib);
+    if r.memory_mib > max_mem {
+        let from = bound_source(limits.max_memory_mib, "max_memory_mib", "the host's memory");
+        return Err(limit_exceeded(
+            "memory",
+            format!("{} MiB is more than {max_mem} MiB ({from})", r.memory_mib),
+        ));
+    }
+    let max_vcpus = limits.max_vcpus.unwrap_or(host.max_vcpus);
+    if r.vcpus > max_vcpus {
+        let from = bound_source(limits.max_vcpus, "max_vcpus", "the hypervisor's maximum");
+        return Err(limit_exceeded(
+            "vcpus",
+            format!("{} is more than {max_vcpus} ({from})", r.vcpus),
+        ));
+    }
+    if let Some(max) = limits.max_disks {
+        if r.disks.len() > max as usize {
+            return Err(limit_exceeded(
+                "storage.disks",
+                format!(
+                    "{} disks (the boot ISO included) are more than {max} (limits.max_disks in vapord.toml)",
+                    r.disks.len()
+                ),
+            ));
+        }
+    }
+    let mut preallocated: BTreeMap<&str, u64> = BTreeMap::new();
+    for d in r.disks.iter().filter(|d| d.is_created()) {
+        let (Some(size), Some(pool)) = (d.size_gib, d.pool.as_deref()) else {
+            continue;
+        };
+        let info = view.pool(pool);
+        let field = format!("{}.size", d.field);
+        if let Some(max) = limits.max_disk_gib {
+            if size > max {
+                return Err(limit_exceeded(
+                    &field,
+                    format!(
+                        "{size} GiB is more than {max} GiB (limits.max_disk_gib in vapord.toml)"
+                    ),
+                ));
+            }
+        } else if let Some(info) = &info {
+            if info.capacity_bytes > 0 && size.saturating_mul(1 << 30) > info.capacity_bytes {
+                return Err(limit_exceeded(
+                    &field,
+                    format!(
+                        "{size} GiB is more than the whole pool '{pool}' ({} GiB)",
+                        info.capacity_bytes >> 30
+                    ),
+                ));
+            }
+        }
+        if d.preallocate {
+            *preallocated.entry(pool).or_default() += size.saturating_mul(1 << 30);
+        }
+    }
+    for (pool, wanted) in preallocated {
+        let Some(info) = view.pool(pool) else {
+            continue;
+        };
+        if wanted > info.available_bytes {
+            return Err(limit_exceeded(
+                "storage.disks",
+                format!(
+                    "the preallocated disks need {} GiB in pool '{pool}', which has {} GiB free",
+                    wanted.div_ceil(1 << 30),
+                    info.available_bytes >> 30
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Resolve a merged, validated spec for the VM `name`.
@@ -526,6 +717,7 @@ pub fn resolve(
             bus: cdrom_bus(&machine).into(),
             target: String::new(),
             readonly: true,
+            preallocate: false,
             boot_order: (!any_boot_order).then_some(1),
             source: None,
             source_format: None,
@@ -561,7 +753,8 @@ pub fn resolve(
 
     let cloud_init_seed = match &spec.cloud_init {
         None => None,
-        Some(_) => {
+        Some(ci) => {
+            super::cloud_init::check(ci)?;
             let pool = default_pool
                 .map(String::from)
                 .or_else(|| disks.iter().find_map(|d| d.pool.clone()))
@@ -602,12 +795,13 @@ pub fn resolve(
     pools_used.sort();
     pools_used.dedup();
 
-    // What the VM reads: the files it is given and everything below them.
+    // What the VM reads: the files it is given and everything below them,
+    // each judged by where it really lands.
     let mut pools_read = Vec::new();
     let mut host_paths = Vec::new();
-    let mut note = |p: &str| match view.volume(p) {
-        Some(v) => pools_read.extend(v.pool),
-        None => host_paths.push(p.to_owned()),
+    let mut note = |p: &str| match locate(view, p) {
+        (_, Some(pool)) => pools_read.push(pool),
+        (real, None) => host_paths.push(real),
     };
     for d in &disks {
         let read: Vec<&str> = match d.action {
@@ -619,7 +813,8 @@ pub fn resolve(
         };
         for p in read {
             note(p);
-            for below in view.backing_chain(p)? {
+            let below = view.backing_chain(p).map_err(|e| e.context(&d.field))?;
+            for below in below {
                 note(&below);
             }
         }
@@ -629,7 +824,7 @@ pub fn resolve(
     host_paths.sort();
     host_paths.dedup();
 
-    Ok(Resolved {
+    let resolved = Resolved {
         name: name.to_owned(),
         template: spec.template.clone(),
         memory_mib: spec.memory.unwrap_or(DEFAULT_MEMORY_MIB),
@@ -655,7 +850,9 @@ pub fn resolve(
         pools_read,
         host_paths,
         pci: None,
-    })
+    };
+    check_limits(view, &resolved, &defaults.limits)?;
+    Ok(resolved)
 }
 
 #[cfg(test)]

@@ -10,6 +10,11 @@ struct FakeHost {
     pools: Vec<PoolInfo>,
     volumes: HashMap<String, VolumeInfo>,
     files: Vec<String>,
+    /// Symlinks: path → target (absolute).
+    links: HashMap<String, String>,
+    /// Backing chains by image path.
+    chains: HashMap<String, Vec<String>>,
+    host: HostLimits,
 }
 
 impl FakeHost {
@@ -18,6 +23,8 @@ impl FakeHost {
             name: name.into(),
             target: target.into(),
             active,
+            capacity_bytes: 1000 << 30,
+            available_bytes: 100 << 30,
         };
         let vol = |format: &str, pool: &str| VolumeInfo {
             format: format.into(),
@@ -45,7 +52,24 @@ impl FakeHost {
             files: vec![
                 "/mnt/share/common-data.qcow2".into(),
                 "/srv/nvme/taken.qcow2".into(),
+                "/etc/shadow".into(),
             ],
+            // A planted link in a pool to a host file, one to another
+            // pool's volume, and the libvirt volume for the first (libvirt
+            // lists links in dir pools as volumes).
+            links: [
+                ("/srv/nvme/evil".to_string(), "/etc/shadow".to_string()),
+                (
+                    "/srv/nvme/golden-link.raw".to_string(),
+                    "/srv/bulk/golden.raw".to_string(),
+                ),
+            ]
+            .into(),
+            chains: HashMap::new(),
+            host: HostLimits {
+                memory_mib: 32768,
+                max_vcpus: 16,
+            },
         }
     }
 }
@@ -58,16 +82,38 @@ impl StorageView for FakeHost {
         self.pools.clone()
     }
     fn volume(&self, path: &str) -> Option<VolumeInfo> {
-        self.volumes.get(path).cloned()
+        self.volumes.get(path).cloned().or_else(|| {
+            // libvirt lists a link in a dir pool as a volume of that pool.
+            self.links.get(path).map(|_| VolumeInfo {
+                format: "raw".into(),
+                capacity_bytes: 1 << 20,
+                pool: Some("fast-nvme".into()),
+            })
+        })
     }
     fn path_exists(&self, path: &str) -> bool {
-        self.files.iter().any(|f| f == path) || self.volumes.contains_key(path)
+        self.files.iter().any(|f| f == path)
+            || self.volumes.contains_key(path)
+            || self.links.contains_key(path)
+    }
+    fn canonical(&self, path: &str) -> String {
+        self.links
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| path.to_owned())
+    }
+    fn backing_chain(&self, path: &str) -> Result<Vec<String>> {
+        Ok(self.chains.get(path).cloned().unwrap_or_default())
+    }
+    fn host_limits(&self) -> HostLimits {
+        self.host
     }
 }
 
 fn defaults() -> Defaults {
     Defaults {
         cpu_mode: "none".into(),
+        limits: Default::default(),
     }
 }
 
@@ -321,4 +367,216 @@ fn secure_boot_needs_uefi_and_q35() {
     );
     assert!(err(serde_json::json!({"secure_boot": true, "uefi": false})).contains("needs uefi"));
     let _ = StorageSpec::default();
+}
+
+#[test]
+fn a_pool_link_to_a_host_file_is_that_host_file() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "evil", "disks": [
+            {"action": "attach", "path": "evil", "device": "disk"}
+        ]}}),
+    );
+    // Both are judged as the file they lead to, exactly as if the request
+    // had said /etc/shadow: a host path (storage-host-path), not a pool read.
+    let r = r.unwrap();
+    assert_eq!(r.disks[0].path, "/etc/shadow");
+    assert_eq!(r.disks[1].path, "/etc/shadow");
+    assert_eq!(r.host_paths, vec!["/etc/shadow".to_string()]);
+    assert!(r.pools_read.is_empty(), "{:?}", r.pools_read);
+}
+
+#[test]
+fn a_pool_link_to_another_pool_reads_that_pool() {
+    let r = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "attach", "path": "golden-link.raw"}
+        ]}}),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].path, "/srv/bulk/golden.raw");
+    assert_eq!(r.pools_read, vec!["bulk-storage".to_string()]);
+    assert!(r.host_paths.is_empty());
+}
+
+#[test]
+fn clone_and_backing_sources_through_links_to_host_files_are_refused() {
+    for action in ["clone", "backing"] {
+        let e = run(
+            serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+                {"action": action, "source": "evil", "path": "copy.qcow2"}
+            ]}}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::NotFound(ref m) if m == "storage.disks[0].source: /etc/shadow is not a volume in a libvirt storage pool"),
+            "{action}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_new_volume_never_follows_a_link_at_its_name() {
+    let e = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 1, "path": "evil"}
+        ]}}),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::Conflict(ref m) if m == "storage.disks[0].path: /srv/nvme/evil already exists"),
+        "{e}"
+    );
+}
+
+#[test]
+fn backing_chains_are_judged_file_by_file() {
+    let mut host = FakeHost::new();
+    host.chains.insert(
+        "/srv/nvme/base.qcow2".into(),
+        vec!["/srv/bulk/golden.raw".into(), "/var/lib/secret.raw".into()],
+    );
+    let r = resolve(
+        &host,
+        &spec(
+            serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+                {"action": "attach", "path": "base.qcow2"}
+            ]}}),
+        ),
+        "vm1",
+        &defaults(),
+    )
+    .unwrap();
+    assert_eq!(
+        r.pools_read,
+        vec!["bulk-storage".to_string(), "fast-nvme".to_string()]
+    );
+    assert_eq!(r.host_paths, vec!["/var/lib/secret.raw".to_string()]);
+}
+
+#[test]
+fn other_image_formats_are_not_given_to_guests() {
+    let mut host = FakeHost::new();
+    host.volumes.insert(
+        "/srv/nvme/disk.vmdk".into(),
+        VolumeInfo {
+            format: "vmdk".into(),
+            capacity_bytes: 1 << 30,
+            pool: Some("fast-nvme".into()),
+        },
+    );
+    let e = resolve(
+        &host,
+        &spec(
+            serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+                {"action": "attach", "path": "disk.vmdk"}
+            ]}}),
+        ),
+        "vm1",
+        &defaults(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("storage.disks[0].format: /srv/nvme/disk.vmdk is a vmdk image"),
+        "{e}"
+    );
+}
+
+fn limits_err(json: serde_json::Value, limits: crate::config::Limits) -> Error {
+    let d = Defaults {
+        cpu_mode: "none".into(),
+        limits,
+    };
+    resolve(&FakeHost::new(), &spec(json), "vm1", &d).unwrap_err()
+}
+
+#[test]
+fn the_hosts_own_limits_apply_by_default() {
+    let none = crate::config::Limits::default();
+    let e = limits_err(serde_json::json!({"memory": 65536}), none.clone());
+    assert_eq!(
+        e,
+        Error::LimitExceeded("memory: 65536 MiB is more than 32768 MiB (the host's memory)".into())
+    );
+    let e = limits_err(serde_json::json!({"vcpus": 17}), none.clone());
+    assert_eq!(
+        e,
+        Error::LimitExceeded("vcpus: 17 is more than 16 (the hypervisor's maximum)".into())
+    );
+    // A disk larger than its whole pool (1000 GiB here).
+    let e = limits_err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 1001}
+        ]}}),
+        none,
+    );
+    assert_eq!(
+        e,
+        Error::LimitExceeded(
+            "storage.disks[0].size: 1001 GiB is more than the whole pool 'fast-nvme' (1000 GiB)"
+                .into()
+        )
+    );
+}
+
+#[test]
+fn configured_limits_are_enforced_and_named() {
+    let limits = crate::config::Limits {
+        max_disk_gib: Some(100),
+        max_disks: Some(1),
+        max_memory_mib: Some(4096),
+        max_vcpus: Some(2),
+    };
+    let e = limits_err(serde_json::json!({"memory": 8192}), limits.clone());
+    assert!(e.to_string().contains("limits.max_memory_mib"), "{e}");
+    let e = limits_err(serde_json::json!({"vcpus": 4}), limits.clone());
+    assert!(e.to_string().contains("limits.max_vcpus"), "{e}");
+    let e = limits_err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 101}
+        ]}}),
+        limits.clone(),
+    );
+    assert!(
+        e.to_string()
+            .starts_with("storage.disks[0].size: 101 GiB is more than 100 GiB"),
+        "{e}"
+    );
+    let e = limits_err(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 1}, {"action": "create", "size": 1}
+        ]}}),
+        limits,
+    );
+    assert!(e.to_string().contains("limits.max_disks"), "{e}");
+}
+
+#[test]
+fn preallocation_must_fit_in_the_pools_free_space() {
+    // 100 GiB free in each pool; sparse disks may be larger than that.
+    let ok = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 500},
+            {"action": "create", "size": 60, "preallocate": true}
+        ]}}),
+    )
+    .unwrap();
+    assert!(!ok.disks[0].preallocate && ok.disks[1].preallocate);
+    let e = run(
+        serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "create", "size": 60, "preallocate": true},
+            {"action": "create", "size": 60, "preallocate": true}
+        ]}}),
+    )
+    .unwrap_err();
+    assert_eq!(
+        e,
+        Error::LimitExceeded(
+            "storage.disks: the preallocated disks need 120 GiB in pool 'fast-nvme', which has 100 GiB free".into()
+        )
+    );
+    let e = err(serde_json::json!({"storage": {"disks": [
+        {"action": "attach", "path": "/mnt/share/common-data.qcow2", "preallocate": true}
+    ]}}));
+    assert!(e.starts_with("storage.disks[0].preallocate:"), "{e}");
 }

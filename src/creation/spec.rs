@@ -120,6 +120,9 @@ pub struct DiskSpec {
     pub device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readonly: Option<bool>,
+    /// Allocate the whole size now instead of a sparse volume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preallocate: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_order: Option<u32>,
 }

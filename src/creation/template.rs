@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::fsutil::write_atomic;
+use crate::text::TextRule;
 use crate::{Error, Result};
 
 /// Where shipped templates are installed.
@@ -203,6 +204,7 @@ impl TemplateStore {
     /// a shipped template of the same name.
     pub fn save(&self, name: &str, description: &str, spec: &Value) -> Result<()> {
         check_name(name)?;
+        crate::text::check("description", description, TextRule::DESCRIPTION)?;
         let Some(obj) = spec.as_object() else {
             return Err(Error::InvalidArgument(
                 "spec: a template must be a JSON object (a VM spec without name)".into(),
@@ -321,14 +323,33 @@ fn scan_dir(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Read a template file, holding it to the same rules as a template saved
+/// through the API: a file that breaks them (a description no bus client can
+/// read, say) is refused here, so it is skipped rather than served.
 fn read_template(path: &Path) -> std::result::Result<TemplateFile, String> {
+    let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > MAX_TEMPLATE_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, at most {MAX_TEMPLATE_FILE_BYTES} allowed",
+            meta.len()
+        ));
+    }
     let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let t: TemplateFile = serde_json::from_str(&text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let doc = crate::text::parse_json_strict("template", &text, MAX_TEMPLATE_FILE_BYTES as usize)
+        .map_err(|e| e.to_string())?;
+    let t: TemplateFile =
+        serde_json::from_value(doc).map_err(|e| format!("invalid template: {e}"))?;
     if !t.spec.is_object() {
         return Err("\"spec\" must be a JSON object".into());
     }
+    crate::text::check("description", &t.description, TextRule::DESCRIPTION)
+        .map_err(|e| e.to_string())?;
+    crate::creation::validate::check_spec_text(&t.spec).map_err(|e| e.to_string())?;
     Ok(t)
 }
+
+/// A template file larger than this is not read.
+const MAX_TEMPLATE_FILE_BYTES: u64 = 2 << 20;
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()

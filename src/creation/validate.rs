@@ -57,6 +57,12 @@ pub fn parse_json(text: &str) -> Result<Value, Error> {
     Ok(doc)
 }
 
+/// Hold an already parsed spec (a template file's, say) to the text rules of
+/// [`parse_json`].
+pub fn check_spec_text(doc: &Value) -> Result<(), Error> {
+    text::check_json("", doc, text_rule)
+}
+
 /// The text rule for the string at `path` in a spec: documents and free text
 /// may span lines, everything else is one line. The schema then applies each
 /// field's own pattern and length.
@@ -476,7 +482,7 @@ mod tests {
         assert_eq!(
             errors_of(doc),
             "storage.disks[0].sise: unknown field (known: action, boot_order, bus, device, \
-             format, path, readonly, size, source, storage_pool, target)"
+             format, path, preallocate, readonly, size, source, storage_pool, target)"
         );
     }
 

@@ -15,6 +15,7 @@ pub enum Error {
     InvalidArgument(String),
     InvalidState(String),
     Conflict(String),
+    LimitExceeded(String),
     NotSupported(String),
     Unavailable(String),
     Timeout(String),
@@ -36,6 +37,7 @@ impl Error {
         "org.vapor.Virtualization.Error.Failed",
         "org.vapor.Virtualization.Error.NotAuthorized",
         "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+        "org.vapor.Virtualization.Error.LimitExceeded",
     ];
 
     fn parts(&self) -> (&'static str, &str) {
@@ -51,6 +53,7 @@ impl Error {
             Error::Failed(m) => (n[7], m),
             Error::NotAuthorized(m) => (n[8], m),
             Error::InteractiveAuthorizationRequired(m) => (n[9], m),
+            Error::LimitExceeded(m) => (n[10], m),
         }
     }
 }
@@ -67,7 +70,9 @@ impl std::error::Error for Error {}
 impl zbus::DBusError for Error {
     fn create_reply(&self, call: &Header<'_>) -> zbus::Result<Message> {
         let (name, msg) = self.parts();
-        Message::error(call, name).build(&(msg,))
+        // Messages may quote what a caller sent; the reply must stay a valid
+        // bus message whatever that was.
+        Message::error(call, name).build(&(crate::text::for_bus(msg).as_ref(),))
     }
 
     fn name(&self) -> ErrorName<'_> {
@@ -93,6 +98,7 @@ impl From<crate::Error> for Error {
             E::InvalidArgument(m) => Error::InvalidArgument(m),
             E::InvalidState(m) => Error::InvalidState(m),
             E::Conflict(m) => Error::Conflict(m),
+            E::LimitExceeded(m) => Error::LimitExceeded(m),
             E::NotSupported(m) => Error::NotSupported(m),
             E::Unavailable(m) => Error::Unavailable(m),
             E::Timeout(m) => Error::Timeout(m),

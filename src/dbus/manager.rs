@@ -10,11 +10,13 @@ use zbus::object_server::{ObjectServer, SignalEmitter};
 use zbus::OwnedObjectPath;
 
 use super::job::{next_job_path, Job, JobState};
+use super::options;
 use super::polkit::{Action, Authorizer};
 use super::vm::{VirtualMachine, VmContext};
 use super::{vm_path, Error};
 use crate::creation::engine::{Engine, Plan};
 use crate::model::Model;
+use crate::text::TextRule;
 
 pub struct Manager {
     pub model: Arc<Model>,
@@ -28,10 +30,14 @@ impl Manager {
     /// The first gate, before anything about the host is looked at (so a
     /// caller who may not create VMs learns nothing about paths or pools).
     async fn authorize_any_create(&self, header: &Header<'_>, spec: &str) -> Result<(), Error> {
-        let name = serde_json::from_str::<serde_json::Value>(spec)
-            .ok()
-            .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(String::from))
-            .unwrap_or_default();
+        // Parsed (strictly: size, duplicate keys, acceptable text) before its
+        // name goes into the polkit details.
+        let doc = crate::creation::validate::parse_json(spec)?;
+        let name = doc
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_owned();
         self.auth
             .check(
                 header,
@@ -134,7 +140,7 @@ impl Manager {
                 }
             })
         };
-        let result = self.engine.create(plan, state).await;
+        let result = self.engine.create(plan, uid, state).await;
         let (ok, msg) = match &result {
             Ok(_) => (true, String::new()),
             Err(e) => (false, e.to_string()),
@@ -160,6 +166,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name_or_uuid: &str,
     ) -> Result<OwnedObjectPath, Error> {
+        options::text("name_or_uuid", name_or_uuid, TextRule::NAME)?;
         self.auth
             .check(
                 &header,
@@ -258,6 +265,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: &str,
     ) -> Result<String, Error> {
+        options::text("name", name, TextRule::NAME)?;
         self.auth
             .check(
                 &header,
@@ -281,6 +289,9 @@ impl Manager {
         description: &str,
         spec: &str,
     ) -> Result<(), Error> {
+        options::text("name", name, TextRule::NAME)?;
+        options::text("description", description, TextRule::DESCRIPTION)?;
+        options::text("spec", spec, TextRule::DOCUMENT)?;
         self.auth
             .check(
                 &header,
@@ -304,6 +315,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
         name: &str,
     ) -> Result<(), Error> {
+        options::text("name", name, TextRule::NAME)?;
         self.auth
             .check(
                 &header,

@@ -7,12 +7,15 @@ use zbus::OwnedVariant;
 
 use super::Error;
 use crate::pci::PciAddress;
+use crate::text::TextRule;
 
 pub type Options = HashMap<String, OwnedVariant>;
 
-/// Refuse keys outside `known`.
+/// Refuse keys outside `known` (and keys that are not acceptable text, so
+/// the error naming them is safe to send).
 pub fn known(options: &Options, known: &[&str]) -> Result<(), Error> {
     for k in options.keys() {
+        crate::text::check("options", k, TextRule::LINE)?;
         if !known.contains(&k.as_str()) {
             return Err(Error::InvalidArgument(format!(
                 "options.{k}: unknown option (known: {})",
@@ -46,9 +49,13 @@ pub fn maybe_flag(options: &Options, key: &str) -> Result<Option<bool>, Error> {
 pub fn string(options: &Options, key: &str) -> Result<Option<String>, Error> {
     match options.get(key) {
         None => Ok(None),
-        Some(v) => String::try_from(v.clone())
-            .map(Some)
-            .map_err(|_| Error::InvalidArgument(format!("options.{key}: must be a string (s)"))),
+        Some(v) => {
+            let s = String::try_from(v.clone()).map_err(|_| {
+                Error::InvalidArgument(format!("options.{key}: must be a string (s)"))
+            })?;
+            crate::text::check(&format!("options.{key}"), &s, TextRule::LINE)?;
+            Ok(Some(s))
+        }
     }
 }
 
@@ -56,14 +63,27 @@ pub fn string(options: &Options, key: &str) -> Result<Option<String>, Error> {
 pub fn strings(options: &Options, key: &str) -> Result<Vec<String>, Error> {
     match options.get(key) {
         None => Ok(Vec::new()),
-        Some(v) => Vec::<String>::try_from(v.clone()).map_err(|_| {
-            Error::InvalidArgument(format!("options.{key}: must be an array of strings (as)"))
-        }),
+        Some(v) => {
+            let list = Vec::<String>::try_from(v.clone()).map_err(|_| {
+                Error::InvalidArgument(format!("options.{key}: must be an array of strings (as)"))
+            })?;
+            for (i, s) in list.iter().enumerate() {
+                crate::text::check(&format!("options.{key}[{i}]"), s, TextRule::LINE)?;
+            }
+            Ok(list)
+        }
     }
+}
+
+/// A string argument, held to `rule` before it goes anywhere (polkit
+/// details, logs, errors, libvirt).
+pub fn text(field: &str, value: &str, rule: TextRule) -> Result<(), Error> {
+    Ok(crate::text::check(field, value, rule)?)
 }
 
 /// A PCI address argument or option value.
 pub fn pci_address(field: &str, s: &str) -> Result<PciAddress, Error> {
+    text(field, s, TextRule::LINE)?;
     s.parse()
         .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))
 }

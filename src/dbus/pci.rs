@@ -167,6 +167,7 @@ impl PciDevice {
         vm: &str,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<Vec<(String, String)>, Error> {
+        options::text("vm", vm, crate::text::TextRule::NAME)?;
         options::known(&options, &["rom_file", "with", "force"])?;
         self.ctx
             .auth

@@ -8,7 +8,9 @@
 //! does. On the session bus there is no polkit: the bus itself is the boundary.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use zbus::message::{Flags, Header};
 use zbus::names::{BusName, OwnedUniqueName};
@@ -16,6 +18,15 @@ use zbus::Connection;
 use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 
 use super::Error;
+use crate::text::for_bus;
+
+/// How long a non-interactive polkit check may take before the call fails
+/// (below the 25 s most D-Bus clients wait for a reply).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long polkit may take when it may ask the user for a password.
+const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Cancellation ids for polkit checks, unique within this process.
+static CHECK_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Prefix of every vapord polkit action id.
 pub const ACTION_PREFIX: &str = "org.vapor.virtualization.";
@@ -28,6 +39,8 @@ pub enum Action {
     VmLifecycle,
     VmModify,
     VmDelete,
+    /// Deleting storage a VM uses that vapord did not create for it.
+    VmDeleteForeignStorage,
     VmCreate,
     TemplateManage,
     StorageHostPath,
@@ -42,6 +55,7 @@ impl Action {
             Action::VmLifecycle => "org.vapor.virtualization.vm-lifecycle",
             Action::VmModify => "org.vapor.virtualization.vm-modify",
             Action::VmDelete => "org.vapor.virtualization.vm-delete",
+            Action::VmDeleteForeignStorage => "org.vapor.virtualization.vm-delete-foreign-storage",
             Action::VmCreate => "org.vapor.virtualization.vm-create",
             Action::TemplateManage => "org.vapor.virtualization.template-manage",
             Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
@@ -137,8 +151,18 @@ impl Authorizer {
         }
         let subject = Subject::new_for_message_header(header)
             .map_err(|e| Error::NotAuthorized(format!("cannot identify the caller: {e}")))?;
-        let message = format!("Authentication is required to {what}");
-        let mut map: HashMap<&str, &str> = details.iter().copied().collect();
+        // Details go out in a bus message: whatever a caller managed to put in
+        // them must not make that message invalid (a NUL would get vapord
+        // disconnected from the bus).
+        let message = for_bus(&format!("Authentication is required to {what}")).into_owned();
+        let details: Vec<(String, String)> = details
+            .iter()
+            .map(|(k, v)| (for_bus(k).into_owned(), for_bus(v).into_owned()))
+            .collect();
+        let mut map: HashMap<&str, &str> = details
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         map.insert("polkit.message", &message);
         let interactive = header
             .primary()
@@ -149,12 +173,33 @@ impl Authorizer {
         } else {
             CheckAuthorizationFlags::empty()
         };
-        let result = authority
-            .check_authorization(&subject, action.id(), &map, flags, "")
-            .await
-            .map_err(|e| {
+        // polkitd answers one request at a time; when it stalls, this call
+        // fails on its own instead of hanging, and other callers go on.
+        let limit = if interactive {
+            INTERACTIVE_TIMEOUT
+        } else {
+            CHECK_TIMEOUT
+        };
+        let cancel_id = format!("vapord-{}", CHECK_IDS.fetch_add(1, Ordering::Relaxed));
+        let asked = authority.check_authorization(&subject, action.id(), &map, flags, &cancel_id);
+        let result = match tokio::time::timeout(limit, asked).await {
+            Ok(answer) => answer.map_err(|e| {
                 Error::Unavailable(format!("cannot ask polkit about {}: {e}", action.id()))
-            })?;
+            })?,
+            Err(_) => {
+                let authority = authority.clone();
+                tokio::spawn(async move {
+                    let _ = authority.cancel_check_authorization(&cancel_id).await;
+                });
+                log::warn!(action = action.id(); "polkit did not answer within {} s", limit.as_secs());
+                return Err(Error::Timeout(format!(
+                    "polkit did not answer within {} s whether you may {what} (polkit action {}); \
+                     nothing was done, try again",
+                    limit.as_secs(),
+                    action.id()
+                )));
+            }
+        };
         if result.is_authorized {
             Ok(())
         } else if result.is_challenge && !interactive {

@@ -232,17 +232,26 @@ impl VirtualMachine {
     }
 
     /// Delete the VM. Options: `remove_storage` (b): also delete the volumes
-    /// that belong to this VM alone; `force` (b): force-stop it first if running.
-    /// Returns the deleted paths and the kept ones with the reason.
+    /// vapord created for this VM, unless another VM uses them;
+    /// `remove_foreign_storage` (b): also delete the other writable pool
+    /// volumes it uses that no one else does (implies `remove_storage`; needs
+    /// the polkit action vm-delete-foreign-storage too); `force` (b):
+    /// force-stop it first if running. Returns the deleted paths and the kept
+    /// ones with the reason.
     #[zbus(out_args("removed", "kept"))]
     async fn delete(
         &self,
         #[zbus(header)] header: Header<'_>,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
-        options::known(&options, &["remove_storage", "force"])?;
+        options::known(
+            &options,
+            &["remove_storage", "remove_foreign_storage", "force"],
+        )?;
+        let remove_foreign_storage = options::flag(&options, "remove_foreign_storage")?;
         let opts = DeleteOptions {
-            remove_storage: options::flag(&options, "remove_storage")?,
+            remove_storage: options::flag(&options, "remove_storage")? || remove_foreign_storage,
+            remove_foreign_storage,
             force: options::flag(&options, "force")?,
         };
         let flag = |b: bool| if b { "true" } else { "false" };
@@ -252,17 +261,26 @@ impl VirtualMachine {
             (false, true) => "force-stop and delete",
             (false, false) => "delete",
         };
+        let details = [
+            ("vm.delete.remove_storage", flag(opts.remove_storage)),
+            (
+                "vm.delete.remove_foreign_storage",
+                flag(opts.remove_foreign_storage),
+            ),
+            ("vm.delete.force", flag(opts.force)),
+        ];
         let rec = self
-            .authorize_with(
+            .authorize_with(&header, Action::VmDelete, what, &details)
+            .await?;
+        if opts.remove_foreign_storage {
+            self.authorize_with(
                 &header,
-                Action::VmDelete,
-                what,
-                &[
-                    ("vm.delete.remove_storage", flag(opts.remove_storage)),
-                    ("vm.delete.force", flag(opts.force)),
-                ],
+                Action::VmDeleteForeignStorage,
+                "delete, with the storage it uses that vapord did not create for it,",
+                &details,
             )
             .await?;
+        }
         let report = self.ctx.vms.delete(&rec.uuid, opts).await?;
         Ok((report.removed, report.kept))
     }
@@ -298,7 +316,9 @@ impl VirtualMachine {
         let req = crate::pci::hostdev::HostdevRequest {
             host,
             guest,
-            rom_file: options::string(&options, "rom_file")?,
+            // The file QEMU will really read: what is authorized and used.
+            rom_file: options::string(&options, "rom_file")?
+                .map(|f| crate::services::storage_ownership::canonical(&f)),
             rom_bar: options::maybe_flag(&options, "rom_bar")?,
             multifunction: options::flag(&options, "multifunction")?,
             primary_gpu: false,

@@ -4,6 +4,7 @@
 //! every change; they know nothing about D-Bus or polkit.
 
 pub mod pci;
+pub mod rollback;
 pub mod storage_ownership;
 pub mod vm;
 

@@ -812,7 +812,11 @@ impl crate::creation::resolve::PciPlanner for PciService {
             reqs.push(HostdevRequest {
                 host,
                 guest,
-                rom_file: d.rom_file.clone(),
+                // The file QEMU will really read: what is authorized and used.
+                rom_file: d
+                    .rom_file
+                    .as_deref()
+                    .map(crate::services::storage_ownership::canonical),
                 rom_bar: None,
                 multifunction: d.multifunction.unwrap_or(false),
                 primary_gpu: d.primary_gpu.unwrap_or(false),

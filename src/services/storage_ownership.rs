@@ -183,26 +183,114 @@ pub fn resolve_path(conn: &Connect, source: &DiskSource) -> Option<String> {
     }
 }
 
-/// Decide, disk by disk, what deleting this VM may delete.
+/// What the deletion rules need to know about one piece of storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// The path as the VM names it (or as vapord recorded it).
+    pub path: String,
+    /// The same path with symlinks resolved: the file itself.
+    pub canonical: String,
+    /// How the VM attaches it; None for a volume vapord created for the VM
+    /// that is no longer attached.
+    pub disk: Option<DiskUse>,
+    /// Listed in the VM's vapord metadata as created for it.
+    pub created_for_vm: bool,
+    /// A volume in a libvirt storage pool (bare files are never deleted).
+    pub is_volume: bool,
+}
+
+/// How a disk is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskUse {
+    pub device: String,
+    pub readonly: bool,
+    pub shareable: bool,
+}
+
+/// Who else needs storage, keyed by canonical path.
+#[derive(Debug, Clone, Default)]
+pub struct OtherUsers {
+    /// Paths other domains use (disks, NVRAM, backing chains) → one user.
+    pub domains: HashMap<String, String>,
+    /// Backing files of volumes in active pools → the volume on top.
+    pub backing_of: HashMap<String, String>,
+}
+
+/// What deleting the VM does with one candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Delete,
+    Keep(String),
+    /// Nothing to report (a recorded volume that is already gone).
+    Skip,
+}
+
+/// The deletion rule, for one candidate. `remove_foreign` is the caller's
+/// explicit (and separately authorized) wish to delete storage vapord did
+/// not create for this VM.
+pub fn decide(c: &Candidate, remove_foreign: bool, others: &OtherUsers) -> Verdict {
+    if let Some(other) = others.domains.get(&c.canonical) {
+        return Verdict::Keep(format!("also used by VM '{other}'"));
+    }
+    if let Some(child) = others.backing_of.get(&c.canonical) {
+        return Verdict::Keep(format!("backing file of volume {child}"));
+    }
+    if !c.is_volume {
+        return match c.disk {
+            None => Verdict::Skip,
+            Some(_) => Verdict::Keep("not a volume in a libvirt storage pool".into()),
+        };
+    }
+    if c.created_for_vm {
+        return Verdict::Delete;
+    }
+    let Some(d) = &c.disk else {
+        return Verdict::Skip;
+    };
+    if !remove_foreign {
+        return Verdict::Keep(
+            "not created by vapord for this VM (remove_foreign_storage deletes it)".into(),
+        );
+    }
+    if d.device != "disk" {
+        Verdict::Keep(format!("{} media is never deleted", d.device))
+    } else if d.readonly {
+        Verdict::Keep("read-only disk".into())
+    } else if d.shareable {
+        Verdict::Keep("shareable disk".into())
+    } else {
+        Verdict::Delete
+    }
+}
+
+/// Decide, disk by disk, what deleting this VM may delete: vapord's own
+/// volumes for it always (when no one else uses them), other storage only
+/// with `remove_foreign`.
 pub fn plan(
     conn: &Connect,
     uuid: &str,
     disks: &[Disk],
     owned: &[String],
     nvram: Option<&str>,
+    remove_foreign: bool,
 ) -> Result<StoragePlan> {
-    let others = paths_used_by_others(conn, uuid)?;
-    let backing = backing_files(conn);
+    let others = OtherUsers {
+        domains: paths_used_by_others(conn, uuid)?,
+        backing_of: backing_files(conn)
+            .into_iter()
+            .map(|(b, child)| (canonical(&b), child))
+            .collect(),
+    };
     let owned_canonical: Vec<String> = owned.iter().map(|p| canonical(p)).collect();
     let mut plan = StoragePlan {
         delete: Vec::new(),
         kept: Vec::new(),
         nvram_kept: nvram
-            .and_then(|p| others.get(&canonical(p)))
+            .and_then(|p| others.domains.get(&canonical(p)))
             .map(|other| format!("firmware variables also used by VM '{other}'")),
     };
     // Attached disks, then volumes vapord made for the VM that are no longer attached.
-    let mut candidates: Vec<(String, Option<&Disk>)> = Vec::new();
+    let mut candidates: Vec<(String, Option<DiskUse>)> = Vec::new();
     for disk in disks {
         let label = disk.target.clone().unwrap_or_else(|| "?".into());
         match &disk.source {
@@ -211,7 +299,14 @@ pub fn plan(
                 .kept
                 .push((n.clone(), "network disk: not local storage".into())),
             src => match resolve_path(conn, src) {
-                Some(p) => candidates.push((p, Some(disk))),
+                Some(p) => candidates.push((
+                    p,
+                    Some(DiskUse {
+                        device: disk.device.clone(),
+                        readonly: disk.readonly,
+                        shareable: disk.shareable,
+                    }),
+                )),
                 None => plan
                     .kept
                     .push((label, "its volume no longer exists in its pool".into())),
@@ -229,36 +324,130 @@ pub fn plan(
         if !seen.insert(key.clone()) {
             continue;
         }
-        let created_by_vapord = owned_canonical.contains(&key);
-        let reason = match disk {
-            Some(d) if !created_by_vapord && d.device != "disk" => {
-                Some(format!("{} media is never deleted", d.device))
-            }
-            Some(d) if !created_by_vapord && d.readonly => Some("read-only disk".into()),
-            Some(d) if !created_by_vapord && d.shareable => Some("shareable disk".into()),
-            _ => None,
-        }
-        .or_else(|| {
-            others
-                .get(&key)
-                .map(|other| format!("also used by VM '{other}'"))
-        })
-        .or_else(|| {
-            backing
-                .get(&key)
-                .map(|child| format!("backing file of volume {child}"))
-        });
-        if let Some(r) = reason {
-            plan.kept.push((path, r));
-            continue;
-        }
-        match conn.lookup_storage_vol_by_path(&path) {
-            Ok(vol) => plan.delete.push((path, vol)),
-            Err(_) if disk.is_none() => {} // an owned volume already gone
-            Err(_) => plan
-                .kept
-                .push((path, "not a volume in a libvirt storage pool".into())),
+        let vol = conn.lookup_storage_vol_by_path(&path).ok();
+        let candidate = Candidate {
+            created_for_vm: owned_canonical.contains(&key),
+            canonical: key,
+            is_volume: vol.is_some(),
+            disk,
+            path,
+        };
+        match (decide(&candidate, remove_foreign, &others), vol) {
+            (Verdict::Delete, Some(vol)) => plan.delete.push((candidate.path, vol)),
+            (Verdict::Keep(why), _) => plan.kept.push((candidate.path, why)),
+            _ => {}
         }
     }
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(device: &str, readonly: bool, shareable: bool) -> Option<DiskUse> {
+        Some(DiskUse {
+            device: device.into(),
+            readonly,
+            shareable,
+        })
+    }
+
+    fn cand(path: &str, disk: Option<DiskUse>, created: bool, is_volume: bool) -> Candidate {
+        Candidate {
+            path: path.into(),
+            canonical: path.into(),
+            disk,
+            created_for_vm: created,
+            is_volume,
+        }
+    }
+
+    fn keep(why: &str) -> Verdict {
+        Verdict::Keep(why.into())
+    }
+
+    #[test]
+    fn volumes_vapord_created_for_the_vm_are_deleted() {
+        let none = OtherUsers::default();
+        let c = cand("/p/a.qcow2", disk("disk", false, false), true, true);
+        assert_eq!(decide(&c, false, &none), Verdict::Delete);
+        // Even detached, and even read-only or a cdrom (the seed ISO).
+        let c = cand("/p/a.qcow2", None, true, true);
+        assert_eq!(decide(&c, false, &none), Verdict::Delete);
+        let c = cand("/p/seed.iso", disk("cdrom", true, false), true, true);
+        assert_eq!(decide(&c, false, &none), Verdict::Delete);
+    }
+
+    #[test]
+    fn attached_storage_is_kept_without_remove_foreign_storage() {
+        let none = OtherUsers::default();
+        let c = cand(
+            "/mnt/share/common-data.qcow2",
+            disk("disk", false, false),
+            false,
+            true,
+        );
+        assert_eq!(
+            decide(&c, false, &none),
+            keep("not created by vapord for this VM (remove_foreign_storage deletes it)")
+        );
+        assert_eq!(decide(&c, true, &none), Verdict::Delete);
+    }
+
+    #[test]
+    fn foreign_media_read_only_and_shareable_disks_are_never_deleted() {
+        let none = OtherUsers::default();
+        let cases = [
+            (disk("cdrom", true, false), "cdrom media is never deleted"),
+            (
+                disk("floppy", false, false),
+                "floppy media is never deleted",
+            ),
+            (disk("disk", true, false), "read-only disk"),
+            (disk("disk", false, true), "shareable disk"),
+        ];
+        for (d, why) in cases {
+            let c = cand("/p/x", d, false, true);
+            assert_eq!(decide(&c, true, &none), keep(why));
+        }
+    }
+
+    #[test]
+    fn storage_anyone_else_uses_is_kept_even_when_vapord_made_it() {
+        let mut others = OtherUsers::default();
+        others.domains.insert("/p/a.qcow2".into(), "web".into());
+        others
+            .backing_of
+            .insert("/p/base.qcow2".into(), "/p/top.qcow2".into());
+        let c = cand("/p/a.qcow2", disk("disk", false, false), true, true);
+        assert_eq!(decide(&c, true, &others), keep("also used by VM 'web'"));
+        let c = cand("/p/base.qcow2", None, true, true);
+        assert_eq!(
+            decide(&c, true, &others),
+            keep("backing file of volume /p/top.qcow2")
+        );
+    }
+
+    #[test]
+    fn bare_files_are_never_deleted() {
+        let none = OtherUsers::default();
+        let c = cand("/srv/disk.img", disk("disk", false, false), true, false);
+        assert_eq!(
+            decide(&c, true, &none),
+            keep("not a volume in a libvirt storage pool")
+        );
+        // A recorded volume that is gone already: nothing to say.
+        let c = cand("/p/gone.qcow2", None, true, false);
+        assert_eq!(decide(&c, true, &none), Verdict::Skip);
+    }
+
+    #[test]
+    fn others_are_matched_by_the_file_not_the_spelling() {
+        let mut others = OtherUsers::default();
+        others.domains.insert("/real/a.qcow2".into(), "db".into());
+        let mut c = cand("/p/link.qcow2", disk("disk", false, false), true, true);
+        c.canonical = "/real/a.qcow2".into();
+        assert_eq!(decide(&c, true, &others), keep("also used by VM 'db'"));
+    }
 }

@@ -82,8 +82,12 @@ impl LifecycleAction {
 /// Options of `Delete`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeleteOptions {
-    /// Also delete the storage that belongs to this VM alone.
+    /// Also delete the storage vapord created for this VM (unless another
+    /// VM uses it).
     pub remove_storage: bool,
+    /// Also delete other storage of this VM that no one else uses (implies
+    /// `remove_storage`; authorized separately).
+    pub remove_foreign_storage: bool,
     /// Force-stop a running VM first instead of refusing.
     pub force: bool,
 }
@@ -355,6 +359,7 @@ fn delete_blocking(
             &disks,
             &owned,
             nvram.as_deref(),
+            opts.remove_foreign_storage,
         )?)
     } else {
         None

@@ -78,7 +78,9 @@ async fn delete_removes_only_storage_that_is_the_vms_alone() {
     let b = TestDomain::define_with("del-b", &file_disk(&shared, "vda", ""));
     wait_for_object(&conn, &a.path()).await;
 
-    let (removed, kept) = delete(&conn, &a.path(), &[("remove_storage", true.into())])
+    // None of these disks was created by vapord: only the explicit
+    // remove_foreign_storage (root here, so polkit is not asked) reaches them.
+    let (removed, kept) = delete(&conn, &a.path(), &[("remove_foreign_storage", true.into())])
         .await
         .unwrap();
     assert_eq!(removed, vec![own.clone()]);
@@ -234,7 +236,7 @@ async fn storage_shared_under_another_spelling_or_through_a_stopped_overlay_is_k
     let c = TestDomain::define_with("spell-c", &file_disk(&overlay, "vda", ""));
     wait_for_object(&conn, &a.path()).await;
 
-    let (removed, kept) = delete(&conn, &a.path(), &[("remove_storage", true.into())])
+    let (removed, kept) = delete(&conn, &a.path(), &[("remove_foreign_storage", true.into())])
         .await
         .unwrap();
     assert_eq!(removed, vec![own.clone()]);
@@ -249,4 +251,73 @@ async fn storage_shared_under_another_spelling_or_through_a_stopped_overlay_is_k
     assert!(Path::new(&base).exists() && Path::new(&data).exists());
     let _ = std::fs::remove_file(&link);
     let _ = std::fs::remove_file(&overlay);
+}
+
+#[tokio::test]
+async fn remove_storage_keeps_volumes_that_were_only_attached() {
+    let conn = bus().await;
+    let pool = Pool::new("attpool");
+    let shared = pool.volume("common-data.qcow2", "qcow2");
+    let own = pool.volume("own.qcow2", "qcow2");
+    let d = TestDomain::define_with(
+        "del-att",
+        &[file_disk(&own, "vda", ""), file_disk(&shared, "vdb", "")].concat(),
+    );
+    let md = format!("<vm><created-by uid='0'/><volume path='{own}'/></vm>");
+    virsh(&[
+        "metadata",
+        &d.name,
+        "--uri",
+        "https://vapor.dev/xmlns/domain/1",
+        "--key",
+        "vapor",
+        "--set",
+        &md,
+        "--config",
+    ]);
+    wait_for_object(&conn, &d.path()).await;
+    let (removed, kept) = delete(&conn, &d.path(), &[("remove_storage", true.into())])
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![own.clone()]);
+    assert_eq!(
+        reason(&kept, &shared),
+        "not created by vapord for this VM (remove_foreign_storage deletes it)"
+    );
+    assert!(Path::new(&shared).exists(), "the attached disk survives");
+}
+
+#[tokio::test]
+async fn remove_foreign_storage_needs_its_own_polkit_action() {
+    let conn = bus().await;
+    let pool = Pool::new("forpool");
+    let data = pool.volume("data.qcow2", "qcow2");
+    let d = TestDomain::define_with("del-for", &file_disk(&data, "vda", ""));
+    wait_for_object(&conn, &d.path()).await;
+    // vapor-alice may delete VMs (vm-delete) but not others' storage.
+    let out = busctl_as(
+        ALICE,
+        &d.path(),
+        "Delete",
+        &["a{sv}", "1", "remove_foreign_storage", "b", "true"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "refused");
+    assert!(err.contains("vm-delete-foreign-storage"), "{err}");
+    assert!(virsh_quiet(&["dominfo", &d.name]), "the VM is untouched");
+    assert!(Path::new(&data).exists());
+    // Plain remove_storage is hers, and keeps the attached disk.
+    let out = busctl_as(
+        ALICE,
+        &d.path(),
+        "Delete",
+        &["a{sv}", "1", "remove_storage", "b", "true"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!virsh_quiet(&["dominfo", &d.name]));
+    assert!(Path::new(&data).exists(), "the attached disk survives");
 }

@@ -7,6 +7,7 @@ mod cli;
 mod create;
 mod delete;
 mod events;
+mod hostile;
 mod introspection;
 mod lifecycle;
 mod pci_real;

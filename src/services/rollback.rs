@@ -1,0 +1,173 @@
+//! Undoing what an operation made, from its intent record (see
+//! [`crate::intent`]): in-process when a step fails or the caller cancels, and
+//! at start-up for operations that died with the daemon.
+//!
+//! Steps are undone in reverse order. A volume is deleted only when it is
+//! provably ours: libvirt returned it to us (`made`), or the file was born
+//! after the step was recorded. A domain is ours by its UUID, which the
+//! operation chose itself.
+
+use std::path::Path;
+
+use virt::connect::Connect;
+use virt_sys as sys;
+
+use crate::intent::{IntentLog, Step};
+use crate::libvirt::errors::is_not_found;
+
+/// How far a file system's birth time may lag behind the clock the record
+/// was stamped with (file systems use a coarse clock).
+const CLOCK_SLACK_NS: u64 = 100_000_000;
+
+/// Whether the file at `path` was born at or after `not_before_ns`; None when
+/// the file system cannot tell.
+fn born_after(path: &str, not_before_ns: u64) -> Option<bool> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let born = meta.created().ok()?;
+    let ns = u64::try_from(born.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos()).ok()?;
+    Some(ns + CLOCK_SLACK_NS >= not_before_ns)
+}
+
+/// Whether a recorded volume may be deleted: the pure rule. libvirt never
+/// creates over an existing file, so a volume it returned (`made`) is ours;
+/// otherwise only a file born after the step was recorded is.
+pub fn volume_is_ours(made: bool, born_after_record: Option<bool>) -> bool {
+    made || born_after_record == Some(true)
+}
+
+/// Undo `steps` (in reverse); returns what could not be undone.
+pub fn undo(conn: &Connect, steps: &[Step]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for step in steps.iter().rev() {
+        match step {
+            Step::Domain { uuid, keep_nvram } => {
+                let Ok(d) = conn.lookup_domain_by_uuid_string(uuid) else {
+                    continue;
+                };
+                if d.is_active().unwrap_or(false) {
+                    let _ = d.destroy();
+                }
+                let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    | sys::VIR_DOMAIN_UNDEFINE_TPM
+                    | if *keep_nvram {
+                        sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+                    } else {
+                        sys::VIR_DOMAIN_UNDEFINE_NVRAM
+                    };
+                if let Err(e) = d.undefine_flags(flags) {
+                    problems.push(format!("cannot undefine the new domain: {}", e.message()));
+                }
+            }
+            Step::Volume {
+                path,
+                not_before_ns,
+                made,
+            } => {
+                if Path::new(path).symlink_metadata().is_err() {
+                    continue;
+                }
+                if !volume_is_ours(*made, born_after(path, *not_before_ns)) {
+                    log::warn!("not deleting {path}: it was not made by this operation");
+                    continue;
+                }
+                match conn.lookup_storage_vol_by_path(path) {
+                    Ok(v) => {
+                        if let Err(e) = v.delete(0) {
+                            problems.push(format!("cannot delete {path}: {}", e.message()));
+                        }
+                    }
+                    Err(e) if is_not_found(&e) => {
+                        // Made, but the pool has not seen it yet.
+                        if let Err(e) = std::fs::remove_file(path) {
+                            problems.push(format!("cannot delete {path}: {e}"));
+                        }
+                    }
+                    Err(e) => problems.push(format!("cannot look up {path}: {}", e.message())),
+                }
+            }
+            Step::Scratch { path } => {
+                if let Err(e) = std::fs::remove_dir_all(path) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        problems.push(format!("cannot remove {path}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Roll back the operations that died with an earlier vapord: `leftovers`
+/// as [`IntentLog::leftovers`] listed them at start-up, before any new
+/// operation could begin. Returns how many were rolled back. A record whose
+/// steps could not all be undone is kept for the next start.
+pub fn recover(
+    conn: &Connect,
+    log: &IntentLog,
+    leftovers: Vec<(
+        std::path::PathBuf,
+        std::result::Result<crate::intent::Record, String>,
+    )>,
+) -> usize {
+    let mut done = 0;
+    for (file, record) in leftovers {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                // Written atomically, so this is not a torn write: set it aside.
+                log::error!(
+                    "unreadable intent record {}: {e}; left in place",
+                    file.display()
+                );
+                continue;
+            }
+        };
+        let problems = undo(conn, &record.steps);
+        if problems.is_empty() {
+            log::warn!(operation = record.operation.as_str(), subject = record.subject.as_str(), uid = record.uid;
+                "rolled back an unfinished {} of '{}' left by an earlier vapord", record.operation, record.subject);
+            if let Err(e) = log.discard(&file) {
+                log::error!("{e}");
+            }
+            done += 1;
+        } else {
+            log::error!(operation = record.operation.as_str(), subject = record.subject.as_str();
+                "cannot fully roll back an unfinished {} of '{}': {}; will retry at the next start",
+                record.operation, record.subject, problems.join("; "));
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_is_ours_only_when_made_or_born_after_its_record() {
+        assert!(volume_is_ours(true, Some(false)));
+        assert!(volume_is_ours(true, None));
+        assert!(volume_is_ours(false, Some(true)));
+        // Someone else's file at the planned path (born before we recorded),
+        // or a file system without birth times: not ours.
+        assert!(!volume_is_ours(false, Some(false)));
+        assert!(!volume_is_ours(false, None));
+    }
+
+    #[test]
+    fn birth_time_is_compared_to_the_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = crate::intent::now_ns();
+        let f = tmp.path().join("v");
+        std::fs::write(&f, "x").unwrap();
+        let p = f.to_str().unwrap();
+        if let Some(after) = born_after(p, before) {
+            assert!(after);
+            assert_eq!(
+                born_after(p, crate::intent::now_ns() + 10_000_000_000),
+                Some(false)
+            );
+        }
+    }
+}
