@@ -184,6 +184,7 @@ impl Authorizer {
         let asked = authority.check_authorization(&subject, action.id(), &map, flags, &cancel_id);
         let result = match tokio::time::timeout(limit, asked).await {
             Ok(answer) => answer.map_err(|e| {
+                log::warn!(action = action.id(); "cannot ask polkit: {e}");
                 Error::Unavailable(format!("cannot ask polkit about {}: {e}", action.id()))
             })?,
             Err(_) => {

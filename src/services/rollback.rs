@@ -98,24 +98,26 @@ pub fn undo(conn: &Connect, steps: &[Step]) -> Vec<String> {
     problems
 }
 
+/// An intent record left by an operation that did not finish, as
+/// [`IntentLog::leftovers`] lists it.
+pub type Leftover = (
+    std::path::PathBuf,
+    std::result::Result<crate::intent::Record, String>,
+);
+
 /// Roll back the operations that died with an earlier vapord: `leftovers`
 /// as [`IntentLog::leftovers`] listed them at start-up, before any new
-/// operation could begin. Returns how many were rolled back. A record whose
-/// steps could not all be undone is kept for the next start.
-pub fn recover(
-    conn: &Connect,
-    log: &IntentLog,
-    leftovers: Vec<(
-        std::path::PathBuf,
-        std::result::Result<crate::intent::Record, String>,
-    )>,
-) -> usize {
-    let mut done = 0;
+/// operation could begin. Returns those that could not be fully undone yet
+/// (libvirtd may still be finishing a copy the dead vapord started), for
+/// the caller to try again.
+pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec<Leftover> {
+    let mut remaining = Vec::new();
     for (file, record) in leftovers {
-        let record = match record {
+        let rec = match &record {
             Ok(r) => r,
             Err(e) => {
-                // Written atomically, so this is not a torn write: set it aside.
+                // Written atomically, so this is no torn write: leave it for
+                // a person to look at.
                 log::error!(
                     "unreadable intent record {}: {e}; left in place",
                     file.display()
@@ -123,21 +125,21 @@ pub fn recover(
                 continue;
             }
         };
-        let problems = undo(conn, &record.steps);
+        let problems = undo(conn, &rec.steps);
         if problems.is_empty() {
-            log::warn!(operation = record.operation.as_str(), subject = record.subject.as_str(), uid = record.uid;
-                "rolled back an unfinished {} of '{}' left by an earlier vapord", record.operation, record.subject);
+            log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str(), uid = rec.uid;
+                "rolled back an unfinished {} of '{}' left by an earlier vapord", rec.operation, rec.subject);
             if let Err(e) = log.discard(&file) {
                 log::error!("{e}");
             }
-            done += 1;
         } else {
-            log::error!(operation = record.operation.as_str(), subject = record.subject.as_str();
-                "cannot fully roll back an unfinished {} of '{}': {}; will retry at the next start",
-                record.operation, record.subject, problems.join("; "));
+            log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str();
+                "cannot fully roll back an unfinished {} of '{}' yet: {}",
+                rec.operation, rec.subject, problems.join("; "));
+            remaining.push((file, record));
         }
     }
-    done
+    remaining
 }
 
 #[cfg(test)]

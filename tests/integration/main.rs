@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod create;
 mod delete;
+mod escapes;
 mod events;
 mod hostile;
 mod introspection;

@@ -1,0 +1,200 @@
+//! A vapord killed (SIGKILL) in the middle of a creation leaves nothing
+//! behind for long: the next start rolls the creation back from its intent
+//! record, and the same name can be created again. Its own test binary,
+//! because it kills and restarts vapord.
+
+#[path = "integration/common.rs"]
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// A vapord of this test's own, on the system bus, with its own state dir.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(state_dir: &str, log: &str) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates");
+        let child = Command::new(env!("CARGO_BIN_EXE_vapord"))
+            .args(["--replace", "--log-level", "debug", "--stats-interval", "0"])
+            .args(["--state-dir", state_dir, "--templates-dir", templates])
+            .env("VAPOR_LOG_STDERR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = Command::new("busctl")
+                .args(["--system", "status", BUS_NAME])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.lines().any(|l| l == format!("PID={pid}")) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "vapord did not take its name");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Daemon { child }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no chance to clean up.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn intent_records(state_dir: &str) -> Vec<serde_json::Value> {
+    std::fs::read_dir(format!("{state_dir}/intents"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice(&b).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
+    let state = format!(
+        "{}/crash-state-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let log = format!(
+        "{}/crash-vapord-{}.log",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let _ = std::fs::remove_dir_all(&state);
+    let pool = TestPool::new("crash");
+    // A source big enough that libvirt's copy is still going when vapord dies.
+    let golden = format!("{}/golden.raw", pool.dir);
+    let ok = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={golden}"),
+            "bs=1M",
+            "count=384",
+            "status=none",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    pool.refresh();
+    let name = unique_name("crash");
+    let spec = json!({
+        "name": name, "memory": 128,
+        "storage": {"default_pool": pool.name, "disks": [
+            {"action": "create", "size": 20, "path": "a.qcow2"},
+            {"action": "create", "size": 20, "format": "raw", "path": "b.raw"},
+            {"action": "clone", "source": "golden.raw", "path": "c.raw"}
+        ]},
+        "cloud_init": {"user_data": "#cloud-config\npassword: s3cret\n"}
+    })
+    .to_string();
+
+    let daemon = Daemon::start(&state, &log);
+    let creator = {
+        let spec = spec.clone();
+        std::thread::spawn(move || {
+            Command::new("busctl")
+                .args(["--system", "--timeout=300", "call", BUS_NAME, ROOT, MANAGER])
+                .args(["CreateVirtualMachine", "s", &spec])
+                .output()
+                .unwrap()
+        })
+    };
+    // Kill it once the record says the clone is under way: two volumes made,
+    // the third being copied by libvirtd.
+    wait_until("the creation to reach its clone", || {
+        intent_records(&state).iter().any(|r| {
+            let steps = r["steps"].as_array().cloned().unwrap_or_default();
+            steps.iter().filter(|s| s["kind"] == "volume").count() >= 3
+        })
+    });
+    daemon.kill();
+    let out = creator.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the caller learns the creation failed"
+    );
+    assert!(
+        !intent_records(&state).is_empty(),
+        "the record of the unfinished creation survives the crash"
+    );
+    assert!(std::path::Path::new(&format!("{}/a.qcow2", pool.dir)).exists());
+
+    // The next start rolls it back: every volume it made goes, and the
+    // golden image it copied from stays.
+    let daemon = Daemon::start(&state, &log);
+    wait_until("the rollback", || {
+        intent_records(&state).is_empty() && {
+            pool.refresh();
+            pool.files() == vec!["golden.raw".to_string()]
+        }
+    });
+    assert!(!virsh_quiet(&["dominfo", &name]));
+    // No scratch file (the seed's user data holds secrets) survives, and
+    // none was ever written to /tmp.
+    let scratch: Vec<_> = std::fs::read_dir(format!("{state}/scratch"))
+        .unwrap()
+        .collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
+    let in_tmp = std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("vapor-cidata"));
+    assert!(!in_tmp, "cloud-init scratch files in /tmp");
+
+    // And the same request now succeeds.
+    let out = Command::new("busctl")
+        .args(["--system", "--timeout=300", "call", BUS_NAME, ROOT, MANAGER])
+        .args(["CreateVirtualMachine", "s", &spec])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(virsh_quiet(&["dominfo", &name]));
+    assert!(
+        intent_records(&state).is_empty(),
+        "a finished creation leaves no record"
+    );
+    virsh(&["undefine", &name]);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&state);
+}
