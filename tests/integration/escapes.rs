@@ -150,7 +150,7 @@ async fn an_image_naming_a_network_source_is_refused_without_connecting() {
         ]);
     }
     pool.refresh();
-    for i in 0..names.len() {
+    for (i, backing) in names.iter().enumerate() {
         let spec = json!({"name": unique_name("nbd"), "memory": 128,
             "storage": {"default_pool": pool.name,
                 "disks": [{"action": "attach", "path": format!("net{i}.qcow2")}]}});
@@ -171,8 +171,7 @@ async fn an_image_naming_a_network_source_is_refused_without_connecting() {
         let err = refusal(&out);
         assert!(
             err.contains("InvalidArgument") && err.contains("not a local file"),
-            "{}: {err}",
-            names[i]
+            "{backing}: {err}"
         );
     }
     match listener.accept() {
