@@ -45,7 +45,8 @@ pub struct Config {
 
 /// Upper bounds enforced when a creation is planned (`[limits]`). An unset
 /// bound is the host's own: its physical memory, the hypervisor's vCPU
-/// maximum, the capacity of the pool a disk is made in.
+/// maximum; disks are sparse, so their size is bounded only when set (what
+/// they take now, preallocated, must fit in the pool's free space anyway).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

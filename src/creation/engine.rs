@@ -163,11 +163,9 @@ impl StorageView for LibvirtView<'_> {
     }
 
     fn host_limits(&self) -> HostLimits {
-        let memory_mib = self
-            .0
-            .node_info()
-            .map(|n| n.memory / 1024)
-            .unwrap_or(u64::MAX);
+        let memory_mib = crate::libvirt::node::memory_total_kib(self.0)
+            .or_else(|| self.0.node_info().ok().map(|n| n.memory))
+            .map_or(u64::MAX, |kib| kib / 1024);
         let max_vcpus = self
             .0
             .max_vcpus(Some("kvm"))

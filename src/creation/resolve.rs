@@ -564,8 +564,9 @@ fn bound_source<T>(configured: Option<T>, key: &str, host: &str) -> String {
 }
 
 /// Refuse a request that asks for more than the configured limits or the
-/// host's own: memory, vCPUs, number of disks, disk sizes (at most the pool's
-/// capacity), and preallocated space (at most each pool's free space).
+/// host's own: memory, vCPUs, number of disks, disk sizes, and preallocated
+/// space (at most each pool's free space; sparse disks may be larger than
+/// their pool, as thin provisioning goes).
 fn check_limits(
     view: &dyn StorageView,
     r: &Resolved,
@@ -604,24 +605,15 @@ fn check_limits(
         let (Some(size), Some(pool)) = (d.size_gib, d.pool.as_deref()) else {
             continue;
         };
-        let info = view.pool(pool);
         let field = format!("{}.size", d.field);
+        // Unset, a sparse disk may be larger than its pool (thin
+        // provisioning): only what is allocated now must fit, below.
         if let Some(max) = limits.max_disk_gib {
             if size > max {
                 return Err(limit_exceeded(
                     &field,
                     format!(
                         "{size} GiB is more than {max} GiB (limits.max_disk_gib in vapord.toml)"
-                    ),
-                ));
-            }
-        } else if let Some(info) = &info {
-            if info.capacity_bytes > 0 && size.saturating_mul(1 << 30) > info.capacity_bytes {
-                return Err(limit_exceeded(
-                    &field,
-                    format!(
-                        "{size} GiB is more than the whole pool '{pool}' ({} GiB)",
-                        info.capacity_bytes >> 30
                     ),
                 ));
             }

@@ -218,6 +218,55 @@ fn malformed_files_are_skipped_by_list_and_reported_by_get() {
 }
 
 #[test]
+fn files_no_client_could_read_are_skipped_never_served() {
+    let (_tmp, s) = store();
+    ship(
+        &s,
+        "good",
+        r#"{"description": "fine\nmultiline", "spec": {}}"#,
+    );
+    // A non-character sd-bus clients refuse, a NUL, duplicate keys, a huge
+    // description: each would break ListTemplates for everyone if served.
+    ship(
+        &s,
+        "nonchar",
+        "{\"description\": \"a\u{fffe}\", \"spec\": {}}",
+    );
+    ship(&s, "nul", r#"{"description": "a\u0000b", "spec": {}}"#);
+    ship(&s, "dup", r#"{"spec": {"memory": 64, "memory": 4194304}}"#);
+    ship(&s, "ctl", r#"{"spec": {"os_variant": "a\u001bb"}}"#);
+    let big = format!(
+        r#"{{"description": "{}", "spec": {{}}}}"#,
+        "x".repeat(70_000)
+    );
+    ship(&s, "big", &big);
+    let names: Vec<_> = s.list().unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["good"]);
+    for name in ["nonchar", "nul", "dup", "ctl", "big"] {
+        assert!(matches!(s.get(name), Err(Error::Failed(_))), "{name}");
+    }
+}
+
+#[test]
+fn saved_descriptions_are_held_to_the_text_rules() {
+    let (_tmp, s) = store();
+    for bad in ["a\u{fffe}", "a\u{0}b", "a\u{1b}[2J"] {
+        let e = s.save("t", bad, &json!({})).unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument(ref m) if m.starts_with("description: contains")),
+            "{bad:?}: {e}"
+        );
+    }
+    let e = s.save("t", &"x".repeat(65 * 1024), &json!({})).unwrap_err();
+    assert!(
+        e.to_string().starts_with("description: is 66560 bytes"),
+        "{e}"
+    );
+    s.save("t", "two\nlines\tand a tab", &json!({})).unwrap();
+    assert_eq!(s.list().unwrap().len(), 1);
+}
+
+#[test]
 fn shipped_templates_are_valid_specs() {
     use crate::creation::spec::VmSpec;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/templates");

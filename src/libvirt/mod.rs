@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod errors;
 pub mod events;
+pub mod node;
 pub mod records;
 pub mod xml;
 

@@ -72,7 +72,7 @@ async fn a_symlink_in_a_pool_to_a_host_file_needs_storage_host_path() {
             "disks": [{"action": action, "source": "evil", "path": "copy.qcow2"}]});
         let err = refusal(&plan_as(ALICE, &with(storage)));
         assert!(
-            err.contains("NotFound") && err.contains("/etc/shadow is not a volume"),
+            err.contains("/etc/shadow is not a volume"),
             "{action}: {err}"
         );
     }
@@ -80,10 +80,7 @@ async fn a_symlink_in_a_pool_to_a_host_file_needs_storage_host_path() {
     let storage = json!({"default_pool": pool.name,
         "disks": [{"action": "create", "size": 1, "path": "evil"}]});
     let err = refusal(&plan_as(ALICE, &with(storage)));
-    assert!(
-        err.contains("Conflict") && err.contains("already exists"),
-        "{err}"
-    );
+    assert!(err.contains("already exists"), "{err}");
     // Someone allowed host files (root here) gets the real file in the
     // definition, not the link that could be swapped later.
     let conn = bus().await;
@@ -169,10 +166,7 @@ async fn an_image_naming_a_network_source_is_refused_without_connecting() {
             .output()
             .unwrap();
         let err = refusal(&out);
-        assert!(
-            err.contains("InvalidArgument") && err.contains("not a local file"),
-            "{backing}: {err}"
-        );
+        assert!(err.contains("not a local file"), "{backing}: {err}");
     }
     match listener.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
