@@ -55,7 +55,9 @@ async fn delete_reads_a_running_guests_image_with_the_units_capabilities() {
     let vm = Proxy::new(&conn, BUS_NAME, doomed.path(), VM)
         .await
         .unwrap();
-    let opts: HashMap<&str, zbus::Variant<'_>> = [("remove_storage", true.into())].into();
+    // Not created by vapord: only remove_foreign_storage deletes it (root
+    // here, so polkit is not asked).
+    let opts: HashMap<&str, zbus::Variant<'_>> = [("remove_foreign_storage", true.into())].into();
     let (removed, _kept): (Vec<String>, Vec<(String, String)>) = vm
         .call("Delete", &(opts,))
         .await
