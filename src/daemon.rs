@@ -25,11 +25,8 @@ use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::services::pci::{PciConfig, PciService};
-use crate::services::rollback;
+use crate::recovery;
 use crate::services::VmService;
-
-/// How often start-up recovery tries an unfinished operation (2 s apart).
-const RECOVERY_ATTEMPTS: u32 = 150;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs
 /// (GetManagedObjects) allocates a few MiB of short-lived property maps per
@@ -44,52 +41,6 @@ async fn return_freed_memory() {
         // SAFETY: malloc_trim only releases free pages; it is thread-safe.
         let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
     }
-}
-
-/// One pass of start-up recovery; returns what is not undone yet.
-async fn recover_once(
-    hv: &Arc<Hypervisor>,
-    intents: &IntentLog,
-    left: Vec<rollback::Leftover>,
-) -> Vec<rollback::Leftover> {
-    let log = intents.clone();
-    let these = left.clone();
-    match hv.run(move |c| Ok(rollback::recover(c, &log, these))).await {
-        Ok(rest) => rest,
-        Err(e) => {
-            log::warn!("cannot roll back unfinished operations yet: {e}");
-            left
-        }
-    }
-}
-
-/// Retry recovery in the background: libvirtd may still be finishing a copy
-/// the dead vapord asked for, and such a volume cannot be deleted until then;
-/// or libvirtd is not there yet.
-async fn keep_recovering(
-    hv: Arc<Hypervisor>,
-    intents: IntentLog,
-    mut left: Vec<rollback::Leftover>,
-    mut connected: tokio::sync::watch::Receiver<bool>,
-    state_dir: std::path::PathBuf,
-) {
-    for _ in 0..RECOVERY_ATTEMPTS {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        while !*connected.borrow_and_update() {
-            if connected.changed().await.is_err() {
-                return;
-            }
-        }
-        left = recover_once(&hv, &intents, left).await;
-        if left.is_empty() {
-            return;
-        }
-    }
-    log::error!(
-        "{} unfinished operations could not be rolled back; their records stay in {}/intents for the next start",
-        left.len(),
-        state_dir.display()
-    );
 }
 
 /// How the daemon was asked to run, beyond the config file.
@@ -168,10 +119,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     // Operations a dead vapord left half done are rolled back below, once
     // libvirt answers; only those listed now, before anything new can start.
     let intents = IntentLog::open(&cfg.state_dir).map_err(|e| e.to_string())?;
-    if let Err(e) = intents.clear_scratch() {
-        log::warn!("{e}");
-    }
-    let leftovers = intents.leftovers();
     let engine = Arc::new(Engine::new(
         model.hypervisor().clone(),
         TemplateStore::new(&cfg.templates_dir, &cfg.state_dir),
@@ -194,7 +141,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                 model: model.clone(),
                 pci: pci.clone(),
                 auth,
-                engine,
+                engine: engine.clone(),
                 vm_ctx: ctx.clone(),
             },
         )
@@ -215,25 +162,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     if let Err(e) = model.connect().await {
         log::warn!("libvirt not available yet ({e}); will keep retrying");
     }
-    if !leftovers.is_empty() {
-        // Before the name is requested when libvirt is up (the usual case), so
-        // a retried creation of the same name finds the ground clear.
-        let hv = model.hypervisor().clone();
-        let left = if hv.is_connected() {
-            recover_once(&hv, &intents, leftovers).await
-        } else {
-            leftovers
-        };
-        if !left.is_empty() {
-            tokio::spawn(keep_recovering(
-                hv,
-                intents.clone(),
-                left,
-                model.connected(),
-                cfg.state_dir.clone(),
-            ));
-        }
-    }
+    // Before the name is requested (see recovery::start).
+    recovery::start(
+        model.hypervisor().clone(),
+        intents,
+        engine.clone(),
+        model.connected(),
+    )
+    .await;
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");

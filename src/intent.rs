@@ -57,6 +57,10 @@ pub struct Record {
     /// Who asked for it.
     pub uid: u32,
     pub steps: Vec<Step>,
+    /// The operation succeeded; only removing the record was left. A record
+    /// found in this state is dropped, never undone.
+    #[serde(default)]
+    pub completed: bool,
 }
 
 /// The directory of intent records and scratch space.
@@ -65,6 +69,13 @@ pub struct IntentLog {
     intents: PathBuf,
     scratch: PathBuf,
 }
+
+/// The right to roll back and clear scratch space: one vapord at a time
+/// (`flock` on `intents/.lock`, held for the process's life). A vapord that
+/// replaces another (`--replace`) gets it only once the old one has exited,
+/// so it never undoes an operation that is still running.
+#[derive(Debug)]
+pub struct RecoveryLock(#[allow(dead_code)] fs::File);
 
 /// Nanoseconds since the epoch, now.
 pub fn now_ns() -> u64 {
@@ -109,6 +120,41 @@ impl IntentLog {
         Ok(log)
     }
 
+    /// Take the recovery lock, waiting for another vapord on the same state
+    /// directory to exit (blocking: call it off the async workers).
+    pub fn lock(&self, wait: bool) -> Result<Option<RecoveryLock>> {
+        use std::os::fd::AsRawFd;
+        let path = self.intents.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::Failed(format!("cannot open {}: {e}", path.display())))?;
+        let how = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+                return Ok(Some(RecoveryLock(file)));
+            }
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => return Ok(None),
+                _ => {
+                    return Err(Error::Failed(format!(
+                        "cannot lock {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+
     /// Start recording an operation (nothing is made yet).
     pub fn begin(&self, operation: &str, subject: &str, uid: u32) -> Result<Intent> {
         let id = format!("{operation}-{}", uuid::Uuid::new_v4().simple());
@@ -121,6 +167,7 @@ impl IntentLog {
                 subject: subject.to_owned(),
                 uid,
                 steps: Vec::new(),
+                completed: false,
             },
             finished: false,
         };
@@ -235,17 +282,32 @@ impl Intent {
         &self.record.steps
     }
 
+    /// The operation succeeded: say so in the record first (synced), so that
+    /// even if removing it fails or is lost in a power cut, the next start
+    /// drops it instead of undoing a finished operation.
+    pub fn complete(mut self) -> Result<()> {
+        self.record.completed = true;
+        self.save()?;
+        self.finish()
+    }
+
     /// The operation is over (done, or undone in-process): drop its record.
     pub fn finish(mut self) -> Result<()> {
         self.finished = true;
         match fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Failed(format!(
-                "cannot remove {}: {e}",
-                self.path.display()
-            ))),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Failed(format!(
+                    "cannot remove {}: {e}",
+                    self.path.display()
+                )))
+            }
         }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::Failed(format!("cannot sync {}: {e}", dir.display())))
     }
 }
 
@@ -335,6 +397,27 @@ mod tests {
         drop(i);
         log.clear_scratch().unwrap();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_completed_record_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = IntentLog::open(tmp.path()).unwrap();
+        let i = log.begin("vm-create", "x", 0).unwrap();
+        i.complete().unwrap();
+        assert!(log.leftovers().is_empty());
+    }
+
+    #[test]
+    fn one_process_holds_the_recovery_lock() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = IntentLog::open(tmp.path()).unwrap();
+        let held = log.lock(false).unwrap();
+        assert!(held.is_some());
+        // flock locks belong to the open file: a second open is refused.
+        assert!(log.lock(false).unwrap().is_none());
+        drop(held);
+        assert!(log.lock(false).unwrap().is_some());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod libvirt;
 pub mod logging;
 pub mod model;
 pub mod pci;
+pub mod recovery;
 pub mod services;
 pub mod text;
 

@@ -92,6 +92,17 @@ pub struct Engine {
     creating: Mutex<HashSet<String>>,
     /// Where each creation records what it makes before making it.
     intents: IntentLog,
+    /// What start-up recovery has not rolled back yet (see `crate::recovery`).
+    held: Mutex<Held>,
+}
+
+/// Names and paths creations may not touch for now.
+#[derive(Debug)]
+struct Held {
+    /// Recovery has not looked at the records yet: refuse every creation.
+    all: bool,
+    names: HashSet<String>,
+    paths: HashSet<String>,
 }
 
 /// Host storage as libvirt sees it, for the resolver.
@@ -225,7 +236,40 @@ impl Engine {
             defaults,
             creating: Mutex::new(HashSet::new()),
             intents,
+            held: Mutex::new(Held {
+                all: true,
+                names: HashSet::new(),
+                paths: HashSet::new(),
+            }),
         }
+    }
+
+    /// Start-up recovery has looked at the records: from now on only
+    /// creations touching these names and paths (of records not rolled back
+    /// yet) are refused.
+    pub fn hold(&self, names: Vec<String>, paths: Vec<String>) {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        h.all = false;
+        h.names = names.into_iter().collect();
+        h.paths = paths.into_iter().collect();
+    }
+
+    fn check_held(&self, r: &Resolved) -> Result<()> {
+        let h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let busy = h.all
+            || h.names.contains(&r.name)
+            || r.disks.iter().any(|d| h.paths.contains(&d.path))
+            || r.cloud_init_seed
+                .as_ref()
+                .is_some_and(|s| h.paths.contains(&s.path));
+        if busy {
+            return Err(Error::Unavailable(
+                "vapord is still rolling back an operation an earlier vapord left unfinished \
+                 with this name or storage; try again in a moment"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn templates(&self) -> &TemplateStore {
@@ -290,6 +334,7 @@ impl Engine {
         progress: Arc<dyn Progress>,
     ) -> Result<String> {
         let name = plan.resolved.name.clone();
+        self.check_held(&plan.resolved)?;
         let _claim = NameClaim::take(&self.creating, &name)?;
         let defaults = self.defaults.clone();
         let pci = self.pci.clone();
@@ -408,7 +453,7 @@ fn create_blocking(
     let result = match result {
         Ok(uuid) => Ok(uuid),
         Err(e) => {
-            let problems = rollback::undo(conn, intent.steps());
+            let problems = rollback::undo(conn, intent.steps(), rollback::Undoer::InProcess);
             if problems.is_empty() {
                 Err(e)
             } else {
@@ -420,7 +465,12 @@ fn create_blocking(
         }
     };
     // Done or undone: either way nothing is left for a later start to undo.
-    if let Err(e) = intent.finish() {
+    let closed = if result.is_ok() {
+        intent.complete()
+    } else {
+        intent.finish()
+    };
+    if let Err(e) = closed {
         log::error!("{e}");
     }
     result
@@ -483,6 +533,16 @@ fn create_steps(
             not_before_ns: intent::now_ns(),
             made: false,
         })?;
+        // Checked once more right before libvirt makes it: nothing (a
+        // planted symlink included) may sit at the new name.
+        if Path::new(&d.path).symlink_metadata().is_ok() {
+            return Err(Error::Conflict(format!(
+                "{what}: something appeared at {} meanwhile; nothing was kept",
+                d.path
+            )));
+        }
+        // A source must stay the file that was authorized while it is read.
+        let source_before = d.source.as_deref().map(file_identity).transpose()?;
         let vol = match d.action {
             DiskAction::Create => {
                 let xml = volume_xml(
@@ -530,6 +590,13 @@ fn create_steps(
             )));
         }
         intent.volume_made(&made)?;
+        if let (Some(src), Some(before)) = (d.source.as_deref(), source_before) {
+            if file_identity(src)? != before {
+                return Err(Error::Conflict(format!(
+                    "{what}: its source {src} was replaced while it was read; nothing was kept"
+                )));
+            }
+        }
         if d.action == DiskAction::Clone {
             if let Some(size) = d.size_gib {
                 vol.resize(gib(size), 0).map_err(|e| from_virt(e, &what))?;
@@ -592,6 +659,19 @@ fn create_steps(
     }
     progress.update("done", total, total);
     Ok(uuid)
+}
+
+/// Which file is at `path` (device and inode), refusing a symlink there.
+fn file_identity(path: &str) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)
+        .map_err(|e| Error::Conflict(format!("{path} changed meanwhile: {e}")))?;
+    if meta.file_type().is_symlink() {
+        return Err(Error::Conflict(format!(
+            "{path} turned into a link meanwhile; nothing was kept"
+        )));
+    }
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// Refuse to go on if a path the guest will be given has become a symlink

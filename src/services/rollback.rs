@@ -35,8 +35,16 @@ pub fn volume_is_ours(made: bool, born_after_record: Option<bool>) -> bool {
     made || born_after_record == Some(true)
 }
 
+/// Who is undoing: the operation itself, which knows what libvirt made for
+/// it, or start-up recovery, which must also judge files by birth time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undoer {
+    InProcess,
+    Recovery,
+}
+
 /// Undo `steps` (in reverse); returns what could not be undone.
-pub fn undo(conn: &Connect, steps: &[Step]) -> Vec<String> {
+pub fn undo(conn: &Connect, steps: &[Step], by: Undoer) -> Vec<String> {
     let mut problems = Vec::new();
     for step in steps.iter().rev() {
         match step {
@@ -67,7 +75,13 @@ pub fn undo(conn: &Connect, steps: &[Step]) -> Vec<String> {
                 if Path::new(path).symlink_metadata().is_err() {
                     continue;
                 }
-                if !volume_is_ours(*made, born_after(path, *not_before_ns)) {
+                // In process, a volume libvirt did not return to us is never
+                // ours: another request may have made it meanwhile.
+                let born = match by {
+                    Undoer::InProcess => None,
+                    Undoer::Recovery => born_after(path, *not_before_ns),
+                };
+                if !volume_is_ours(*made, born) {
                     log::warn!("not deleting {path}: it was not made by this operation");
                     continue;
                 }
@@ -125,7 +139,14 @@ pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec
                 continue;
             }
         };
-        let problems = undo(conn, &rec.steps);
+        if rec.completed {
+            // It finished; only the record's removal was lost.
+            if let Err(e) = log.discard(&file) {
+                log::error!("{e}");
+            }
+            continue;
+        }
+        let problems = undo(conn, &rec.steps, Undoer::Recovery);
         if problems.is_empty() {
             log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str(), uid = rec.uid;
                 "rolled back an unfinished {} of '{}' left by an earlier vapord", rec.operation, rec.subject);

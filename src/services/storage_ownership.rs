@@ -281,7 +281,7 @@ pub fn plan(
             .map(|(b, child)| (canonical(&b), child))
             .collect(),
     };
-    let owned_canonical: Vec<String> = owned.iter().map(|p| canonical(p)).collect();
+
     let mut plan = StoragePlan {
         delete: Vec::new(),
         kept: Vec::new(),
@@ -325,8 +325,12 @@ pub fn plan(
             continue;
         }
         let vol = conn.lookup_storage_vol_by_path(&path).ok();
+        // Ownership goes by the path vapord recorded, exactly, and only while
+        // no link sits there: replacing one's own volume with a link to
+        // someone else's must not make theirs "created for this VM".
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
         let candidate = Candidate {
-            created_for_vm: owned_canonical.contains(&key),
+            created_for_vm: owned.contains(&path) && !is_link,
             canonical: key,
             is_volume: vol.is_some(),
             disk,
