@@ -12,10 +12,12 @@ pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod fsutil;
+pub mod image;
 pub mod libvirt;
 pub mod logging;
 pub mod model;
 pub mod pci;
+pub mod process;
 pub mod services;
 
 pub use error::{Error, Result};
