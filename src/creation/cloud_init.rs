@@ -8,7 +8,6 @@
 //! then runs its per-instance modules again.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,18 +221,21 @@ fn yaml_quote(s: &str) -> String {
 }
 
 fn run_xorriso(dir: &Path, out: &Path) -> Result<()> {
-    let output = Command::new("xorriso")
-        .args(["-as", "mkisofs", "-output"])
+    let Some(xorriso) = crate::process::find_program("xorriso") else {
+        return Err(Error::NotSupported(
+            "cloud-init needs xorriso: apt-get install xorriso".into(),
+        ));
+    };
+    let mut cmd = Command::new(xorriso);
+    cmd.args(["-as", "mkisofs", "-output"])
         .arg(out)
         .args(["-volid", "cidata", "-joliet", "-rock"])
-        .arg(dir)
-        .output()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => {
-                Error::NotSupported("cloud-init needs xorriso: apt-get install xorriso".into())
-            }
-            _ => Error::Failed(format!("cannot run xorriso: {e}")),
-        })?;
+        .arg(dir);
+    let output = crate::process::run(
+        cmd,
+        std::time::Duration::from_secs(60),
+        "building the cloud-init seed ISO with xorriso",
+    )?;
     if output.status.success() {
         return Ok(());
     }

@@ -275,13 +275,16 @@ fn ensure_driver(sysfs: &Sysfs, driver: &str) -> Result<()> {
         .into_iter()
         .find(|p| Path::new(p).exists());
         if let Some(mp) = modprobe {
-            let ok = std::process::Command::new(mp)
-                .arg(driver)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+            let mut cmd = std::process::Command::new(mp);
+            cmd.arg(driver);
+            let what = format!("loading the kernel module {driver}");
+            let ok = match crate::process::run(cmd, Duration::from_secs(30), &what) {
+                Ok(out) => out.status.success(),
+                Err(e) => {
+                    log::warn!("{e}");
+                    false
+                }
+            };
             if ok && sysfs.driver_registered(driver) {
                 return Ok(());
             }

@@ -107,36 +107,15 @@ fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String
     Ok(used)
 }
 
-/// The backing files below a qcow2 image (`qemu-img info --backing-chain`),
-/// empty when the image does not exist.
+/// The files below a qcow2 image (backing files and external data files,
+/// symlinks resolved), read from the image headers by [`crate::image`]
+/// without running qemu-img; empty when the image does not exist. A chain
+/// that names a non-local file, loops, is too deep or cannot be read is an
+/// error (nothing is opened over the network).
 pub fn image_backing_chain(path: &str) -> std::result::Result<Vec<String>, String> {
-    if !std::path::Path::new(path).exists() {
-        return Ok(Vec::new());
-    }
-    let out = std::process::Command::new("qemu-img")
-        .args(["info", "-U", "--backing-chain", "--output=json", path])
-        .output()
-        .map_err(|e| format!("cannot run qemu-img to read the backing chain of {path}: {e}"))?;
-    if !out.status.success() {
-        if !std::path::Path::new(path).exists() {
-            return Ok(Vec::new()); // removed meanwhile
-        }
-        return Err(format!(
-            "qemu-img cannot read {path}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let chain: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("unexpected qemu-img output for {path}: {e}"))?;
-    Ok(chain
-        .iter()
-        .filter_map(|img| {
-            img["full-backing-filename"]
-                .as_str()
-                .or(img["backing-filename"].as_str())
-        })
-        .map(String::from)
-        .collect())
+    crate::image::backing_chain(std::path::Path::new(path))
+        .map(|links| links.into_iter().map(|l| l.path).collect())
+        .map_err(|e| e.to_string())
 }
 
 /// Backing file path → the volume that is layered on it, over all active pools.
