@@ -169,8 +169,7 @@ impl StorageView for LibvirtView<'_> {
         }
         // Read from the image headers by vapord itself: only local files are
         // accepted, and nothing named in an image is ever connected to.
-        crate::services::storage_ownership::image_backing_chain(path)
-            .map_err(|e| Error::InvalidArgument(format!("{path}: {e}")))
+        crate::services::storage_ownership::image_backing_chain(path).map_err(Error::InvalidArgument)
     }
 
     fn host_limits(&self) -> HostLimits {
