@@ -24,8 +24,8 @@ use crate::intent::IntentLog;
 use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
-use crate::services::pci::{PciConfig, PciService};
 use crate::recovery;
+use crate::services::pci::{PciConfig, PciService};
 use crate::services::VmService;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs

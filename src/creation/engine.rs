@@ -118,6 +118,7 @@ fn pool_info(p: &StoragePool) -> Option<PoolInfo> {
     };
     Some(PoolInfo {
         name: p.name().ok()?,
+        kind: root.attr("type").unwrap_or("dir").to_owned(),
         target: root.child("target")?.child_text("path")?.to_owned(),
         active: p.is_active().unwrap_or(false),
         capacity_bytes: bytes("capacity"),
@@ -169,7 +170,8 @@ impl StorageView for LibvirtView<'_> {
         }
         // Read from the image headers by vapord itself: only local files are
         // accepted, and nothing named in an image is ever connected to.
-        crate::services::storage_ownership::image_backing_chain(path).map_err(Error::InvalidArgument)
+        crate::services::storage_ownership::image_backing_chain(path)
+            .map_err(Error::InvalidArgument)
     }
 
     fn host_limits(&self) -> HostLimits {
@@ -282,10 +284,13 @@ impl Engine {
         let spec = validate::validate_spec(&request)?;
         let merged = match &spec.template {
             Some(name) => {
-                let t = self.templates.get(name).map_err(|e| match e {
-                    Error::NotFound(m) => Error::NotFound(format!("template: {m}")),
-                    e => e,
-                })?;
+                let t =
+                    tokio::task::block_in_place(|| self.templates.get(name)).map_err(
+                        |e| match e {
+                            Error::NotFound(m) => Error::NotFound(format!("template: {m}")),
+                            e => e,
+                        },
+                    )?;
                 template::merge(&t.spec, &request)
             }
             None => request,
@@ -623,7 +628,7 @@ fn create_steps(
     progress.update("defining the domain", done, total);
     // The files the guest will be given must still be the ones authorized:
     // no path may have turned into a symlink since it was resolved.
-    recheck_paths(plan)?;
+    recheck_paths(conn, plan)?;
     let uuid = plan.uuid.clone();
     // An NVRAM file that already exists (left by an earlier VM of this name)
     // is not ours to delete on undo. Recorded as kept until we know better.
@@ -660,27 +665,22 @@ fn create_steps(
     Ok(uuid)
 }
 
-/// Which file is at `path` (device and inode), refusing a symlink there.
+/// Which file `path` leads to (device and inode).
 fn file_identity(path: &str) -> Result<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)
+    let meta = std::fs::metadata(path)
         .map_err(|e| Error::Conflict(format!("{path} changed meanwhile: {e}")))?;
-    if meta.file_type().is_symlink() {
-        return Err(Error::Conflict(format!(
-            "{path} turned into a link meanwhile; nothing was kept"
-        )));
-    }
     Ok((meta.dev(), meta.ino()))
 }
 
 /// Refuse to go on if a path the guest will be given has become a symlink
 /// (or moved) since the plan resolved it: what was authorized is what is used.
-fn recheck_paths(plan: &Plan) -> Result<()> {
-    use crate::services::storage_ownership::canonical;
+fn recheck_paths(conn: &Connect, plan: &Plan) -> Result<()> {
+    let view = LibvirtView(conn);
     for d in &plan.resolved.disks {
         let given = (!d.is_created()).then_some(&d.path);
         for p in given.into_iter().chain(d.source.iter()) {
-            if canonical(p) != *p {
+            if !resolve::lands_on_itself(&view, p) {
                 return Err(Error::Conflict(format!(
                     "{}: {p} changed (it now leads elsewhere) while the request was being \
                      carried out; nothing was kept, try again",

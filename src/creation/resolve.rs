@@ -20,6 +20,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolInfo {
     pub name: String,
+    /// libvirt's pool type: `dir`, `fs`, `netfs`, `logical`, `disk`, …
+    pub kind: String,
     /// The pool's directory (dir/fs pools) or device path prefix.
     pub target: String,
     pub active: bool,
@@ -192,10 +194,29 @@ fn invalid(field: &str, msg: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("{field}: {msg}"))
 }
 
+/// Pools whose volumes are files in a directory anyone with write access to
+/// it could replace with a link.
+fn is_file_pool(kind: &str) -> bool {
+    matches!(kind, "dir" | "fs" | "netfs")
+}
+
 /// Where a path really lands: symlinks resolved (a file that does not exist
 /// yet by its resolved directory), and the pool whose directory directly
 /// holds it, if any. Pool directories are compared resolved too.
 fn locate(view: &dyn StorageView, path: &str) -> (String, Option<String>) {
+    // In pools of devices (LVM, disks, iSCSI…) a volume's path is a link
+    // the system made (`/dev/vg/lv` → `/dev/dm-3`), not one a pool user
+    // planted: libvirt's own answer decides there.
+    let parent = Path::new(path).parent();
+    if let Some(pool) = view
+        .volume(path)
+        .and_then(|v| v.pool)
+        .and_then(|p| view.pool(&p))
+    {
+        if !is_file_pool(&pool.kind) && parent == Some(Path::new(&pool.target)) {
+            return (path.to_owned(), Some(pool.name));
+        }
+    }
     let real = if view.path_exists(path) {
         view.canonical(path)
     } else {
@@ -217,6 +238,12 @@ fn locate(view: &dyn StorageView, path: &str) -> (String, Option<String>) {
         })
         .map(|p| p.name);
     (real, owner)
+}
+
+/// Whether a resolved path still lands where it did when it was resolved
+/// (no link planted on the way since).
+pub fn lands_on_itself(view: &dyn StorageView, path: &str) -> bool {
+    locate(view, path).0 == path
 }
 
 /// A path as the request spells it, made absolute per the seed's rules (a

@@ -21,6 +21,7 @@ impl FakeHost {
     fn new() -> Self {
         let pool = |name: &str, target: &str, active| PoolInfo {
             name: name.into(),
+            kind: "dir".into(),
             target: target.into(),
             active,
             capacity_bytes: 1000 << 30,
@@ -578,4 +579,40 @@ fn preallocation_must_fit_in_the_pools_free_space() {
         {"action": "attach", "path": "/mnt/share/common-data.qcow2", "preallocate": true}
     ]}}));
     assert!(e.starts_with("storage.disks[0].preallocate:"), "{e}");
+}
+
+#[test]
+fn device_pools_keep_their_volume_links() {
+    // An LVM pool: /dev/vg0/data is a link the system made to /dev/dm-3.
+    let mut host = FakeHost::new();
+    host.pools.push(PoolInfo {
+        name: "lvm".into(),
+        kind: "logical".into(),
+        target: "/dev/vg0".into(),
+        active: true,
+        capacity_bytes: 100 << 30,
+        available_bytes: 10 << 30,
+    });
+    host.links
+        .insert("/dev/vg0/data".into(), "/dev/dm-3".into());
+    host.volumes.insert(
+        "/dev/vg0/data".into(),
+        VolumeInfo {
+            format: "raw".into(),
+            capacity_bytes: 1 << 30,
+            pool: Some("lvm".into()),
+        },
+    );
+    let r = resolve(
+        &host,
+        &spec(serde_json::json!({"storage": {"disks": [
+            {"action": "attach", "path": "data", "storage_pool": "lvm"}
+        ]}})),
+        "vm1",
+        &defaults(),
+    )
+    .unwrap();
+    assert_eq!(r.disks[0].path, "/dev/vg0/data");
+    assert_eq!(r.pools_read, vec!["lvm".to_string()]);
+    assert!(r.host_paths.is_empty());
 }

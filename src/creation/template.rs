@@ -220,6 +220,12 @@ impl TemplateStore {
                 "spec.template: templates cannot be based on another template; remove the template field".into(),
             ));
         }
+        let path = self.user_dir.join(format!("{name}.json"));
+        if !path.exists() && scan_dir(&self.user_dir)?.len() >= MAX_USER_TEMPLATES {
+            return Err(Error::LimitExceeded(format!(
+                "name: there are already {MAX_USER_TEMPLATES} user templates; delete one first"
+            )));
+        }
         let file = TemplateFile {
             description: description.to_string(),
             spec: spec.clone(),
@@ -227,7 +233,6 @@ impl TemplateStore {
         let mut text = serde_json::to_string_pretty(&file)
             .map_err(|e| Error::Failed(format!("cannot encode template '{name}': {e}")))?;
         text.push('\n');
-        let path = self.user_dir.join(format!("{name}.json"));
         write_atomic(&path, text.as_bytes())
             .map_err(|e| Error::Failed(format!("cannot write template {}: {e}", path.display())))
     }
@@ -347,6 +352,10 @@ fn read_template(path: &Path) -> std::result::Result<TemplateFile, String> {
     crate::creation::validate::check_spec_text(&t.spec).map_err(|e| e.to_string())?;
     Ok(t)
 }
+
+/// At most this many templates saved through the API (so that listing them
+/// all stays well within one bus message).
+const MAX_USER_TEMPLATES: usize = 256;
 
 /// A template file larger than this is not read.
 const MAX_TEMPLATE_FILE_BYTES: u64 = 2 << 20;

@@ -141,9 +141,10 @@ impl Manager {
             })
         };
         let result = self.engine.create(plan, uid, state).await;
+        // Broadcast to every listener: bus-safe, whatever the error quotes.
         let (ok, msg) = match &result {
             Ok(_) => (true, String::new()),
-            Err(e) => (false, e.to_string()),
+            Err(e) => (false, crate::text::for_bus(&e.to_string()).into_owned()),
         };
         let emitter: &SignalEmitter<'_> = iface.signal_emitter();
         let _ = Job::completed(emitter, ok, &msg).await;
@@ -249,10 +250,8 @@ impl Manager {
         self.auth
             .check(&header, Action::Read, &[], "list templates")
             .await?;
-        Ok(self
-            .engine
-            .templates()
-            .list()?
+        let store = self.engine.templates();
+        Ok(tokio::task::block_in_place(|| store.list())?
             .into_iter()
             .map(|t| (t.name, t.source.as_str().to_owned(), t.description))
             .collect())
@@ -274,7 +273,8 @@ impl Manager {
                 "read templates",
             )
             .await?;
-        let t = self.engine.templates().get(name)?;
+        let store = self.engine.templates();
+        let t = tokio::task::block_in_place(|| store.get(name))?;
         Ok(serde_json::json!({
             "name": t.name, "source": t.source.as_str(), "description": t.description, "spec": t.spec,
         })

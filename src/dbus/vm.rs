@@ -79,7 +79,8 @@ impl VirtualMachine {
                 }
             };
         }
-        cmp!("Name", |r: &DomainRecord| r.name.clone());
+        cmp!("Name", |r: &DomainRecord| crate::text::for_bus(&r.name)
+            .into_owned());
         cmp!("State", |r: &DomainRecord| r.state.as_str().to_owned());
         cmp!("StateReason", |r: &DomainRecord| r.state_reason.to_owned());
         cmp!("MemoryMiB", |r: &DomainRecord| r.memory_kib / 1024);
@@ -396,9 +397,11 @@ impl VirtualMachine {
         Ok(doc.to_string())
     }
 
+    /// Made bus-safe: libvirt accepts names (from virsh, say) that some bus
+    /// clients cannot read, such as Unicode non-characters.
     #[zbus(property(emits_changed_signal = "true"), name = "Name")]
     fn name(&self) -> String {
-        self.record().name.clone()
+        crate::text::for_bus(&self.record().name).into_owned()
     }
 
     #[zbus(property(emits_changed_signal = "const"), name = "Uuid")]
