@@ -39,6 +39,10 @@ pub struct Config {
     pub procfs_root: PathBuf,
     /// The pci.ids database; unset = hwdata's usual places.
     pub pci_ids: Option<PathBuf>,
+    /// How long a polkit check may take (when the caller did not allow a
+    /// password prompt) before that one call fails with `Timeout`; below the
+    /// 25 s most D-Bus clients wait for a reply.
+    pub polkit_timeout_secs: u64,
     /// Upper bounds on what one creation request may ask for.
     pub limits: Limits,
 }
@@ -89,6 +93,7 @@ impl Default for Config {
             sysfs_root: PathBuf::from("/"),
             procfs_root: PathBuf::from("/"),
             pci_ids: None,
+            polkit_timeout_secs: 15,
             limits: Limits::default(),
         }
     }
@@ -182,6 +187,9 @@ impl Config {
         }
         if !(50..=60_000).contains(&self.reconnect_max_ms) {
             return Err(("reconnect_max_ms", "must be between 50 and 60000".into()));
+        }
+        if !(1..=120).contains(&self.polkit_timeout_secs) {
+            return Err(("polkit_timeout_secs", "must be between 1 and 120".into()));
         }
         self.limits.validate()?;
         Ok(())

@@ -70,7 +70,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     let auth = Arc::new(if opts.session {
         Authorizer::session_bus(&conn)
     } else {
-        Authorizer::polkit(&conn)
+        Authorizer::polkit(&conn, Duration::from_secs(cfg.polkit_timeout_secs))
             .await
             .map_err(|e| format!("cannot reach polkit: {e}"))?
     });

@@ -56,12 +56,21 @@ impl Drop for PrivateBus {
     }
 }
 
+fn log_path(tag: &str) -> String {
+    format!(
+        "{}/busloss-{tag}-{}.log",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    )
+}
+
 fn vapord(bus: &PrivateBus, tag: &str) -> Child {
     let state = format!(
         "{}/busloss-{tag}-{}",
         env!("CARGO_TARGET_TMPDIR"),
         std::process::id()
     );
+    let log = std::fs::File::create(log_path(tag)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vapord"))
         .args([
             "--session",
@@ -75,7 +84,7 @@ fn vapord(bus: &PrivateBus, tag: &str) -> Child {
         .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
         .env("VAPOR_LOG_STDERR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -97,13 +106,8 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut s = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut s);
-    }
-    s
+fn log_of(tag: &str) -> String {
+    std::fs::read_to_string(log_path(tag)).unwrap_or_default()
 }
 
 #[test]
@@ -112,7 +116,7 @@ fn losing_the_bus_is_an_error_exit() {
     let mut v = vapord(&bus, "lost");
     bus.kill();
     let status = wait_exit(&mut v);
-    let log = stderr_of(&mut v);
+    let log = log_of("lost");
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(
         log.contains("lost the connection to the D-Bus bus"),
@@ -126,7 +130,7 @@ fn handing_the_name_to_a_replacement_is_a_clean_exit() {
     let mut old = vapord(&bus, "old");
     let mut new = vapord(&bus, "new");
     let status = wait_exit(&mut old);
-    assert!(status.success(), "{}", stderr_of(&mut old));
+    assert!(status.success(), "{}", log_of("old"));
     assert_eq!(bus.owner_pid(), Some(new.id()));
     let _ = new.kill();
     let _ = new.wait();

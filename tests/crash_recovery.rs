@@ -136,13 +136,14 @@ fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
                 .unwrap()
         })
     };
-    // Kill it once the record says the clone is under way: two volumes made,
-    // the third being copied by libvirtd.
+    // Kill it once the clone is under way: two volumes made, the third
+    // recorded and being copied by libvirtd (its file exists, not yet done).
+    let clone = format!("{}/c.raw", pool.dir);
     wait_until("the creation to reach its clone", || {
         intent_records(&state).iter().any(|r| {
             let steps = r["steps"].as_array().cloned().unwrap_or_default();
             steps.iter().filter(|s| s["kind"] == "volume").count() >= 3
-        })
+        }) && std::path::Path::new(&clone).exists()
     });
     daemon.kill();
     let out = creator.join().unwrap();
@@ -166,17 +167,18 @@ fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
         }
     });
     assert!(!virsh_quiet(&["dominfo", &name]));
-    // No scratch file (the seed's user data holds secrets) survives, and
-    // none was ever written to /tmp.
-    let scratch: Vec<_> = std::fs::read_dir(format!("{state}/scratch"))
+    // Scratch space (the seed's user data holds secrets) is private and
+    // emptied at start.
+    use std::os::unix::fs::PermissionsExt;
+    let scratch_dir = format!("{state}/scratch");
+    let mode = std::fs::metadata(&scratch_dir)
         .unwrap()
-        .collect();
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    let scratch: Vec<_> = std::fs::read_dir(&scratch_dir).unwrap().collect();
     assert!(scratch.is_empty(), "{scratch:?}");
-    let in_tmp = std::fs::read_dir("/tmp")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .any(|e| e.file_name().to_string_lossy().starts_with("vapor-cidata"));
-    assert!(!in_tmp, "cloud-init scratch files in /tmp");
 
     // And the same request now succeeds.
     let out = Command::new("busctl")

@@ -43,6 +43,9 @@ struct Args {
     /// Take the bus name over from a running vapord, which then exits.
     #[arg(long)]
     replace: bool,
+    /// Seconds a non-interactive polkit check may take (overrides the config file).
+    #[arg(long, value_name = "SECS")]
+    polkit_timeout: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,9 @@ fn main() -> ExitCode {
     }
     if let Some(s) = args.stats_interval {
         cfg.stats_interval_secs = s;
+    }
+    if let Some(s) = args.polkit_timeout {
+        cfg.polkit_timeout_secs = s;
     }
     if let Err((key, msg)) = cfg.validate() {
         eprintln!("vapord: {key}: {msg}");

@@ -20,9 +20,6 @@ use zbus_polkit::policykit1::{AuthorityProxy, CheckAuthorizationFlags, Subject};
 use super::Error;
 use crate::text::for_bus;
 
-/// How long a non-interactive polkit check may take before the call fails
-/// (below the 25 s most D-Bus clients wait for a reply).
-const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long polkit may take when it may ask the user for a password.
 const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Cancellation ids for polkit checks, unique within this process.
@@ -87,16 +84,21 @@ pub async fn lookup_caller_uid(conn: &Connection, header: &Header<'_>) -> Result
 pub struct Authorizer {
     mode: Mode,
     conn: Connection,
+    /// How long a non-interactive check may take before the call fails.
+    check_timeout: Duration,
     /// Unique name → uid. Unique names are never reused on a bus.
     uids: Mutex<HashMap<OwnedUniqueName, u32>>,
 }
 
 impl Authorizer {
     /// Authorize through polkitd on the system bus.
-    pub async fn polkit(conn: &Connection) -> zbus::Result<Self> {
+    /// Authorize through polkitd; a non-interactive check that takes longer
+    /// than `check_timeout` fails that one call.
+    pub async fn polkit(conn: &Connection, check_timeout: Duration) -> zbus::Result<Self> {
         Ok(Self {
             mode: Mode::Polkit(AuthorityProxy::new(conn).await?),
             conn: conn.clone(),
+            check_timeout,
             uids: Mutex::new(HashMap::new()),
         })
     }
@@ -106,6 +108,7 @@ impl Authorizer {
         Self {
             mode: Mode::SessionBus,
             conn: conn.clone(),
+            check_timeout: Duration::from_secs(15),
             uids: Mutex::new(HashMap::new()),
         }
     }
@@ -178,7 +181,7 @@ impl Authorizer {
         let limit = if interactive {
             INTERACTIVE_TIMEOUT
         } else {
-            CHECK_TIMEOUT
+            self.check_timeout
         };
         let cancel_id = format!("vapord-{}", CHECK_IDS.fetch_add(1, Ordering::Relaxed));
         let asked = authority.check_authorization(&subject, action.id(), &map, flags, &cancel_id);
