@@ -616,3 +616,35 @@ fn device_pools_keep_their_volume_links() {
     assert_eq!(r.pools_read, vec!["lvm".to_string()]);
     assert!(r.host_paths.is_empty());
 }
+
+use proptest::{prop_assert, prop_assert_eq};
+
+proptest::proptest! {
+    /// Whatever a request writes as a path, it is refused or lands where the
+    /// rules say: a plain name in its pool's directory, an absolute path as
+    /// written (no '.', '..' or '//' tricks), or — through a link — the link's
+    /// real target, judged as a host path.
+    #[test]
+    fn any_spelled_path_is_refused_or_lands_where_the_rules_say(
+        path in "[a-z./]{1,12}|/[a-z./]{1,12}|evil|golden-link.raw"
+    ) {
+        let r = run(serde_json::json!({"storage": {"default_pool": "fast-nvme", "disks": [
+            {"action": "attach", "path": path}
+        ]}}));
+        if let Ok(r) = r {
+            let got = &r.disks[0].path;
+            prop_assert!(!got.contains("/./") && !got.contains("/../") && !got.contains("//"), "{got}");
+            if path.starts_with('/') {
+                prop_assert_eq!(got, &path);
+            } else if let Some(target) = FakeHost::new().links.get(&format!("/srv/nvme/{path}")) {
+                prop_assert_eq!(got, target);
+            } else {
+                prop_assert_eq!(got, &format!("/srv/nvme/{path}"));
+                prop_assert!(!path.contains('/'));
+            }
+            // Whatever is read is authorized: a pool read or a host path.
+            let in_pool = r.pools_read.iter().any(|p| got.starts_with(&format!("/srv/{}", if p == "fast-nvme" { "nvme" } else { "bulk" })));
+            prop_assert!(in_pool || r.host_paths.contains(got), "{got}: {:?} {:?}", r.pools_read, r.host_paths);
+        }
+    }
+}

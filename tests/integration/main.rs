@@ -11,5 +11,6 @@ mod events;
 mod hostile;
 mod introspection;
 mod lifecycle;
+mod limits;
 mod pci_real;
 mod polkit_access;
