@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::creation::engine::Engine;
-use crate::intent::{IntentLog, Step};
+use crate::intent::{IntentLog, RecoveryLock, Step};
 use crate::libvirt::Hypervisor;
 use crate::services::rollback::{self, Leftover};
 
@@ -63,41 +63,53 @@ pub async fn start(
     engine: Arc<Engine>,
     connected: watch::Receiver<bool>,
 ) {
-    let taken = {
-        let log = log.clone();
-        tokio::task::spawn_blocking(move || log.lock(false)).await
-    };
-    match taken {
-        Ok(Ok(Some(lock))) => {
-            // Held for the rest of the process's life.
-            std::mem::forget(lock);
-            let left = first_pass(&hv, &log, &engine).await;
-            if !left.is_empty() {
-                tokio::spawn(keep_at_it(hv, log, engine, left, connected));
-            }
-        }
-        Ok(Ok(None)) => {
+    match take_lock(&log, false).await {
+        Ok(Some(lock)) => recover_holding(lock, hv, log, engine, connected, false).await,
+        Ok(None) => {
             log::info!(
                 "another vapord is using this state directory; unfinished operations are rolled back once it has exited"
             );
             tokio::spawn(async move {
-                let waited = {
-                    let log = log.clone();
-                    tokio::task::spawn_blocking(move || log.lock(true)).await
-                };
-                match waited {
-                    Ok(Ok(Some(lock))) => {
-                        std::mem::forget(lock);
-                        let left = first_pass(&hv, &log, &engine).await;
-                        if !left.is_empty() {
-                            keep_at_it(hv, log, engine, left, connected).await;
-                        }
-                    }
-                    other => log::error!("cannot take the recovery lock: {other:?}"),
+                match take_lock(&log, true).await {
+                    Ok(Some(lock)) => recover_holding(lock, hv, log, engine, connected, true).await,
+                    Ok(None) => {}
+                    Err(e) => log::error!("{e}; creations stay refused"),
                 }
             });
         }
-        other => log::error!("cannot take the recovery lock: {other:?}; creations stay refused"),
+        Err(e) => log::error!("{e}; creations stay refused"),
+    }
+}
+
+async fn take_lock(log: &IntentLog, wait: bool) -> Result<Option<RecoveryLock>, String> {
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.lock(wait)).await {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err(e)) => Err(format!("cannot take the recovery lock: {e}")),
+        Err(e) => Err(format!("cannot take the recovery lock: {e}")),
+    }
+}
+
+/// Recover with the lock held (for the rest of the process's life); the
+/// retries go on in the background unless this already is.
+async fn recover_holding(
+    lock: RecoveryLock,
+    hv: Arc<Hypervisor>,
+    log: IntentLog,
+    engine: Arc<Engine>,
+    connected: watch::Receiver<bool>,
+    in_background: bool,
+) {
+    std::mem::forget(lock);
+    let left = first_pass(&hv, &log, &engine).await;
+    if left.is_empty() {
+        return;
+    }
+    let retries = keep_at_it(hv, log, engine, left, connected);
+    if in_background {
+        retries.await;
+    } else {
+        tokio::spawn(retries);
     }
 }
 

@@ -35,15 +35,7 @@ impl Daemon {
             .unwrap();
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = Command::new("busctl")
-                .args(["--system", "status", BUS_NAME])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            if out.status.success() && text.lines().any(|l| l == format!("PID={pid}")) {
-                break;
-            }
+        while !owns_bus_name(pid) {
             assert!(Instant::now() < deadline, "vapord did not take its name");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -100,18 +92,7 @@ fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
     let pool = TestPool::new("crash");
     // A source big enough that libvirt's copy is still going when vapord dies.
     let golden = format!("{}/golden.raw", pool.dir);
-    let ok = Command::new("dd")
-        .args([
-            "if=/dev/urandom",
-            &format!("of={golden}"),
-            "bs=1M",
-            "count=384",
-            "status=none",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    random_file(&golden, 384);
     pool.refresh();
     let name = unique_name("crash");
     let spec = json!({

@@ -48,23 +48,7 @@ async fn a_stalled_polkit_fails_the_waiting_call_and_others_go_on() {
 
     let stopped = Stopped::polkitd();
     // vapor-alice's call needs polkit: it fails on its own, with Timeout.
-    let waiting = std::thread::spawn(|| {
-        as_user(
-            ALICE,
-            &[
-                "busctl",
-                "--system",
-                "--timeout=60",
-                // Without a password prompt, the short timeout applies.
-                "--allow-interactive-authorization=no",
-                "call",
-                BUS_NAME,
-                ROOT,
-                MANAGER,
-                "ListVirtualMachines",
-            ],
-        )
-    });
+    let waiting = std::thread::spawn(|| manager_as(ALICE, "LookupVirtualMachine", "none"));
     // Meanwhile root (no polkit check) is served.
     let p = zbus::Proxy::new(&conn, BUS_NAME, ROOT, MANAGER)
         .await
@@ -84,18 +68,7 @@ async fn a_stalled_polkit_fails_the_waiting_call_and_others_go_on() {
     assert!(err.contains("polkit did not answer within 3 s"), "{err}");
 
     // polkit back: the same call works again.
-    let out = as_user(
-        ALICE,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            "ListVirtualMachines",
-        ],
-    );
+    let out = manager_as(ALICE, "LookupVirtualMachine", &vm.name);
     assert!(
         out.status.success(),
         "{}",

@@ -98,12 +98,7 @@ pub fn daemon_wrapped(wrapper: &[&str], extra: &[&str]) -> u32 {
         let (pid, log_path) = rx.recv().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = Command::new("busctl")
-                .args(["--system", "status", BUS_NAME])
-                .output()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            if out.status.success() && text.lines().any(|l| l == format!("PID={pid}")) {
+            if owns_bus_name(pid) {
                 break;
             }
             assert!(
@@ -115,6 +110,76 @@ pub fn daemon_wrapped(wrapper: &[&str], extra: &[&str]) -> u32 {
         }
         pid
     })
+}
+
+/// Whether process `pid` owns vapord's name on the system bus.
+pub fn owns_bus_name(pid: u32) -> bool {
+    let out = Command::new("busctl")
+        .args(["--system", "status", BUS_NAME])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && text.lines().any(|l| l == format!("PID={pid}"))
+}
+
+/// A file of `mib` MiB of random data (a source slow enough to copy that a
+/// test can act while libvirt is still copying it).
+pub fn random_file(path: &str, mib: u32) {
+    let ok = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={path}"),
+            "bs=1M",
+            &format!("count={mib}"),
+            "status=none",
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "dd {path}");
+}
+
+/// Record in a domain's vapord metadata that vapord created these volumes
+/// for it (as a creation does).
+pub fn set_owned_volumes(domain: &str, paths: &[&str]) {
+    let vols: String = paths
+        .iter()
+        .map(|p| format!("<volume path='{p}'/>"))
+        .collect();
+    let md = format!("<vm><created-by uid='0'/>{vols}</vm>");
+    virsh(&[
+        "metadata",
+        domain,
+        "--uri",
+        "https://vapor.dev/xmlns/domain/1",
+        "--key",
+        "vapor",
+        "--set",
+        &md,
+        "--config",
+    ]);
+}
+
+/// A Manager method with one string argument (a spec, a name), called
+/// through busctl as a test user, like a script that cannot answer a
+/// password prompt.
+pub fn manager_as(user: &str, method: &str, arg: &str) -> Output {
+    as_user(
+        user,
+        &[
+            "busctl",
+            "--system",
+            "--timeout=120",
+            "--allow-interactive-authorization=no",
+            "call",
+            BUS_NAME,
+            ROOT,
+            MANAGER,
+            method,
+            "s",
+            arg,
+        ],
+    )
 }
 
 /// The state directory of this binary's vapord.

@@ -71,20 +71,7 @@ async fn create(conn: &zbus::Connection, spec: &Value) -> Result<OwnedObjectPath
 
 /// `CreateVirtualMachine` through busctl as a test user.
 fn create_as(user: &str, spec: &str) -> std::process::Output {
-    as_user(
-        user,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            "CreateVirtualMachine",
-            "s",
-            spec,
-        ],
-    )
+    manager_as(user, "CreateVirtualMachine", spec)
 }
 
 async fn plan(conn: &zbus::Connection, spec: &Value) -> Result<(Value, String), String> {
@@ -629,18 +616,7 @@ async fn cancelling_the_job_removes_what_was_made() {
     let pool = TestPool::new("cancel");
     // A source big enough that copying it takes far longer than a Cancel call.
     let golden = format!("{}/golden.raw", pool.dir);
-    let ok = Command::new("dd")
-        .args([
-            "if=/dev/urandom",
-            &format!("of={golden}"),
-            "bs=1M",
-            "count=256",
-            "status=none",
-        ])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    random_file(&golden, 256);
     pool.refresh();
     let name = unique_name("cancelled");
     let _guard = Created(name.clone());

@@ -118,19 +118,7 @@ async fn volumes_vapord_created_are_removed_even_when_they_are_cdroms() {
             file_disk(&disk, "vda", "")
         ),
     );
-    let md =
-        format!("<vm><created-by uid='0'/><volume path='{seed}'/><volume path='{disk}'/></vm>");
-    virsh(&[
-        "metadata",
-        &d.name,
-        "--uri",
-        "https://vapor.dev/xmlns/domain/1",
-        "--key",
-        "vapor",
-        "--set",
-        &md,
-        "--config",
-    ]);
+    set_owned_volumes(&d.name, &[&seed, &disk]);
     wait_for_object(&conn, &d.path()).await;
     let (mut removed, kept) = delete(&conn, &d.path(), &[("remove_storage", true.into())])
         .await
@@ -263,18 +251,7 @@ async fn remove_storage_keeps_volumes_that_were_only_attached() {
         "del-att",
         &[file_disk(&own, "vda", ""), file_disk(&shared, "vdb", "")].concat(),
     );
-    let md = format!("<vm><created-by uid='0'/><volume path='{own}'/></vm>");
-    virsh(&[
-        "metadata",
-        &d.name,
-        "--uri",
-        "https://vapor.dev/xmlns/domain/1",
-        "--key",
-        "vapor",
-        "--set",
-        &md,
-        "--config",
-    ]);
+    set_owned_volumes(&d.name, &[&own]);
     wait_for_object(&conn, &d.path()).await;
     let (removed, kept) = delete(&conn, &d.path(), &[("remove_storage", true.into())])
         .await

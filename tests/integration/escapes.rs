@@ -11,20 +11,7 @@ use serde_json::json;
 use crate::common::*;
 
 fn plan_as(user: &str, spec: &serde_json::Value) -> std::process::Output {
-    as_user(
-        user,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            "PlanVirtualMachine",
-            "s",
-            &spec.to_string(),
-        ],
-    )
+    manager_as(user, "PlanVirtualMachine", &spec.to_string())
 }
 
 fn refusal(out: &std::process::Output) -> String {

@@ -14,21 +14,7 @@ fn call_as(user: &str, method: &str, spec: &serde_json::Value) -> std::process::
 }
 
 fn call_text_as(user: &str, method: &str, spec: &str) -> std::process::Output {
-    as_user(
-        user,
-        &[
-            "busctl",
-            "--system",
-            "--timeout=120",
-            "call",
-            BUS_NAME,
-            ROOT,
-            MANAGER,
-            method,
-            "s",
-            spec,
-        ],
-    )
+    manager_as(user, method, spec)
 }
 
 fn stderr(out: &std::process::Output) -> String {
