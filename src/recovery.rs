@@ -40,11 +40,23 @@ fn held(left: &[Leftover]) -> (Vec<String>, Vec<String>) {
     (names, paths)
 }
 
+/// Passes during which a record whose volume is not there yet waits for it.
+const PATIENT_PASSES: u32 = 3;
+
 /// One pass; returns what is not undone yet.
-async fn recover_once(hv: &Arc<Hypervisor>, log: &IntentLog, left: Vec<Leftover>) -> Vec<Leftover> {
+async fn recover_once(
+    hv: &Arc<Hypervisor>,
+    log: &IntentLog,
+    left: Vec<Leftover>,
+    pass: u32,
+) -> Vec<Leftover> {
     let l = log.clone();
     let these = left.clone();
-    match hv.run(move |c| Ok(rollback::recover(c, &l, these))).await {
+    let patient = pass < PATIENT_PASSES;
+    match hv
+        .run(move |c| Ok(rollback::recover(c, &l, these, patient)))
+        .await
+    {
         Ok(rest) => rest,
         Err(e) => {
             log::warn!("cannot roll back unfinished operations yet: {e}");
@@ -121,7 +133,7 @@ async fn first_pass(hv: &Arc<Hypervisor>, log: &IntentLog, engine: &Engine) -> V
     let (names, paths) = held(&left);
     engine.hold(names, paths);
     if !left.is_empty() && hv.is_connected() {
-        left = recover_once(hv, log, left).await;
+        left = recover_once(hv, log, left, 0).await;
         let (names, paths) = held(&left);
         engine.hold(names, paths);
     }
@@ -135,14 +147,14 @@ async fn keep_at_it(
     mut left: Vec<Leftover>,
     mut connected: watch::Receiver<bool>,
 ) {
-    for _ in 0..ATTEMPTS {
+    for pass in 1..=ATTEMPTS {
         tokio::time::sleep(Duration::from_secs(2)).await;
         while !*connected.borrow_and_update() {
             if connected.changed().await.is_err() {
                 return;
             }
         }
-        left = recover_once(&hv, &log, left).await;
+        left = recover_once(&hv, &log, left, pass).await;
         let (names, paths) = held(&left);
         engine.hold(names, paths);
         if left.is_empty() {

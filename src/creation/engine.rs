@@ -639,17 +639,25 @@ fn create_steps(
     let dom = conn
         .define_domain_xml(&plan.xml)
         .map_err(|e| from_virt(e, "libvirt refused the domain definition"))?;
-    let keep_nvram = dom
+    let nvram = dom
         .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
         .ok()
         .and_then(|x| Element::parse(&x).ok())
-        .and_then(|root| crate::services::storage_ownership::nvram_path(&root))
-        .is_some_and(|p| Path::new(&p).exists());
-    if !keep_nvram {
-        intent.record(Step::Domain {
+        .and_then(|root| crate::services::storage_ownership::nvram_path(&root));
+    match nvram {
+        // libvirt would hand the new VM the firmware variables (boot entries,
+        // enrolled keys) an earlier VM of this name left: not its to have.
+        Some(p) if Path::new(&p).exists() => {
+            return Err(Error::Conflict(format!(
+                "name: firmware variables of an earlier VM named '{}' remain at {p}; \
+                 delete them (or that VM with remove_storage) or choose another name",
+                r.name
+            )));
+        }
+        _ => intent.record(Step::Domain {
             uuid: uuid.clone(),
             keep_nvram: false,
-        })?;
+        })?,
     }
     if r.autostart {
         dom.set_autostart(true)

@@ -43,6 +43,22 @@ pub enum Undoer {
     Recovery,
 }
 
+/// Volumes a record says are being made whose files are not there: what a
+/// patient recovery waits for.
+pub fn awaited_volumes(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Volume {
+                path, made: false, ..
+            } if Path::new(path).symlink_metadata().is_err() => {
+                Some(format!("{path} may still be in the making"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// Undo `steps` (in reverse); returns what could not be undone.
 pub fn undo(conn: &Connect, steps: &[Step], by: Undoer) -> Vec<String> {
     let mut problems = Vec::new();
@@ -124,7 +140,17 @@ pub type Leftover = (
 /// operation could begin. Returns those that could not be fully undone yet
 /// (libvirtd may still be finishing a copy the dead vapord started), for
 /// the caller to try again.
-pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec<Leftover> {
+///
+/// With `patient`, a record naming a volume that does not exist (yet) is
+/// kept for a later pass instead of dropped: libvirtd may still be carrying
+/// out the creation the dead vapord asked for, and the file would otherwise
+/// appear after its record is gone.
+pub fn recover(
+    conn: &Connect,
+    log: &IntentLog,
+    leftovers: Vec<Leftover>,
+    patient: bool,
+) -> Vec<Leftover> {
     let mut remaining = Vec::new();
     for (file, record) in leftovers {
         let rec = match &record {
@@ -146,7 +172,10 @@ pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec
             }
             continue;
         }
-        let problems = undo(conn, &rec.steps, Undoer::Recovery);
+        let mut problems = undo(conn, &rec.steps, Undoer::Recovery);
+        if patient {
+            problems.extend(awaited_volumes(&rec.steps));
+        }
         if problems.is_empty() {
             log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str(), uid = rec.uid;
                 "rolled back an unfinished {} of '{}' left by an earlier vapord", rec.operation, rec.subject);
@@ -176,6 +205,34 @@ mod tests {
         // or a file system without birth times: not ours.
         assert!(!volume_is_ours(false, Some(false)));
         assert!(!volume_is_ours(false, None));
+    }
+
+    #[test]
+    fn unmade_volumes_without_files_are_awaited() {
+        let tmp = tempfile::tempdir().unwrap();
+        let there = tmp.path().join("there");
+        std::fs::write(&there, "x").unwrap();
+        let steps = vec![
+            Step::Volume {
+                path: there.to_string_lossy().into_owned(),
+                not_before_ns: 0,
+                made: false,
+            },
+            Step::Volume {
+                path: "/nonexistent/made.qcow2".into(),
+                not_before_ns: 0,
+                made: true,
+            },
+            Step::Volume {
+                path: "/nonexistent/pending.qcow2".into(),
+                not_before_ns: 0,
+                made: false,
+            },
+        ];
+        assert_eq!(
+            awaited_volumes(&steps),
+            vec!["/nonexistent/pending.qcow2 may still be in the making".to_string()]
+        );
     }
 
     #[test]

@@ -658,3 +658,30 @@ async fn cancelling_the_job_removes_what_was_made() {
     );
     assert!(!virsh_quiet(&["dominfo", &name]));
 }
+
+#[tokio::test]
+async fn firmware_variables_left_by_an_earlier_vm_are_not_handed_to_a_new_one() {
+    let conn = bus().await;
+    let pool = TestPool::new("nvram");
+    let name = unique_name("nvram");
+    let _guard = Created(name.clone());
+    // What an earlier UEFI VM of this name, deleted without its storage, left.
+    let nvram = format!("/var/lib/libvirt/qemu/nvram/{name}_VARS.fd");
+    std::fs::create_dir_all("/var/lib/libvirt/qemu/nvram").unwrap();
+    std::fs::write(&nvram, b"someone else's boot entries").unwrap();
+    let spec = json!({"name": name, "memory": 128, "uefi": true,
+        "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 1}]}});
+    let err = create(&conn, &spec).await.unwrap_err();
+    assert!(
+        err.contains("Conflict") && err.contains("firmware variables of an earlier VM"),
+        "{err}"
+    );
+    assert!(!virsh_quiet(&["dominfo", &name]), "nothing defined");
+    assert!(pool.files().is_empty(), "{:?}", pool.files());
+    assert_eq!(
+        std::fs::read(&nvram).unwrap(),
+        b"someone else's boot entries",
+        "the old file is left alone"
+    );
+    let _ = std::fs::remove_file(&nvram);
+}
