@@ -254,17 +254,7 @@ impl From<zbus::Error> for Failure {
             other => (String::new(), other.to_string()),
         };
         let short = name.rsplit('.').next().unwrap_or("");
-        let code = match short {
-            "NotFound" | "UnknownObject" => 3,
-            "NotAuthorized" | "InteractiveAuthorizationRequired" | "AccessDenied" => 4,
-            "InvalidState" => 5,
-            "InvalidArgument" | "InvalidArgs" => 6,
-            "Conflict" => 7,
-            "Unavailable" | "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => 69,
-            "NotSupported" => 8,
-            "LimitExceeded" => 9,
-            _ => 1,
-        };
+        let code = vapor::dbus::errors::exit_code_for(&name);
         let message = match short {
             "ServiceUnknown" | "NameHasNoOwner" => {
                 format!("vapord is not running ({BUS_NAME} is not on the bus)")

@@ -24,44 +24,137 @@ pub enum Error {
     InteractiveAuthorizationRequired(String),
 }
 
-impl Error {
-    /// Every error name vapord can send (for docs and tests).
-    pub const NAMES: &'static [&'static str] = &[
-        "org.vapor.Virtualization.Error.NotFound",
-        "org.vapor.Virtualization.Error.InvalidArgument",
-        "org.vapor.Virtualization.Error.InvalidState",
-        "org.vapor.Virtualization.Error.Conflict",
-        "org.vapor.Virtualization.Error.NotSupported",
-        "org.vapor.Virtualization.Error.Unavailable",
-        "org.vapor.Virtualization.Error.Timeout",
-        "org.vapor.Virtualization.Error.Failed",
-        "org.vapor.Virtualization.Error.NotAuthorized",
-        "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
-        "org.vapor.Virtualization.Error.LimitExceeded",
-    ];
+/// One kind of failure: its name on the bus and the exit code `vaporctl`
+/// gives it. The one table every error goes through (README lists it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorKind {
+    pub name: &'static str,
+    pub exit_code: u8,
+    /// For people: when it happens.
+    pub meaning: &'static str,
+}
 
-    fn parts(&self) -> (&'static str, &str) {
-        let n = Self::NAMES;
+const fn kind(name: &'static str, exit_code: u8, meaning: &'static str) -> ErrorKind {
+    ErrorKind {
+        name,
+        exit_code,
+        meaning,
+    }
+}
+
+pub const NOT_FOUND: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.NotFound",
+    3,
+    "the object named does not exist",
+);
+pub const NOT_AUTHORIZED: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.NotAuthorized",
+    4,
+    "polkit said no",
+);
+pub const INTERACTIVE_AUTHORIZATION_REQUIRED: ErrorKind = kind(
+    "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired",
+    4,
+    "polkit would ask for a password, but the call did not allow it",
+);
+pub const INVALID_STATE: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.InvalidState",
+    5,
+    "the object is in the wrong state (e.g. already running)",
+);
+pub const INVALID_ARGUMENT: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.InvalidArgument",
+    6,
+    "a field or argument is malformed; the message names it",
+);
+pub const CONFLICT: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.Conflict",
+    7,
+    "the name or file is taken, or another request got there first",
+);
+pub const NOT_SUPPORTED: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.NotSupported",
+    8,
+    "the host, hypervisor or this build cannot do it",
+);
+pub const LIMIT_EXCEEDED: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.LimitExceeded",
+    9,
+    "more than a configured limit, the host's own or a pool's free space",
+);
+pub const UNAVAILABLE: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.Unavailable",
+    69,
+    "libvirt (or polkit) is not reachable right now",
+);
+pub const TIMEOUT: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.Timeout",
+    1,
+    "it did not finish in time (also a polkit check that did not answer)",
+);
+pub const FAILED: ErrorKind = kind(
+    "org.vapor.Virtualization.Error.Failed",
+    1,
+    "anything else; the message carries the cause",
+);
+
+/// Every error vapord sends.
+pub const KINDS: &[ErrorKind] = &[
+    NOT_FOUND,
+    NOT_AUTHORIZED,
+    INTERACTIVE_AUTHORIZATION_REQUIRED,
+    INVALID_STATE,
+    INVALID_ARGUMENT,
+    CONFLICT,
+    NOT_SUPPORTED,
+    LIMIT_EXCEEDED,
+    UNAVAILABLE,
+    TIMEOUT,
+    FAILED,
+];
+
+/// The exit code for an error name a client got: vapord's own, or the bus's
+/// (no such object, access denied, bad arguments, vapord not running).
+pub fn exit_code_for(name: &str) -> u8 {
+    if let Some(k) = KINDS.iter().find(|k| k.name == name) {
+        return k.exit_code;
+    }
+    match name.rsplit('.').next().unwrap_or("") {
+        "UnknownObject" | "UnknownMethod" => NOT_FOUND.exit_code,
+        "AccessDenied" => NOT_AUTHORIZED.exit_code,
+        "InvalidArgs" => INVALID_ARGUMENT.exit_code,
+        "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => UNAVAILABLE.exit_code,
+        _ => FAILED.exit_code,
+    }
+}
+
+impl Error {
+    fn parts(&self) -> (ErrorKind, &str) {
         match self {
-            Error::NotFound(m) => (n[0], m),
-            Error::InvalidArgument(m) => (n[1], m),
-            Error::InvalidState(m) => (n[2], m),
-            Error::Conflict(m) => (n[3], m),
-            Error::NotSupported(m) => (n[4], m),
-            Error::Unavailable(m) => (n[5], m),
-            Error::Timeout(m) => (n[6], m),
-            Error::Failed(m) => (n[7], m),
-            Error::NotAuthorized(m) => (n[8], m),
-            Error::InteractiveAuthorizationRequired(m) => (n[9], m),
-            Error::LimitExceeded(m) => (n[10], m),
+            Error::NotFound(m) => (NOT_FOUND, m),
+            Error::InvalidArgument(m) => (INVALID_ARGUMENT, m),
+            Error::InvalidState(m) => (INVALID_STATE, m),
+            Error::Conflict(m) => (CONFLICT, m),
+            Error::LimitExceeded(m) => (LIMIT_EXCEEDED, m),
+            Error::NotSupported(m) => (NOT_SUPPORTED, m),
+            Error::Unavailable(m) => (UNAVAILABLE, m),
+            Error::Timeout(m) => (TIMEOUT, m),
+            Error::Failed(m) => (FAILED, m),
+            Error::NotAuthorized(m) => (NOT_AUTHORIZED, m),
+            Error::InteractiveAuthorizationRequired(m) => (INTERACTIVE_AUTHORIZATION_REQUIRED, m),
         }
+    }
+
+    /// This failure's kind: its bus name and exit code.
+    pub fn kind(&self) -> ErrorKind {
+        self.parts().0
     }
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (name, msg) = self.parts();
-        write!(f, "{name}: {msg}")
+        let (kind, msg) = self.parts();
+        write!(f, "{}: {msg}", kind.name)
     }
 }
 
@@ -69,14 +162,14 @@ impl std::error::Error for Error {}
 
 impl zbus::DBusError for Error {
     fn create_reply(&self, call: &Header<'_>) -> zbus::Result<Message> {
-        let (name, msg) = self.parts();
+        let (kind, msg) = self.parts();
         // Messages may quote what a caller sent; the reply must stay a valid
         // bus message whatever that was.
-        Message::error(call, name).build(&(crate::text::for_bus(msg).as_ref(),))
+        Message::error(call, kind.name).build(&(crate::text::for_bus(msg).as_ref(),))
     }
 
     fn name(&self) -> ErrorName<'_> {
-        ErrorName::from_static_str_unchecked(self.parts().0)
+        ErrorName::from_static_str_unchecked(self.parts().0.name)
     }
 
     fn description(&self) -> Option<&str> {
@@ -111,6 +204,24 @@ impl From<crate::Error> for Error {
 mod tests {
     use super::*;
     use zbus::DBusError;
+
+    #[test]
+    fn the_table_is_consistent_and_the_readme_lists_it() {
+        let readme = include_str!("../../README.md");
+        for k in KINDS {
+            assert_eq!(exit_code_for(k.name), k.exit_code, "{}", k.name);
+            let short = k.name.rsplit('.').next().unwrap();
+            assert!(readme.contains(short), "README does not mention {short}");
+        }
+        let names: std::collections::HashSet<_> = KINDS.iter().map(|k| k.name).collect();
+        assert_eq!(names.len(), KINDS.len(), "one entry per name");
+        assert_eq!(
+            exit_code_for("org.freedesktop.DBus.Error.ServiceUnknown"),
+            69
+        );
+        assert_eq!(exit_code_for("org.freedesktop.DBus.Error.UnknownObject"), 3);
+        assert_eq!(exit_code_for("something.Else"), 1);
+    }
 
     #[test]
     fn service_errors_keep_their_kind_on_the_wire() {
