@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub session: bool,
     /// Take the bus name over from a running vapord (which then exits).
     pub replace: bool,
+    /// Emulate the kernel under a fake sysfs root (test builds only).
+    pub fake_kernel: bool,
 }
 
 /// Run the daemon until it is told to stop. Errors are fatal start-up problems.
@@ -101,6 +103,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
             procfs_root: cfg.procfs_root.clone(),
             ids_path: cfg.pci_ids.clone(),
             state_dir: cfg.state_dir.clone(),
+            fake_kernel: opts.fake_kernel,
         },
         model.hypervisor().clone(),
     )

@@ -41,7 +41,13 @@ fn fake() -> &'static Fake {
         let rom = format!("{}/rtx3080.rom", root.display());
         std::fs::write(&rom, vec![0x55u8, 0xaa, 0, 0]).unwrap();
         let root_s = tree.root().to_string_lossy().into_owned();
-        daemon_with(&["--sysfs-root", &root_s, "--pci-ids", &ids.to_string_lossy()]);
+        daemon_with(&[
+            "--sysfs-root",
+            &root_s,
+            "--fake-kernel",
+            "--pci-ids",
+            &ids.to_string_lossy(),
+        ]);
         Fake {
             root: tree.root().to_owned(),
             rom,

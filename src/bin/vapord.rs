@@ -46,6 +46,11 @@ struct Args {
     /// Seconds a non-interactive polkit check may take (overrides the config file).
     #[arg(long, value_name = "SECS")]
     polkit_timeout: Option<u64>,
+    /// Emulate the kernel's reactions under --sysfs-root (the tests' fake
+    /// tree). Only in test builds (feature test-fakes).
+    #[cfg(feature = "test-fakes")]
+    #[arg(long, requires = "sysfs_root")]
+    fake_kernel: bool,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +122,10 @@ fn main() -> ExitCode {
     let opts = RunOptions {
         session: args.session,
         replace: args.replace,
+        #[cfg(feature = "test-fakes")]
+        fake_kernel: args.fake_kernel,
+        #[cfg(not(feature = "test-fakes"))]
+        fake_kernel: false,
     };
     match rt.block_on(daemon::run(cfg, opts)) {
         Ok(()) => ExitCode::SUCCESS,

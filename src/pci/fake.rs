@@ -477,10 +477,6 @@ impl Tree {
     }
 }
 
-/// A file at the root of a fake tree telling vapord (`--sysfs-root`) to
-/// emulate the kernel's reactions to writes there.
-pub const FAKE_KERNEL_MARKER: &str = ".vapor-fake-kernel";
-
 /// Builder for a fake tree under a directory the test owns.
 #[derive(Debug, Clone)]
 pub struct FakeSysfs {
@@ -493,7 +489,6 @@ impl FakeSysfs {
     pub fn new(root: &Path) -> FakeSysfs {
         let tree = Tree::new(root).expect("create fake sysfs root");
         tree.skeleton().expect("create fake sysfs skeleton");
-        std::fs::write(tree.root.join(FAKE_KERNEL_MARKER), "").expect("mark the fake tree");
         FakeSysfs { tree }
     }
 

@@ -4,6 +4,10 @@
 
 pub mod address;
 pub mod critical;
+/// A fake sysfs tree and kernel for tests: never in a build users get (only
+/// unit tests and the `test-fakes` feature, which `tests/run.sh` enables for
+/// the test binaries, compile it).
+#[cfg(any(test, feature = "test-fakes"))]
 pub mod fake;
 pub mod hostdev;
 pub mod ids;

@@ -42,6 +42,9 @@ pub struct PciConfig {
     /// pci.ids; `None` = the usual places.
     pub ids_path: Option<PathBuf>,
     pub state_dir: PathBuf,
+    /// Emulate the kernel's reactions to writes under `sysfs_root` (a fake
+    /// tree of the tests; only builds with the `test-fakes` feature can).
+    pub fake_kernel: bool,
 }
 
 /// Options of an attach or detach.
@@ -107,14 +110,8 @@ impl PciService {
         cfg: &PciConfig,
         hv: Arc<Hypervisor>,
     ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
-        // A fake tree built by the tests (crate::pci::fake) carries a marker:
-        // then writes get the fake kernel's reactions. Never on a real root.
-        let fake = cfg.sysfs_root != std::path::Path::new("/")
-            && cfg
-                .sysfs_root
-                .join(crate::pci::fake::FAKE_KERNEL_MARKER)
-                .exists();
-        let sysfs = if fake {
+        #[cfg(feature = "test-fakes")]
+        let sysfs = if cfg.fake_kernel {
             log::warn!(
                 "sysfs root {} is a fake tree: emulating the kernel's reactions",
                 cfg.sysfs_root.display()
@@ -123,6 +120,14 @@ impl PciService {
                 &cfg.sysfs_root,
                 Arc::new(crate::pci::fake::FakeKernel::new()),
             )
+        } else {
+            Sysfs::new(&cfg.sysfs_root)
+        };
+        #[cfg(not(feature = "test-fakes"))]
+        let sysfs = if cfg.fake_kernel {
+            return Err(Error::NotSupported(
+                "this build has no fake kernel (the test-fakes feature)".into(),
+            ));
         } else {
             Sysfs::new(&cfg.sysfs_root)
         };
