@@ -13,7 +13,7 @@ use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 
-use super::polkit::lookup_caller_uid;
+use super::polkit::{Action, Authorizer};
 use super::{Error, ROOT_PATH};
 use crate::creation::engine::{CancelFlag, Progress};
 
@@ -105,23 +105,37 @@ impl Progress for JobState {
 
 pub struct Job {
     pub state: Arc<JobState>,
+    /// Who may cancel (polkit); None only in unit tests, which never call.
+    pub auth: Option<Arc<Authorizer>>,
 }
 
 #[interface(name = "org.vapor.Virtualization.Job", proxy(visibility = "pub"))]
 impl Job {
-    /// Ask the job to stop; what it made so far is removed. Only the person
-    /// who started it (or root) may cancel.
-    async fn cancel(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
-    ) -> Result<(), Error> {
-        let uid = lookup_caller_uid(conn, &header).await?;
-        if uid != 0 && uid != self.state.started_by_uid {
-            return Err(Error::NotAuthorized(
-                "only the user who started this job may cancel it".into(),
-            ));
-        }
+    /// Ask the job to stop; what it made so far is removed. polkit decides:
+    /// `job-cancel` for one's own job, `job-cancel-other` for someone
+    /// else's (as udisks does).
+    async fn cancel(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        let Some(auth) = &self.auth else {
+            return Err(Error::NotAuthorized("no authorization for this job".into()));
+        };
+        let uid = auth.caller_uid(&header).await?;
+        let starter = self.state.started_by_uid;
+        let (action, what) = if uid == starter {
+            (Action::JobCancel, "cancel your job")
+        } else {
+            (Action::JobCancelOther, "cancel another user's job")
+        };
+        let started_by = starter.to_string();
+        auth.check(
+            &header,
+            action,
+            &[
+                ("job.operation", self.state.operation.as_str()),
+                ("job.started_by_uid", started_by.as_str()),
+            ],
+            &format!("{what} ({})", self.state.operation),
+        )
+        .await?;
         self.state.cancel.cancel();
         Ok(())
     }
@@ -203,6 +217,7 @@ mod tests {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Job {
             state: JobState::new("vm-create", 0, tx),
+            auth: None,
         };
         let mut xml = String::from("<node>");
         job.introspect_to_writer(&mut xml, 0);

@@ -122,6 +122,7 @@ impl Manager {
                 path.as_str(),
                 Job {
                     state: state.clone(),
+                    auth: Some(self.auth.clone()),
                 },
             )
             .await?;

@@ -43,6 +43,10 @@ pub enum Action {
     StorageHostPath,
     PciAssign,
     PciAssignHostCritical,
+    /// Cancelling a job one started oneself.
+    JobCancel,
+    /// Cancelling someone else's job.
+    JobCancelOther,
 }
 
 impl Action {
@@ -58,6 +62,8 @@ impl Action {
             Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
             Action::PciAssign => "org.vapor.virtualization.pci-assign",
             Action::PciAssignHostCritical => "org.vapor.virtualization.pci-assign-host-critical",
+            Action::JobCancel => "org.vapor.virtualization.job-cancel",
+            Action::JobCancelOther => "org.vapor.virtualization.job-cancel-other",
         }
     }
 }

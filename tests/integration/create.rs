@@ -685,3 +685,65 @@ async fn firmware_variables_left_by_an_earlier_vm_are_not_handed_to_a_new_one() 
     );
     let _ = std::fs::remove_file(&nvram);
 }
+
+#[tokio::test]
+async fn only_its_owner_may_cancel_a_job_unless_polkit_says_otherwise() {
+    use std::collections::HashMap;
+    use zbus::OwnedVariant;
+    let conn = bus().await;
+    let pool = TestPool::new("jobowner");
+    let golden = format!("{}/golden.raw", pool.dir);
+    random_file(&golden, 256);
+    pool.refresh();
+    let name = unique_name("jobowner");
+    let _guard = Created(name.clone());
+    let spec =
+        json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
+        {"action": "clone", "source": "golden.raw", "path": "one.raw"},
+        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
+        .to_string();
+    let mut added = interfaces_added(&conn).await;
+    let creating = std::thread::spawn(move || create_as(ALICE, &spec));
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
+    let m = wait_signal(&mut added, "alice's Job object", |m| {
+        m.body()
+            .deserialize::<Added>()
+            .is_ok_and(|(p, _)| p.as_str().starts_with(&format!("{ROOT}/job/")))
+    })
+    .await;
+    let (job, _) = m.body().deserialize::<Added>().unwrap();
+    let cancel_as = |user: &str| {
+        as_user(
+            user,
+            &[
+                "busctl",
+                "--system",
+                "call",
+                BUS_NAME,
+                job.as_str(),
+                "org.vapor.Virtualization.Job",
+                "Cancel",
+            ],
+        )
+    };
+    // vapor-bob may not cancel vapor-alice's job (job-cancel-other).
+    let out = cancel_as(BOB);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("job-cancel-other"), "{err}");
+    // vapor-alice may cancel her own (job-cancel).
+    let out = cancel_as(ALICE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = creating.join().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
+    assert_eq!(pool.files(), vec!["golden.raw".to_string()]);
+    assert!(!virsh_quiet(&["dominfo", &name]));
+}
