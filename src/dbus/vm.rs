@@ -318,8 +318,10 @@ impl VirtualMachine {
             host,
             guest,
             // The file QEMU will really read: what is authorized and used.
-            rom_file: options::string(&options, "rom_file")?
-                .map(|f| crate::services::storage_ownership::canonical(&f)),
+            // (Resolving may touch a slow mount: off the async workers.)
+            rom_file: options::string(&options, "rom_file")?.map(|f| {
+                tokio::task::block_in_place(|| crate::services::storage_ownership::canonical(&f))
+            }),
             rom_bar: options::maybe_flag(&options, "rom_bar")?,
             multifunction: options::flag(&options, "multifunction")?,
             primary_gpu: false,
