@@ -172,7 +172,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         engine.clone(),
         model.connected(),
     )
-    .await;
+    .await?;
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");

@@ -120,9 +120,9 @@ impl IntentLog {
         Ok(log)
     }
 
-    /// Take the recovery lock, waiting for another vapord on the same state
-    /// directory to exit (blocking: call it off the async workers).
-    pub fn lock(&self, wait: bool) -> Result<Option<RecoveryLock>> {
+    /// Take the recovery lock if no other vapord on the same state directory
+    /// holds it (None then).
+    pub fn lock(&self) -> Result<Option<RecoveryLock>> {
         use std::os::fd::AsRawFd;
         let path = self.intents.join(".lock");
         let file = fs::OpenOptions::new()
@@ -131,14 +131,9 @@ impl IntentLog {
             .write(true)
             .open(&path)
             .map_err(|e| Error::Failed(format!("cannot open {}: {e}", path.display())))?;
-        let how = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
         loop {
             // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), how) } == 0 {
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Ok(Some(RecoveryLock(file)));
             }
             let e = std::io::Error::last_os_error();
@@ -194,6 +189,15 @@ impl IntentLog {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// How long ago a record was last written.
+    pub fn age(record: &Path) -> std::time::Duration {
+        fs::metadata(record)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default()
     }
 
     /// Forget a record whose steps were undone.
@@ -287,8 +291,17 @@ impl Intent {
     /// drops it instead of undoing a finished operation.
     pub fn complete(mut self) -> Result<()> {
         self.record.completed = true;
-        self.save()?;
-        self.finish()
+        // Removing the record matters most (a full disk can refuse the mark
+        // but not the removal): try it whatever the mark did.
+        let marked = self.save();
+        match (marked, self.finish()) {
+            (_, Ok(())) => Ok(()),
+            (Ok(()), Err(e)) => Err(e),
+            (Err(mark), Err(remove)) => Err(Error::Failed(format!(
+                "a finished operation's record could neither be marked ({mark}) nor removed \
+                 ({remove}); remove it by hand, or the next start undoes the operation"
+            ))),
+        }
     }
 
     /// The operation is over (done, or undone in-process): drop its record.
@@ -412,12 +425,12 @@ mod tests {
     fn one_process_holds_the_recovery_lock() {
         let tmp = tempfile::tempdir().unwrap();
         let log = IntentLog::open(tmp.path()).unwrap();
-        let held = log.lock(false).unwrap();
+        let held = log.lock().unwrap();
         assert!(held.is_some());
         // flock locks belong to the open file: a second open is refused.
-        assert!(log.lock(false).unwrap().is_none());
+        assert!(log.lock().unwrap().is_none());
         drop(held);
-        assert!(log.lock(false).unwrap().is_some());
+        assert!(log.lock().unwrap().is_some());
     }
 
     #[test]

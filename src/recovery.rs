@@ -40,23 +40,11 @@ fn held(left: &[Leftover]) -> (Vec<String>, Vec<String>) {
     (names, paths)
 }
 
-/// Passes during which a record whose volume is not there yet waits for it.
-const PATIENT_PASSES: u32 = 3;
-
 /// One pass; returns what is not undone yet.
-async fn recover_once(
-    hv: &Arc<Hypervisor>,
-    log: &IntentLog,
-    left: Vec<Leftover>,
-    pass: u32,
-) -> Vec<Leftover> {
+async fn recover_once(hv: &Arc<Hypervisor>, log: &IntentLog, left: Vec<Leftover>) -> Vec<Leftover> {
     let l = log.clone();
     let these = left.clone();
-    let patient = pass < PATIENT_PASSES;
-    match hv
-        .run(move |c| Ok(rollback::recover(c, &l, these, patient)))
-        .await
-    {
+    match hv.run(move |c| Ok(rollback::recover(c, &l, these))).await {
         Ok(rest) => rest,
         Err(e) => {
             log::warn!("cannot roll back unfinished operations yet: {e}");
@@ -74,28 +62,39 @@ pub async fn start(
     log: IntentLog,
     engine: Arc<Engine>,
     connected: watch::Receiver<bool>,
-) {
-    match take_lock(&log, false).await {
-        Ok(Some(lock)) => recover_holding(lock, hv, log, engine, connected, false).await,
-        Ok(None) => {
+) -> Result<(), String> {
+    match take_lock(&log).await? {
+        Some(lock) => recover_holding(lock, hv, log, engine, connected, false).await,
+        None => {
             log::info!(
                 "another vapord is using this state directory; unfinished operations are rolled back once it has exited"
             );
             tokio::spawn(async move {
-                match take_lock(&log, true).await {
-                    Ok(Some(lock)) => recover_holding(lock, hv, log, engine, connected, true).await,
-                    Ok(None) => {}
-                    Err(e) => log::error!("{e}; creations stay refused"),
+                // Polled, never a blocking wait: this vapord must be able to
+                // exit meanwhile (replaced, or told to stop).
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    match take_lock(&log).await {
+                        Ok(Some(lock)) => {
+                            recover_holding(lock, hv, log, engine, connected, true).await;
+                            return;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::error!("{e}; creations stay refused");
+                            return;
+                        }
+                    }
                 }
             });
         }
-        Err(e) => log::error!("{e}; creations stay refused"),
     }
+    Ok(())
 }
 
-async fn take_lock(log: &IntentLog, wait: bool) -> Result<Option<RecoveryLock>, String> {
+async fn take_lock(log: &IntentLog) -> Result<Option<RecoveryLock>, String> {
     let log = log.clone();
-    match tokio::task::spawn_blocking(move || log.lock(wait)).await {
+    match tokio::task::spawn_blocking(move || log.lock()).await {
         Ok(Ok(lock)) => Ok(lock),
         Ok(Err(e)) => Err(format!("cannot take the recovery lock: {e}")),
         Err(e) => Err(format!("cannot take the recovery lock: {e}")),
@@ -126,14 +125,19 @@ async fn recover_holding(
 }
 
 async fn first_pass(hv: &Arc<Hypervisor>, log: &IntentLog, engine: &Engine) -> Vec<Leftover> {
-    if let Err(e) = log.clear_scratch() {
-        log::warn!("{e}");
-    }
-    let mut left = log.leftovers();
+    let l = log.clone();
+    let mut left = tokio::task::spawn_blocking(move || {
+        if let Err(e) = l.clear_scratch() {
+            log::warn!("{e}");
+        }
+        l.leftovers()
+    })
+    .await
+    .unwrap_or_default();
     let (names, paths) = held(&left);
     engine.hold(names, paths);
     if !left.is_empty() && hv.is_connected() {
-        left = recover_once(hv, log, left, 0).await;
+        left = recover_once(hv, log, left).await;
         let (names, paths) = held(&left);
         engine.hold(names, paths);
     }
@@ -147,14 +151,14 @@ async fn keep_at_it(
     mut left: Vec<Leftover>,
     mut connected: watch::Receiver<bool>,
 ) {
-    for pass in 1..=ATTEMPTS {
+    for _ in 0..ATTEMPTS {
         tokio::time::sleep(Duration::from_secs(2)).await;
         while !*connected.borrow_and_update() {
             if connected.changed().await.is_err() {
                 return;
             }
         }
-        left = recover_once(&hv, &log, left, pass).await;
+        left = recover_once(&hv, &log, left).await;
         let (names, paths) = held(&left);
         engine.hold(names, paths);
         if left.is_empty() {

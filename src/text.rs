@@ -133,6 +133,30 @@ pub fn check(field: &str, value: &str, rule: TextRule) -> Result<()> {
     }
 }
 
+/// JSON text made safe for the bus without changing what it says: every
+/// character that is not acceptable multi-line text becomes a JSON `\u`
+/// escape (a surrogate pair above U+FFFF), which only JSON strings can hold
+/// — and JSON from serde_json already escapes controls, so these are the
+/// non-characters it leaves raw.
+pub fn json_for_bus(json: String) -> String {
+    if json.chars().all(|c| acceptable(c, true)) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if acceptable(c, true) {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        }
+    }
+    out
+}
+
 /// Outgoing text made safe for D-Bus (no NUL), sd-bus (no non-characters) and
 /// XML: unchanged when every character is acceptable multi-line text,
 /// otherwise each unacceptable character becomes `\u{XXXX}`. The result is at
@@ -447,6 +471,24 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod json_for_bus_tests {
+    use super::*;
+
+    #[test]
+    fn json_keeps_its_meaning_and_loses_non_characters() {
+        let v = serde_json::json!({"name": "a\u{fffe}b\u{1fffe}", "ok": "é\n"});
+        let text = json_for_bus(serde_json::to_string(&v).unwrap());
+        assert!(problem(&text, true).is_none(), "{text}");
+        assert!(
+            text.contains(r"\ufffe") && text.contains(r"\ud83f\udffe"),
+            "{text}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, v);
     }
 }
 

@@ -259,7 +259,9 @@ impl Engine {
         let h = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let busy = h.all
             || h.names.contains(&r.name)
-            || r.disks.iter().any(|d| h.paths.contains(&d.path))
+            || r.disks.iter().any(|d| {
+                h.paths.contains(&d.path) || d.source.as_ref().is_some_and(|s| h.paths.contains(s))
+            })
             || r.cloud_init_seed
                 .as_ref()
                 .is_some_and(|s| h.paths.contains(&s.path));

@@ -120,7 +120,7 @@ pub fn exit_code_for(name: &str) -> u8 {
         return k.exit_code;
     }
     match name.rsplit('.').next().unwrap_or("") {
-        "UnknownObject" | "UnknownMethod" => NOT_FOUND.exit_code,
+        "UnknownObject" => NOT_FOUND.exit_code,
         "AccessDenied" => NOT_AUTHORIZED.exit_code,
         "InvalidArgs" => INVALID_ARGUMENT.exit_code,
         "ServiceUnknown" | "NameHasNoOwner" | "NoReply" => UNAVAILABLE.exit_code,

@@ -357,7 +357,7 @@ impl PciDevice {
             .pci
             .assigned_to(&self.addr)
             .into_iter()
-            .map(|(_, n)| n)
+            .map(|(_, n)| crate::text::for_bus(&n).into_owned())
             .collect()
     }
 

@@ -396,7 +396,8 @@ impl VirtualMachine {
     async fn describe(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
         let rec = self.authorize(&header, Action::Read, "read").await?;
         let doc = self.ctx.vms.describe(&rec.uuid).await?;
-        Ok(doc.to_string())
+        // libvirt's names and XML can hold what sd-bus clients refuse.
+        Ok(crate::text::json_for_bus(doc.to_string()))
     }
 
     /// Made bus-safe: libvirt accepts names (from virsh, say) that some bus

@@ -110,6 +110,11 @@ impl PciService {
         cfg: &PciConfig,
         hv: Arc<Hypervisor>,
     ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
+        if cfg.fake_kernel && cfg.sysfs_root == std::path::Path::new("/") {
+            return Err(Error::InvalidArgument(
+                "a fake kernel needs a fake sysfs root, never /".into(),
+            ));
+        }
         #[cfg(feature = "test-fakes")]
         let sysfs = if cfg.fake_kernel {
             log::warn!(

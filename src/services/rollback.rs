@@ -43,6 +43,10 @@ pub enum Undoer {
     Recovery,
 }
 
+/// How long after its last write a record waits for volumes libvirtd may
+/// still be making.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Volumes a record says are being made whose files are not there: what a
 /// patient recovery waits for.
 pub fn awaited_volumes(steps: &[Step]) -> Vec<String> {
@@ -141,16 +145,11 @@ pub type Leftover = (
 /// (libvirtd may still be finishing a copy the dead vapord started), for
 /// the caller to try again.
 ///
-/// With `patient`, a record naming a volume that does not exist (yet) is
-/// kept for a later pass instead of dropped: libvirtd may still be carrying
-/// out the creation the dead vapord asked for, and the file would otherwise
-/// appear after its record is gone.
-pub fn recover(
-    conn: &Connect,
-    log: &IntentLog,
-    leftovers: Vec<Leftover>,
-    patient: bool,
-) -> Vec<Leftover> {
+/// A young record (written less than [`PATIENCE`] ago) naming a volume that
+/// does not exist (yet) is kept for a later pass instead of dropped:
+/// libvirtd may still be carrying out the creation the dead vapord asked
+/// for, and the file would otherwise appear after its record is gone.
+pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec<Leftover> {
     let mut remaining = Vec::new();
     for (file, record) in leftovers {
         let rec = match &record {
@@ -173,7 +172,7 @@ pub fn recover(
             continue;
         }
         let mut problems = undo(conn, &rec.steps, Undoer::Recovery);
-        if patient {
+        if IntentLog::age(&file) < PATIENCE {
             problems.extend(awaited_volumes(&rec.steps));
         }
         if problems.is_empty() {

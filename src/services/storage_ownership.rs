@@ -147,6 +147,20 @@ fn backing_files(conn: &Connect) -> HashMap<String, String> {
     out
 }
 
+/// Whether a volume lives in a pool of devices (LVM, disks, iSCSI …) rather
+/// than of files in a directory.
+fn in_device_pool(vol: &StorageVol) -> bool {
+    vol.lookup_storage_pool()
+        .ok()
+        .and_then(|p| p.xml_desc(0).ok())
+        .and_then(|x| Element::parse(&x).ok())
+        .and_then(|root| {
+            root.attr("type")
+                .map(|t| !matches!(t, "dir" | "fs" | "netfs"))
+        })
+        .unwrap_or(false)
+}
+
 /// The host path of a disk source, if it has one.
 pub fn resolve_path(conn: &Connect, source: &DiskSource) -> Option<String> {
     match source {
@@ -307,9 +321,12 @@ pub fn plan(
         // Ownership goes by the path vapord recorded, exactly, and only while
         // no link sits there: replacing one's own volume with a link to
         // someone else's must not make theirs "created for this VM".
+        // (In pools of devices — LVM, disks — volume paths are links the
+        // system made, /dev/vg/lv → /dev/dm-3: those count as themselves.)
         let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        let planted_link = is_link && !vol.as_ref().is_some_and(in_device_pool);
         let candidate = Candidate {
-            created_for_vm: owned.contains(&path) && !is_link,
+            created_for_vm: owned.contains(&path) && !planted_link,
             canonical: key,
             is_volume: vol.is_some(),
             disk,

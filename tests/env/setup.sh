@@ -43,6 +43,10 @@ fi
 getent group vapor >/dev/null || groupadd --system vapor
 id vapor-alice >/dev/null 2>&1 || useradd --create-home --groups vapor vapor-alice
 id vapor-bob >/dev/null 2>&1 || useradd --create-home vapor-bob
+# Members of vapor with one test each, so a test can tell its jobs apart.
+id vapor-carol >/dev/null 2>&1 || useradd --create-home --groups vapor vapor-carol
+id vapor-dave >/dev/null 2>&1 || useradd --create-home --groups vapor vapor-dave
+id vapor-erin >/dev/null 2>&1 || useradd --create-home --groups vapor vapor-erin
 
 # ---------------------------------------------------------------- project files
 if [ "${1:-}" != "--no-install-files" ]; then

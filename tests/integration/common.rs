@@ -22,6 +22,37 @@ pub const VM: &str = "org.vapor.Virtualization.VirtualMachine";
 pub const ALICE: &str = "vapor-alice";
 /// Not in group `vapor`: refused.
 pub const BOB: &str = "vapor-bob";
+/// Members of `vapor` each used by one test only (their jobs are theirs).
+pub const CAROL: &str = "vapor-carol";
+pub const DAVE: &str = "vapor-dave";
+pub const ERIN: &str = "vapor-erin";
+
+/// A test user's uid.
+pub fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The first Job object a creation by `uid` announces (others' creations
+/// run in parallel in the same test binary).
+pub async fn job_started_by(stream: &mut MessageStream, uid: u32) -> OwnedObjectPath {
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
+    let m = wait_signal(stream, "the test's Job object", |m| {
+        m.body().deserialize::<Added>().is_ok_and(|(p, ifaces)| {
+            p.as_str().starts_with(&format!("{ROOT}/job/"))
+                && ifaces
+                    .get("org.vapor.Virtualization.Job")
+                    .and_then(|props| props.get("StartedByUID"))
+                    .and_then(|v| u32::try_from(v).ok())
+                    == Some(uid)
+        })
+    })
+    .await;
+    m.body().deserialize::<Added>().unwrap().0
+}
 
 /// Generous bound for an event to arrive; never a performance assertion.
 pub const EVENT_WAIT: Duration = Duration::from_secs(60);

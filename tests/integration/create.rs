@@ -543,17 +543,23 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
     let mut completed = signals(&conn, "org.vapor.Virtualization.Job", "Completed").await;
     let mut changed = properties_changed(&conn).await;
     let spec = json!({"name": name, "memory": 128,
-        "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 2}]}});
-    create(&conn, &spec).await.unwrap();
+        "storage": {"default_pool": pool.name, "disks": [{"action": "create", "size": 2}]}})
+    .to_string();
+    // As a user of its own, so the Job is this test's (others run meanwhile).
+    let creating = std::thread::spawn(move || create_as(ERIN, &spec));
 
     type Added = (
         OwnedObjectPath,
         HashMap<String, HashMap<String, OwnedVariant>>,
     );
+    let erin = uid_of(ERIN);
     let m = wait_signal(&mut added, "a Job object", |m| {
         m.body().deserialize::<Added>().is_ok_and(|(p, i)| {
             p.as_str().starts_with(&format!("{ROOT}/job/"))
-                && i.contains_key("org.vapor.Virtualization.Job")
+                && i.get("org.vapor.Virtualization.Job")
+                    .and_then(|props| props.get("StartedByUID"))
+                    .and_then(|v| u32::try_from(v).ok())
+                    == Some(erin)
         })
     })
     .await;
@@ -563,7 +569,7 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
         String::try_from(props["Operation"].clone()).unwrap(),
         "vm-create"
     );
-    assert_eq!(u32::try_from(&props["StartedByUID"]).unwrap(), 0);
+    assert_eq!(u32::try_from(&props["StartedByUID"]).unwrap(), erin);
     assert!(bool::try_from(&props["Cancelable"]).unwrap());
     wait_signal(&mut changed, "Progress reaching 1.0", |m| {
         m.header()
@@ -584,6 +590,12 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
     .await;
     let (ok, msg): (bool, String) = m.body().deserialize().unwrap();
     assert!(ok, "{msg}");
+    let out = creating.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
@@ -610,8 +622,6 @@ async fn host_files_outside_pools_need_their_own_authorization() {
 
 #[tokio::test]
 async fn cancelling_the_job_removes_what_was_made() {
-    use std::collections::HashMap;
-    use zbus::OwnedVariant;
     let conn = bus().await;
     let pool = TestPool::new("cancel");
     // A source big enough that copying it takes far longer than a Cancel call.
@@ -620,37 +630,34 @@ async fn cancelling_the_job_removes_what_was_made() {
     pool.refresh();
     let name = unique_name("cancelled");
     let _guard = Created(name.clone());
-    let spec = json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
+    let spec =
+        json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
         {"action": "clone", "source": "golden.raw", "path": "one.raw"},
-        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}});
+        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
+        .to_string();
     let mut added = interfaces_added(&conn).await;
-    let creating = {
-        let conn = conn.clone();
-        let spec = spec.clone();
-        tokio::spawn(async move { create(&conn, &spec).await })
-    };
-    type Added = (
-        OwnedObjectPath,
-        HashMap<String, HashMap<String, OwnedVariant>>,
+    let creating = std::thread::spawn(move || create_as(CAROL, &spec));
+    let job = job_started_by(&mut added, uid_of(CAROL)).await;
+    let out = as_user(
+        CAROL,
+        &[
+            "busctl",
+            "--system",
+            "call",
+            BUS_NAME,
+            job.as_str(),
+            "org.vapor.Virtualization.Job",
+            "Cancel",
+        ],
     );
-    let m = wait_signal(&mut added, "the Job object", |m| {
-        m.body()
-            .deserialize::<Added>()
-            .is_ok_and(|(p, _)| p.as_str().starts_with(&format!("{ROOT}/job/")))
-    })
-    .await;
-    let (job, _) = m.body().deserialize::<Added>().unwrap();
-    let j = Proxy::new(
-        &conn,
-        BUS_NAME,
-        job.as_str(),
-        "org.vapor.Virtualization.Job",
-    )
-    .await
-    .unwrap();
-    j.call::<_, _, ()>("Cancel", &()).await.unwrap();
-    let err = creating.await.unwrap().unwrap_err();
-    assert!(err.contains("cancelled"), "{err}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = creating.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cancelled"), "{err}");
     assert_eq!(
         pool.files(),
         vec!["golden.raw".to_string()],
@@ -688,8 +695,6 @@ async fn firmware_variables_left_by_an_earlier_vm_are_not_handed_to_a_new_one() 
 
 #[tokio::test]
 async fn only_its_owner_may_cancel_a_job_unless_polkit_says_otherwise() {
-    use std::collections::HashMap;
-    use zbus::OwnedVariant;
     let conn = bus().await;
     let pool = TestPool::new("jobowner");
     let golden = format!("{}/golden.raw", pool.dir);
@@ -703,18 +708,8 @@ async fn only_its_owner_may_cancel_a_job_unless_polkit_says_otherwise() {
         {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
         .to_string();
     let mut added = interfaces_added(&conn).await;
-    let creating = std::thread::spawn(move || create_as(ALICE, &spec));
-    type Added = (
-        OwnedObjectPath,
-        HashMap<String, HashMap<String, OwnedVariant>>,
-    );
-    let m = wait_signal(&mut added, "alice's Job object", |m| {
-        m.body()
-            .deserialize::<Added>()
-            .is_ok_and(|(p, _)| p.as_str().starts_with(&format!("{ROOT}/job/")))
-    })
-    .await;
-    let (job, _) = m.body().deserialize::<Added>().unwrap();
+    let creating = std::thread::spawn(move || create_as(DAVE, &spec));
+    let job = job_started_by(&mut added, uid_of(DAVE)).await;
     let cancel_as = |user: &str| {
         as_user(
             user,
@@ -729,13 +724,16 @@ async fn only_its_owner_may_cancel_a_job_unless_polkit_says_otherwise() {
             ],
         )
     };
-    // vapor-bob may not cancel vapor-alice's job (job-cancel-other).
-    let out = cancel_as(BOB);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("job-cancel-other"), "{err}");
-    // vapor-alice may cancel her own (job-cancel).
-    let out = cancel_as(ALICE);
+    // vapor-bob may not cancel vapor-dave's job (job-cancel-other), nor
+    // may vapor-alice, though she is in group vapor too.
+    for other in [BOB, ALICE] {
+        let out = cancel_as(other);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("job-cancel-other"), "{other}: {err}");
+    }
+    // vapor-dave may cancel his own (job-cancel).
+    let out = cancel_as(DAVE);
     assert!(
         out.status.success(),
         "{}",
