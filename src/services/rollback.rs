@@ -171,10 +171,14 @@ pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec
             }
             continue;
         }
+        // Looked at before undoing, which removes files itself.
+        let awaited = if IntentLog::age(&file) < PATIENCE {
+            awaited_volumes(&rec.steps)
+        } else {
+            Vec::new()
+        };
         let mut problems = undo(conn, &rec.steps, Undoer::Recovery);
-        if IntentLog::age(&file) < PATIENCE {
-            problems.extend(awaited_volumes(&rec.steps));
-        }
+        problems.extend(awaited);
         if problems.is_empty() {
             log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str(), uid = rec.uid;
                 "rolled back an unfinished {} of '{}' left by an earlier vapord", rec.operation, rec.subject);
