@@ -7,6 +7,7 @@ pub mod cloud_init;
 pub mod domain_xml;
 pub mod engine;
 pub mod legacy;
+pub mod limits;
 pub mod resolve;
 pub mod spec;
 pub mod template;
