@@ -620,50 +620,80 @@ async fn host_files_outside_pools_need_their_own_authorization() {
     assert!(!virsh_quiet(&["dominfo", &name]));
 }
 
+/// A creation by `user` slow enough to act on while it runs (two clones of
+/// a 256 MiB source), and its Job object.
+struct SlowCreation {
+    pool: TestPool,
+    name: String,
+    _guard: Created,
+    creating: std::thread::JoinHandle<std::process::Output>,
+    job: OwnedObjectPath,
+}
+
+impl SlowCreation {
+    async fn start(conn: &zbus::Connection, user: &'static str, tag: &str) -> Self {
+        let pool = TestPool::new(tag);
+        random_file(&format!("{}/golden.raw", pool.dir), 256);
+        pool.refresh();
+        let name = unique_name(tag);
+        let guard = Created(name.clone());
+        let spec = json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name,
+            "disks": [{"action": "clone", "source": "golden.raw", "path": "one.raw"},
+                      {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
+        .to_string();
+        let mut added = interfaces_added(conn).await;
+        let creating = std::thread::spawn(move || create_as(user, &spec));
+        let job = job_started_by(&mut added, uid_of(user)).await;
+        SlowCreation {
+            pool,
+            name,
+            _guard: guard,
+            creating,
+            job,
+        }
+    }
+
+    /// `Job.Cancel` as `user`.
+    fn cancel_as(&self, user: &str) -> std::process::Output {
+        as_user(
+            user,
+            &[
+                "busctl",
+                "--system",
+                "call",
+                BUS_NAME,
+                self.job.as_str(),
+                "org.vapor.Virtualization.Job",
+                "Cancel",
+            ],
+        )
+    }
+
+    /// The creation was cancelled and left nothing but its source.
+    fn assert_cancelled(self) {
+        let out = self.creating.join().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("cancelled"), "{err}");
+        assert_eq!(
+            self.pool.files(),
+            vec!["golden.raw".to_string()],
+            "the first clone was removed"
+        );
+        assert!(!virsh_quiet(&["dominfo", &self.name]));
+    }
+}
+
 #[tokio::test]
 async fn cancelling_the_job_removes_what_was_made() {
     let conn = bus().await;
-    let pool = TestPool::new("cancel");
-    // A source big enough that copying it takes far longer than a Cancel call.
-    let golden = format!("{}/golden.raw", pool.dir);
-    random_file(&golden, 256);
-    pool.refresh();
-    let name = unique_name("cancelled");
-    let _guard = Created(name.clone());
-    let spec =
-        json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
-        {"action": "clone", "source": "golden.raw", "path": "one.raw"},
-        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
-        .to_string();
-    let mut added = interfaces_added(&conn).await;
-    let creating = std::thread::spawn(move || create_as(CAROL, &spec));
-    let job = job_started_by(&mut added, uid_of(CAROL)).await;
-    let out = as_user(
-        CAROL,
-        &[
-            "busctl",
-            "--system",
-            "call",
-            BUS_NAME,
-            job.as_str(),
-            "org.vapor.Virtualization.Job",
-            "Cancel",
-        ],
-    );
+    let c = SlowCreation::start(&conn, CAROL, "cancel").await;
+    let out = c.cancel_as(CAROL);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = creating.join().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("cancelled"), "{err}");
-    assert_eq!(
-        pool.files(),
-        vec!["golden.raw".to_string()],
-        "the first clone was removed"
-    );
-    assert!(!virsh_quiet(&["dominfo", &name]));
+    c.assert_cancelled();
 }
 
 #[tokio::test]
@@ -696,52 +726,21 @@ async fn firmware_variables_left_by_an_earlier_vm_are_not_handed_to_a_new_one() 
 #[tokio::test]
 async fn only_its_owner_may_cancel_a_job_unless_polkit_says_otherwise() {
     let conn = bus().await;
-    let pool = TestPool::new("jobowner");
-    let golden = format!("{}/golden.raw", pool.dir);
-    random_file(&golden, 256);
-    pool.refresh();
-    let name = unique_name("jobowner");
-    let _guard = Created(name.clone());
-    let spec =
-        json!({"name": name, "memory": 128, "storage": {"default_pool": pool.name, "disks": [
-        {"action": "clone", "source": "golden.raw", "path": "one.raw"},
-        {"action": "clone", "source": "golden.raw", "path": "two.raw"}]}})
-        .to_string();
-    let mut added = interfaces_added(&conn).await;
-    let creating = std::thread::spawn(move || create_as(DAVE, &spec));
-    let job = job_started_by(&mut added, uid_of(DAVE)).await;
-    let cancel_as = |user: &str| {
-        as_user(
-            user,
-            &[
-                "busctl",
-                "--system",
-                "call",
-                BUS_NAME,
-                job.as_str(),
-                "org.vapor.Virtualization.Job",
-                "Cancel",
-            ],
-        )
-    };
+    let c = SlowCreation::start(&conn, DAVE, "jobowner").await;
     // vapor-bob may not cancel vapor-dave's job (job-cancel-other), nor
     // may vapor-alice, though she is in group vapor too.
     for other in [BOB, ALICE] {
-        let out = cancel_as(other);
+        let out = c.cancel_as(other);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("job-cancel-other"), "{other}: {err}");
     }
     // vapor-dave may cancel his own (job-cancel).
-    let out = cancel_as(DAVE);
+    let out = c.cancel_as(DAVE);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = creating.join().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cancelled"));
-    assert_eq!(pool.files(), vec!["golden.raw".to_string()]);
-    assert!(!virsh_quiet(&["dominfo", &name]));
+    c.assert_cancelled();
 }
