@@ -37,6 +37,9 @@ struct Snapshot {
 /// The state a job shares between the worker (blocking thread) and the bus.
 pub struct JobState {
     pub operation: String,
+    /// The objects it acts on (for a creation: the VM it makes, by the path
+    /// it will have).
+    pub objects: Vec<String>,
     pub started_by_uid: u32,
     started: Instant,
     start_time_usec: u64,
@@ -47,9 +50,15 @@ pub struct JobState {
 }
 
 impl JobState {
-    pub fn new(operation: &str, uid: u32, notify: UnboundedSender<()>) -> Arc<Self> {
+    pub fn new(
+        operation: &str,
+        objects: Vec<String>,
+        uid: u32,
+        notify: UnboundedSender<()>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             operation: operation.into(),
+            objects,
             started_by_uid: uid,
             started: Instant::now(),
             start_time_usec: SystemTime::now()
@@ -154,6 +163,17 @@ impl Job {
         self.state.operation.clone()
     }
 
+    /// The objects the job acts on (a creation: the path the new VM will
+    /// have).
+    #[zbus(property(emits_changed_signal = "const"), name = "Objects")]
+    fn objects(&self) -> Vec<zbus::OwnedObjectPath> {
+        self.state
+            .objects
+            .iter()
+            .filter_map(|p| zbus::OwnedObjectPath::try_from(p.as_str()).ok())
+            .collect()
+    }
+
     /// 0.0 … 1.0.
     #[zbus(property(emits_changed_signal = "true"), name = "Progress")]
     fn progress(&self) -> f64 {
@@ -216,7 +236,7 @@ mod tests {
     fn shipped_job_xml_matches_the_interface() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let job = Job {
-            state: JobState::new("vm-create", 0, tx),
+            state: JobState::new("vm-create", Vec::new(), 0, tx),
             auth: None,
         };
         let mut xml = String::from("<node>");
@@ -234,7 +254,7 @@ mod tests {
     #[test]
     fn progress_and_rate_follow_updates() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let state = JobState::new("vm-create", 1000, tx);
+        let state = JobState::new("vm-create", Vec::new(), 1000, tx);
         assert_eq!(state.progress(), 0.0);
         state.update("creating", 1 << 30, 4 << 30);
         assert!(rx.try_recv().is_ok(), "an update pokes the bus side");

@@ -115,7 +115,8 @@ impl Manager {
     /// Run a creation as a Job object; returns the new domain's UUID.
     async fn run_job(&self, server: &ObjectServer, plan: Plan, uid: u32) -> Result<String, Error> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let state = JobState::new("vm-create", uid, tx);
+        // The UUID is chosen up front: the job names the VM it makes.
+        let state = JobState::new("vm-create", vec![vm_path(&plan.uuid)], uid, tx);
         let path = next_job_path();
         server
             .at(

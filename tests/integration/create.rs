@@ -570,6 +570,10 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
         "vm-create"
     );
     assert_eq!(u32::try_from(&props["StartedByUID"]).unwrap(), erin);
+    // It names the VM it makes, by the path the VM will have.
+    let objects = Vec::<OwnedObjectPath>::try_from(props["Objects"].clone()).unwrap();
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].as_str().starts_with(&format!("{ROOT}/vm/")));
     assert!(bool::try_from(&props["Cancelable"]).unwrap());
     wait_signal(&mut changed, "Progress reaching 1.0", |m| {
         m.header()
@@ -596,6 +600,9 @@ async fn creation_runs_as_a_job_that_reports_progress_and_completion() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // busctl prints `o "<path>"`: the path the Job named.
+    let created = String::from_utf8_lossy(&out.stdout);
+    assert!(created.contains(objects[0].as_str()), "{created}");
 }
 
 #[tokio::test]
