@@ -43,6 +43,23 @@ async fn return_freed_memory() {
     }
 }
 
+/// The name is gone: a clean exit when another vapord took it over
+/// (`--replace`), else an error.
+async fn name_lost(dbus: &DBusProxy<'_>, conn: &zbus::Connection) -> Result<(), String> {
+    let ours = conn.unique_name().map(|n| n.as_str()).unwrap_or_default();
+    let name = BUS_NAME.try_into().map_err(|e| format!("{e}"))?;
+    match dbus.get_name_owner(name).await {
+        Ok(owner) if owner.as_str() != ours => {
+            log::info!("{BUS_NAME} was taken over by {owner}; exiting");
+            let _ = sd_notify::notify(&[NotifyState::Stopping]);
+            Ok(())
+        }
+        _ => Err(format!(
+            "lost the bus name {BUS_NAME}; exiting so that it can be restarted"
+        )),
+    }
+}
+
 /// How the daemon was asked to run, beyond the config file.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -119,8 +136,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         model: model.clone(),
         auth: auth.clone(),
     });
-    // Operations a dead vapord left half done are rolled back below, once
-    // libvirt answers; only those listed now, before anything new can start.
+    // Where each operation records its steps; what a dead vapord left half
+    // done is rolled back by recovery::start below.
     let intents = IntentLog::open(&cfg.state_dir).map_err(|e| e.to_string())?;
     let engine = Arc::new(Engine::new(
         model.hypervisor().clone(),
@@ -281,14 +298,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                         // Handing over to `vapord --replace` is the one clean
                         // way to lose the name; anything else is a failure, so
                         // that Restart=on-failure brings vapord back.
-                        return match dbus.get_name_owner(BUS_NAME.try_into().map_err(|e| format!("{e}"))?).await {
-                            Ok(owner) if owner.as_str() != conn.unique_name().map(|n| n.as_str()).unwrap_or_default() => {
-                                log::info!("{BUS_NAME} was taken over by {owner}; exiting");
-                                let _ = sd_notify::notify(&[NotifyState::Stopping]);
-                                Ok(())
-                            }
-                            _ => Err(format!("lost the bus name {BUS_NAME}; exiting so that it can be restarted")),
-                        };
+                        return name_lost(&dbus, &conn).await;
                     }
                 }
                 None => {
