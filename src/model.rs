@@ -175,7 +175,8 @@ impl Model {
     /// Record a domain's state read right after vapord acted on it (one cheap
     /// call instead of a full re-read; the event that follows re-reads the rest).
     /// `None` means the domain is gone (a transient domain that stopped).
-    /// `ticket` must have been taken before the operation started.
+    /// `ticket` must have been taken once the operation had finished (before
+    /// reading anything back), so no reading of the old state outranks it.
     pub fn note_state(&self, uuid: &str, ticket: u64, state: Option<(DomainState, &'static str)>) {
         let Some(current) = self.get(uuid) else {
             return;

@@ -142,7 +142,7 @@ impl VmService {
         }
         let what = format!("cannot {} VM '{}'", action.verb(), rec.name);
         let persistent = rec.persistent;
-        let ticket = self.model.ticket();
+        let model = self.model.clone();
         let result = self
             .with_domain(uuid, move |_, d| {
                 let done = match action {
@@ -159,6 +159,11 @@ impl VmService {
                 if done.is_err() {
                     return Ok((done, None));
                 }
+                // What follows describes the domain as it is now that libvirt
+                // returned: its ticket is taken now, so a reading that began
+                // before the call finished (the periodic statistics, say)
+                // can never replace it with the old state.
+                let ticket = model.ticket();
                 // The reply must reflect the new state. Where libvirt defines
                 // the outcome of a successful call, record it without another
                 // round trip; otherwise read it back on the same handle.
@@ -172,11 +177,11 @@ impl VmService {
                         Err(_) => None,
                     },
                 };
-                Ok((done, state))
+                Ok((done, state.map(|st| (ticket, st))))
             })
             .await;
         match result {
-            Ok((done, Some(state))) => {
+            Ok((done, Some((ticket, state)))) => {
                 self.model.note_state(uuid, ticket, state);
                 if done.is_ok() {
                     log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid; "{} done", action.verb());
