@@ -15,9 +15,9 @@ use crate::creation::engine::Engine;
 use crate::creation::resolve::Defaults;
 use crate::creation::template::TemplateStore;
 use crate::dbus::manager::Manager;
-use crate::dbus::pci::{pci_path, PciContext, PciDevice};
+use crate::dbus::pci::PciContext;
 use crate::dbus::polkit::Authorizer;
-use crate::dbus::publisher::{run_pci, Publisher};
+use crate::dbus::{manager, object};
 use crate::dbus::vm::VmContext;
 use crate::dbus::{BUS_NAME, ROOT_PATH};
 use crate::intent::IntentLog;
@@ -168,16 +168,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot export the manager: {e}"))?;
 
-    for dev in pci.all() {
-        server
-            .at(
-                pci_path(&dev.address).as_str(),
-                PciDevice::new(dev.address, pci_ctx.clone()),
-            )
-            .await
-            .map_err(|e| format!("cannot export PCI device {}: {e}", dev.address))?;
-    }
-
     // First load; if libvirtd is not there yet we start anyway and keep trying.
     if let Err(e) = model.connect().await {
         log::warn!("libvirt not available yet ({e}); will keep retrying");
@@ -194,12 +184,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");
     }
-    let publisher = Publisher {
-        conn: conn.clone(),
-        ctx: ctx.clone(),
-    };
-    let mut changes = changes;
-    publisher.drain(&mut changes).await;
+    let (mut changes, mut pci_changes) = (changes, pci_changes);
+    object::drain(server, &ctx, &mut changes).await;
+    object::drain(server, &pci_ctx, &mut pci_changes).await;
 
     // Watch for losing the name before asking for it.
     let dbus = DBusProxy::new(&conn).await.map_err(|e| e.to_string())?;
@@ -222,8 +209,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         }
     }
 
-    tokio::spawn(publisher.run(changes, model.connected()));
-    tokio::spawn(run_pci(conn.clone(), pci_ctx.clone(), pci_changes));
+    tokio::spawn(object::follow(conn.clone(), ctx.clone(), changes));
+    tokio::spawn(object::follow(conn.clone(), pci_ctx.clone(), pci_changes));
+    tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
     if let Some(monitor) = monitor {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(monitor.run(tx));

@@ -9,47 +9,33 @@
 //!
 //! This module knows nothing about D-Bus.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Mutex};
 
 use crate::libvirt::conn::Snapshot;
 use crate::libvirt::{DomainRecord, DomainState, Hypervisor, HypervisorEvent};
+use crate::store::Store;
 use crate::Result;
 
-/// One difference between the previous and the current view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    Added(Arc<DomainRecord>),
-    Changed {
-        old: Arc<DomainRecord>,
-        new: Arc<DomainRecord>,
-    },
-    Removed(Arc<DomainRecord>),
+/// One difference between the previous and the current view of a domain.
+pub type Change = crate::store::Change<DomainRecord>;
+
+impl crate::store::Keyed for DomainRecord {
+    fn key(&self) -> &str {
+        &self.uuid
+    }
 }
 
 /// The cache and the machinery that keeps it current.
-/// A cached record and the ticket of the reading that produced it.
-#[derive(Clone)]
-struct Entry {
-    rec: Arc<DomainRecord>,
-    ticket: u64,
-}
-
 pub struct Model {
     hv: Arc<Hypervisor>,
-    domains: RwLock<HashMap<String, Entry>>,
-    /// Every reading of libvirt takes a ticket before it starts; a reading is
-    /// applied only if no later-started reading was applied first, so an old
-    /// reading can never overwrite a newer one, whatever order they finish in.
-    tickets: AtomicU64,
+    domains: Store<DomainRecord>,
     /// Serialises read-then-apply so an older reading never overwrites a newer one.
     refresh_lock: Mutex<()>,
-    changes: UnboundedSender<Change>,
     connected: watch::Sender<bool>,
     /// UUIDs of domains libvirt reported an event for (definitions may have
     /// changed: followers such as the PCI service re-read what they need).
@@ -58,15 +44,13 @@ pub struct Model {
 
 impl Model {
     pub fn new(hv: Arc<Hypervisor>) -> (Arc<Self>, UnboundedReceiver<Change>) {
-        let (changes, rx) = unbounded_channel();
+        let (domains, rx) = Store::new(Arc::new(AtomicU64::new(1)));
         let (connected, _) = watch::channel(false);
         let (touched, _) = tokio::sync::broadcast::channel(1024);
         let m = Arc::new(Self {
             hv,
-            domains: RwLock::new(HashMap::new()),
-            tickets: AtomicU64::new(1),
+            domains,
             refresh_lock: Mutex::new(()),
-            changes,
             connected,
             touched,
         });
@@ -88,88 +72,35 @@ impl Model {
     }
 
     pub fn get(&self, uuid: &str) -> Option<Arc<DomainRecord>> {
-        self.read().get(uuid).map(|e| e.rec.clone())
+        self.domains.get(uuid)
     }
 
-    /// A ticket for a reading about to start (see `tickets`).
+    /// A ticket for a reading about to start (see [`Store`]).
     pub fn ticket(&self) -> u64 {
-        self.tickets.fetch_add(1, Ordering::SeqCst)
+        self.domains.ticket()
     }
 
     /// Find a domain by UUID or by name.
     pub fn find(&self, name_or_uuid: &str) -> Option<Arc<DomainRecord>> {
-        let map = self.read();
-        map.get(name_or_uuid)
-            .or_else(|| map.values().find(|e| e.rec.name == name_or_uuid))
-            .map(|e| e.rec.clone())
+        self.domains
+            .get(name_or_uuid)
+            .or_else(|| self.domains.find(|r| r.name == name_or_uuid))
     }
 
     /// Every domain, sorted by name.
     pub fn all(&self) -> Vec<Arc<DomainRecord>> {
-        let mut v: Vec<_> = self.read().values().map(|e| e.rec.clone()).collect();
+        let mut v = self.domains.all();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
-        self.domains.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
-        self.domains.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Store one domain's new reading (or its absence), taken under `ticket`,
-    /// and publish the difference. The change is sent while the map is still
-    /// locked, so changes reach the bus in the order they were made.
     fn apply(
         &self,
         uuid: &str,
         new: Option<DomainRecord>,
         ticket: u64,
     ) -> Option<Arc<DomainRecord>> {
-        let mut map = self.write();
-        let current = map.get(uuid).cloned();
-        if current.as_ref().is_some_and(|e| e.ticket > ticket) {
-            return current.map(|e| e.rec); // a newer reading is already applied
-        }
-        let change = match (current.map(|e| e.rec), new) {
-            (None, None) => None,
-            (Some(old), None) => {
-                map.remove(uuid);
-                Some(Change::Removed(old))
-            }
-            (None, Some(new)) => {
-                let new = Arc::new(new);
-                map.insert(
-                    uuid.to_owned(),
-                    Entry {
-                        rec: new.clone(),
-                        ticket,
-                    },
-                );
-                Some(Change::Added(new))
-            }
-            (Some(old), Some(new)) if *old == new => {
-                map.insert(uuid.to_owned(), Entry { rec: old, ticket });
-                None
-            }
-            (Some(old), Some(new)) => {
-                let new = Arc::new(new);
-                map.insert(
-                    uuid.to_owned(),
-                    Entry {
-                        rec: new.clone(),
-                        ticket,
-                    },
-                );
-                Some(Change::Changed { old, new })
-            }
-        };
-        if let Some(c) = change {
-            let _ = self.changes.send(c);
-        }
-        map.get(uuid).map(|e| e.rec.clone())
+        self.domains.apply(uuid, new, ticket)
     }
 
     /// Record a domain's state read right after vapord acted on it (one cheap
@@ -232,30 +163,27 @@ impl Model {
     }
 
     fn apply_snapshot(&self, snap: Snapshot, ticket: u64) {
-        let mut seen = std::collections::HashSet::new();
+        if snap.complete {
+            self.domains.replace_scope(snap.records, |_| true, ticket);
+            return;
+        }
+        let seen: std::collections::HashSet<String> =
+            snap.records.iter().map(|r| r.uuid.clone()).collect();
         for rec in snap.records {
-            seen.insert(rec.uuid.clone());
             let uuid = rec.uuid.clone();
             self.apply(&uuid, Some(rec), ticket);
         }
         // Domains not in a partial reading keep their record but may have had
         // their autostart flag changed (libvirt has no event for that).
-        let rest: Vec<_> = self
-            .read()
-            .values()
-            .filter(|e| !seen.contains(&e.rec.uuid))
-            .map(|e| e.rec.clone())
-            .collect();
-        for old in rest {
-            if snap.complete {
-                self.apply(&old.uuid, None, ticket);
-            } else {
-                let autostart = snap.autostart.contains(&old.uuid);
-                if autostart != old.autostart {
-                    let mut new = (*old).clone();
-                    new.autostart = autostart;
-                    self.apply(&old.uuid, Some(new), ticket);
-                }
+        for old in self.domains.all() {
+            if seen.contains(&old.uuid) {
+                continue;
+            }
+            let autostart = snap.autostart.contains(&old.uuid);
+            if autostart != old.autostart {
+                let mut new = (*old).clone();
+                new.autostart = autostart;
+                self.apply(&old.uuid, Some(new), ticket);
             }
         }
     }
@@ -269,7 +197,7 @@ impl Model {
             return Err(e);
         }
         self.connected.send_replace(true);
-        log::info!(uri = self.hv.uri(), domains = self.read().len(); "connected to libvirt");
+        log::info!(uri = self.hv.uri(), domains = self.domains.len(); "connected to libvirt");
         Ok(())
     }
 

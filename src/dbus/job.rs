@@ -1,5 +1,5 @@
-//! `org.vapor.Virtualization.Job`: long work (VM creation with its volumes)
-//! as an object, after udisks2's Job: Operation, Progress, Bytes, Rate,
+//! `org.vapor.Virtualization.Job`: long work (VM creation, volume creation,
+//! clone, upload, download, wipe …) as an object, after udisks2's Job: Operation, Progress, Bytes, Rate,
 //! ExpectedEndTime, StartedByUID, Cancelable, `Cancel()` and a
 //! `Completed(b success, s message)` signal. The method that started the job
 //! returns when it is done; the object is removed right after `Completed`.
@@ -12,10 +12,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
+use zbus::ObjectServer;
 
 use super::polkit::{Action, Authorizer};
 use super::{Error, ROOT_PATH};
-use crate::creation::engine::{CancelFlag, Progress};
+use crate::progress::{CancelFlag, Progress};
 
 static NEXT_JOB: AtomicU64 = AtomicU64::new(1);
 
@@ -135,7 +136,7 @@ impl Job {
             (Action::JobCancelOther, "cancel another user's job")
         };
         let started_by = starter.to_string();
-        auth.check(
+        auth.check_details(
             &header,
             action,
             &[
@@ -157,7 +158,7 @@ impl Job {
         message: &str,
     ) -> zbus::Result<()>;
 
-    /// What the job does (`vm-create`).
+    /// What the job does (`vm-create`, `volume-upload`, …).
     #[zbus(property(emits_changed_signal = "const"), name = "Operation")]
     fn operation(&self) -> String {
         self.state.operation.clone()
@@ -224,6 +225,61 @@ impl Job {
     fn cancelable(&self) -> bool {
         true
     }
+}
+
+/// Run `work` as a Job: the object appears before the work starts, follows
+/// its progress (one PropertiesChanged per report), emits `Completed` and
+/// disappears when it ends. Every long operation goes through here.
+pub async fn run<T, F, Fut>(
+    server: &ObjectServer,
+    auth: &Arc<Authorizer>,
+    operation: &str,
+    objects: Vec<String>,
+    uid: u32,
+    work: F,
+) -> Result<T, Error>
+where
+    F: FnOnce(Arc<JobState>) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let state = JobState::new(operation, objects, uid, tx);
+    let path = next_job_path();
+    server
+        .at(
+            path.as_str(),
+            Job {
+                state: state.clone(),
+                auth: Some(auth.clone()),
+            },
+        )
+        .await?;
+    let iface = server.interface::<_, Job>(path.as_str()).await?;
+    let notifier = {
+        let iface = iface.clone();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                let job = iface.get().await;
+                let e = iface.signal_emitter();
+                let _ = job.progress_changed(e).await;
+                let _ = job.step_changed(e).await;
+                let _ = job.bytes_changed(e).await;
+                let _ = job.rate_changed(e).await;
+                let _ = job.expected_end_time_changed(e).await;
+            }
+        })
+    };
+    let result = work(state).await;
+    // Broadcast to every listener: bus-safe, whatever the error quotes.
+    let (ok, msg) = match &result {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, crate::text::for_bus(&e.to_string()).into_owned()),
+    };
+    let emitter: &SignalEmitter<'_> = iface.signal_emitter();
+    let _ = Job::completed(emitter, ok, &msg).await;
+    notifier.abort();
+    let _ = server.remove::<Job, _>(path.as_str()).await;
+    Ok(result?)
 }
 
 #[cfg(test)]

@@ -6,13 +6,12 @@ use std::sync::Arc;
 
 use zbus::interface;
 use zbus::message::Header;
-use zbus::object_server::{ObjectServer, SignalEmitter};
+use zbus::object_server::ObjectServer;
 use zbus::OwnedObjectPath;
 
-use super::job::{next_job_path, Job, JobState};
 use super::options;
 use super::polkit::{Action, Authorizer};
-use super::vm::{VirtualMachine, VmContext};
+use super::vm::VmContext;
 use super::{vm_path, Error};
 use crate::creation::engine::{Engine, Plan};
 use crate::model::Model;
@@ -39,7 +38,7 @@ impl Manager {
             .unwrap_or_default()
             .to_owned();
         self.auth
-            .check(
+            .check_details(
                 header,
                 Action::VmCreate,
                 &[("vm.name", &name)],
@@ -60,7 +59,7 @@ impl Manager {
         for pool in pools {
             let what = format!("create the virtual machine '{name}' with storage in pool '{pool}'");
             self.auth
-                .check(
+                .check_details(
                     header,
                     Action::VmCreate,
                     &[("vm.name", name), ("pool.name", pool)],
@@ -77,7 +76,7 @@ impl Manager {
                     .map(|a| self.pci.ids_of(&a))
                     .unwrap_or_default();
                 self.auth
-                    .check(
+                    .check_details(
                         header,
                         Action::PciAssign,
                         &[
@@ -101,7 +100,7 @@ impl Manager {
         let files: Vec<String> = r.host_paths.iter().cloned().chain(rom_files).collect();
         for file in &files {
             self.auth
-                .check(
+                .check_details(
                     header,
                     Action::StorageHostPath,
                     &[("vm.name", name), ("storage.path", file)],
@@ -114,45 +113,13 @@ impl Manager {
 
     /// Run a creation as a Job object; returns the new domain's UUID.
     async fn run_job(&self, server: &ObjectServer, plan: Plan, uid: u32) -> Result<String, Error> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         // The UUID is chosen up front: the job names the VM it makes.
-        let state = JobState::new("vm-create", vec![vm_path(&plan.uuid)], uid, tx);
-        let path = next_job_path();
-        server
-            .at(
-                path.as_str(),
-                Job {
-                    state: state.clone(),
-                    auth: Some(self.auth.clone()),
-                },
-            )
-            .await?;
-        let iface = server.interface::<_, Job>(path.as_str()).await?;
-        let notifier = {
-            let iface = iface.clone();
-            tokio::spawn(async move {
-                while rx.recv().await.is_some() {
-                    let job = iface.get().await;
-                    let e = iface.signal_emitter();
-                    let _ = job.progress_changed(e).await;
-                    let _ = job.step_changed(e).await;
-                    let _ = job.bytes_changed(e).await;
-                    let _ = job.rate_changed(e).await;
-                    let _ = job.expected_end_time_changed(e).await;
-                }
-            })
-        };
-        let result = self.engine.create(plan, uid, state).await;
-        // Broadcast to every listener: bus-safe, whatever the error quotes.
-        let (ok, msg) = match &result {
-            Ok(_) => (true, String::new()),
-            Err(e) => (false, crate::text::for_bus(&e.to_string()).into_owned()),
-        };
-        let emitter: &SignalEmitter<'_> = iface.signal_emitter();
-        let _ = Job::completed(emitter, ok, &msg).await;
-        notifier.abort();
-        let _ = server.remove::<Job, _>(path.as_str()).await;
-        Ok(result?)
+        let objects = vec![vm_path(&plan.uuid)];
+        let engine = self.engine.clone();
+        super::job::run(server, &self.auth, "vm-create", objects, uid, |state| {
+            engine.create(plan, uid, state)
+        })
+        .await
     }
 }
 
@@ -171,7 +138,7 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         options::text("name_or_uuid", name_or_uuid, TextRule::NAME)?;
         self.auth
-            .check(
+            .check_details(
                 &header,
                 Action::Read,
                 &[("vm.name", name_or_uuid)],
@@ -191,7 +158,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<OwnedObjectPath>, Error> {
         self.auth
-            .check(&header, Action::Read, &[], "list virtual machines")
+            .check_details(&header, Action::Read, &[], "list virtual machines")
             .await?;
         Ok(self.model.all().iter().map(|d| path(&d.uuid)).collect())
     }
@@ -215,12 +182,7 @@ impl Manager {
         log::info!(vm_name = name.as_str(), vm_uuid = uuid.as_str(), uid = uid; "created");
         // Export the object now, so the caller can use the path at once.
         if let Ok(Some(rec)) = self.model.refresh_domain(&uuid).await {
-            let _ = server
-                .at(
-                    vm_path(&uuid).as_str(),
-                    VirtualMachine::new(rec, self.vm_ctx.clone()),
-                )
-                .await;
+            super::object::export(server, &self.vm_ctx, rec).await;
         }
         Ok(path(&uuid))
     }
@@ -250,7 +212,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(String, String, String)>, Error> {
         self.auth
-            .check(&header, Action::Read, &[], "list templates")
+            .check_details(&header, Action::Read, &[], "list templates")
             .await?;
         let store = self.engine.templates();
         Ok(tokio::task::block_in_place(|| store.list())?
@@ -268,7 +230,7 @@ impl Manager {
     ) -> Result<String, Error> {
         options::text("name", name, TextRule::NAME)?;
         self.auth
-            .check(
+            .check_details(
                 &header,
                 Action::Read,
                 &[("template.name", name)],
@@ -295,7 +257,7 @@ impl Manager {
         options::text("description", description, TextRule::DESCRIPTION)?;
         options::text("spec", spec, TextRule::DOCUMENT)?;
         self.auth
-            .check(
+            .check_details(
                 &header,
                 Action::TemplateManage,
                 &[("template.name", name)],
@@ -319,7 +281,7 @@ impl Manager {
     ) -> Result<(), Error> {
         options::text("name", name, TextRule::NAME)?;
         self.auth
-            .check(
+            .check_details(
                 &header,
                 Action::TemplateManage,
                 &[("template.name", name)],
@@ -346,5 +308,14 @@ impl Manager {
     #[zbus(property(emits_changed_signal = "true"), name = "Connected")]
     fn connected(&self) -> bool {
         *self.model.connected().borrow()
+    }
+}
+
+/// Announce the Connected property whenever the libvirt connection comes or goes.
+pub async fn follow_connected(conn: zbus::Connection, mut connected: tokio::sync::watch::Receiver<bool>) {
+    while connected.changed().await.is_ok() {
+        if let Ok(iface) = conn.object_server().interface::<_, Manager>(super::ROOT_PATH).await {
+            let _ = iface.get().await.connected_changed(iface.signal_emitter()).await;
+        }
     }
 }

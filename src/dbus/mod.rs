@@ -6,10 +6,10 @@ pub mod errors;
 pub mod introspection;
 pub mod job;
 pub mod manager;
+pub mod object;
 pub mod options;
 pub mod pci;
 pub mod polkit;
-pub mod publisher;
 pub mod vm;
 
 pub use errors::Error;

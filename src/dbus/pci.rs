@@ -4,19 +4,20 @@
 //! with the device's address, vendor and device ids as details.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use zbus::interface;
 use zbus::message::Header;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
+use super::object::{fixed, prop, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer};
 use super::{vm_path, Error, ROOT_PATH};
 use crate::model::Model;
 use crate::pci::inventory::PciDeviceInfo;
 use crate::pci::PciAddress;
-use crate::services::pci::PciService;
+use crate::services::pci::{PciRecord, PciService};
 
 /// Object path of a PCI device.
 pub fn pci_path(addr: &PciAddress) -> String {
@@ -30,77 +31,102 @@ pub struct PciContext {
     pub auth: Arc<Authorizer>,
 }
 
+/// The methods of one PCI device object; properties come from [`PciContext`]'s table.
 pub struct PciDevice {
     addr: PciAddress,
+    shown: Shown<PciRecord>,
     ctx: Arc<PciContext>,
-    /// What the last PropertiesChanged announced (base of the next diff).
-    signalled: RwLock<Vec<(&'static str, OwnedVariant)>>,
+}
+
+fn paths_of(vms: &[(String, String)]) -> Variant<'static> {
+    let paths: Vec<OwnedObjectPath> = vms
+        .iter()
+        .filter_map(|(uuid, _)| OwnedObjectPath::try_from(vm_path(uuid)).ok())
+        .collect();
+    Variant::from(paths)
+}
+
+fn addresses(v: &[PciAddress]) -> Variant<'static> {
+    Variant::from(v.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+}
+
+impl Kind for PciContext {
+    type Record = PciRecord;
+    type Methods = PciDevice;
+    const PROPERTIES: &'static [Prop<PciRecord>] = &[
+        fixed("Address", |r| Variant::from(r.info.address.to_string())),
+        fixed("VendorId", |r| Variant::from(r.info.vendor_id)),
+        fixed("DeviceId", |r| Variant::from(r.info.device_id)),
+        fixed("VendorName", |r| Variant::from(r.info.vendor_name.clone())),
+        fixed("DeviceName", |r| Variant::from(r.info.device_name.clone())),
+        // 24-bit class code (0x030000 = VGA controller).
+        fixed("Class", |r| Variant::from(r.info.class)),
+        fixed("ClassName", |r| Variant::from(r.info.class_name.clone())),
+        // The bound driver; empty when unbound.
+        prop("Driver", |r| {
+            Variant::from(r.info.driver.clone().unwrap_or_default())
+        }),
+        // IOMMU group number, -1 when the IOMMU is off; the group's other devices.
+        prop("IommuGroup", |r| {
+            Variant::from(r.info.iommu_group.map(|g| g as i32).unwrap_or(-1))
+        }),
+        prop("IommuGroupMembers", |r| addresses(&r.info.iommu_group_members)),
+        // NUMA node, -1 when unknown.
+        fixed("NumaNode", |r| Variant::from(r.info.numa_node.unwrap_or(-1))),
+        fixed("SriovTotalVfs", |r| Variant::from(r.info.sriov_total_vfs)),
+        prop("SriovNumVfs", |r| Variant::from(r.info.sriov_num_vfs)),
+        // For an SR-IOV virtual function: its physical function; else empty.
+        fixed("PhysicalFunction", |r| {
+            Variant::from(
+                r.info
+                    .physical_function
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+            )
+        }),
+        fixed("IsBridge", |r| Variant::from(r.info.is_bridge)),
+        fixed("ResetMethods", |r| Variant::from(r.info.reset_methods.clone())),
+        // VMs whose definitions reference this device, running or not, and their names.
+        prop("AssignedTo", |r| paths_of(&r.assigned_to)),
+        prop("AssignedToNames", |r| {
+            Variant::from(
+                r.assigned_to
+                    .iter()
+                    .map(|(_, n)| crate::text::for_bus(n).into_owned())
+                    .collect::<Vec<_>>(),
+            )
+        }),
+        // Whether the host needs this device, and why (backs a mounted
+        // filesystem, carries the default route, drives the console).
+        prop("HostCritical", |r| Variant::from(!r.info.host_critical.is_empty())),
+        prop("HostCriticalReasons", |r| Variant::from(r.info.host_critical.clone())),
+        prop("OriginalDriver", |r| Variant::from(r.original_driver.clone())),
+        prop("PersistentOverride", |r| {
+            Variant::from(r.persistent_override.clone())
+        }),
+    ];
+
+    fn path(rec: &PciRecord) -> String {
+        pci_path(&rec.info.address)
+    }
+
+    fn methods(self: &Arc<Self>, shown: Shown<PciRecord>) -> PciDevice {
+        let addr = super::object::shown(&shown).info.address;
+        PciDevice {
+            addr,
+            shown,
+            ctx: self.clone(),
+        }
+    }
+
+    fn current(&self, rec: &PciRecord) -> Option<Arc<PciRecord>> {
+        self.pci.record(&rec.info.address)
+    }
 }
 
 impl PciDevice {
-    pub fn new(addr: PciAddress, ctx: Arc<PciContext>) -> Self {
-        let obj = Self {
-            addr,
-            ctx,
-            signalled: RwLock::new(Vec::new()),
-        };
-        *obj.signalled.write().unwrap_or_else(|e| e.into_inner()) = obj.snapshot();
-        obj
-    }
-
     fn info(&self) -> Option<PciDeviceInfo> {
-        self.ctx.pci.device(&self.addr)
-    }
-
-    fn assigned_paths(&self) -> Vec<OwnedObjectPath> {
-        self.ctx
-            .pci
-            .assigned_to(&self.addr)
-            .into_iter()
-            .filter_map(|(uuid, _)| OwnedObjectPath::try_from(vm_path(&uuid)).ok())
-            .collect()
-    }
-
-    /// Every property value now, for change detection.
-    pub fn snapshot(&self) -> Vec<(&'static str, OwnedVariant)> {
-        let v = |x: Variant<'_>| OwnedVariant::try_from(x).expect("plain values convert");
-        vec![
-            ("Driver", v(Variant::from(self.driver()))),
-            ("AssignedTo", v(Variant::from(self.assigned_paths()))),
-            (
-                "AssignedToNames",
-                v(Variant::from(self.assigned_to_names())),
-            ),
-            ("HostCritical", v(Variant::from(self.host_critical()))),
-            (
-                "HostCriticalReasons",
-                v(Variant::from(self.host_critical_reasons())),
-            ),
-            ("IommuGroup", v(Variant::from(self.iommu_group()))),
-            (
-                "IommuGroupMembers",
-                v(Variant::from(self.iommu_group_members())),
-            ),
-            ("SriovNumVfs", v(Variant::from(self.sriov_num_vfs()))),
-            ("OriginalDriver", v(Variant::from(self.original_driver()))),
-            (
-                "PersistentOverride",
-                v(Variant::from(self.persistent_override())),
-            ),
-        ]
-    }
-
-    /// The properties that changed since the last announcement (and remember them).
-    pub fn take_changes(&self) -> Vec<(&'static str, OwnedVariant)> {
-        let now = self.snapshot();
-        let mut last = self.signalled.write().unwrap_or_else(|e| e.into_inner());
-        let changed: Vec<_> = now
-            .iter()
-            .filter(|(k, v)| last.iter().find(|(lk, _)| lk == k).map(|(_, lv)| lv) != Some(v))
-            .map(|(k, v)| (*k, v.try_clone().expect("plain values clone")))
-            .collect();
-        *last = now;
-        changed
+        Some(super::object::shown(&self.shown).info.clone())
     }
 
     async fn authorize_assign(
@@ -143,7 +169,7 @@ impl PciDevice {
         }
         self.ctx
             .auth
-            .check(
+            .check_details(
                 header,
                 Action::PciAssign,
                 &details,
@@ -171,7 +197,7 @@ impl PciDevice {
         options::known(&options, &["rom_file", "with", "force"])?;
         self.ctx
             .auth
-            .check(
+            .check_details(
                 &header,
                 Action::Read,
                 &[("pci.address", &self.addr.to_string())],
@@ -243,148 +269,5 @@ impl PciDevice {
         self.authorize_assign(&header, "restore the driver of", false)
             .await?;
         Ok(self.ctx.pci.restore_driver(self.addr).await?)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "Address")]
-    fn address(&self) -> String {
-        self.addr.to_string()
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "VendorId")]
-    fn vendor_id(&self) -> u16 {
-        self.info().map(|i| i.vendor_id).unwrap_or(0)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "DeviceId")]
-    fn device_id(&self) -> u16 {
-        self.info().map(|i| i.device_id).unwrap_or(0)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "VendorName")]
-    fn vendor_name(&self) -> String {
-        self.info().map(|i| i.vendor_name).unwrap_or_default()
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "DeviceName")]
-    fn device_name(&self) -> String {
-        self.info().map(|i| i.device_name).unwrap_or_default()
-    }
-
-    /// 24-bit class code (0x030000 = VGA controller).
-    #[zbus(property(emits_changed_signal = "const"), name = "Class")]
-    fn class(&self) -> u32 {
-        self.info().map(|i| i.class).unwrap_or(0)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "ClassName")]
-    fn class_name(&self) -> String {
-        self.info().map(|i| i.class_name).unwrap_or_default()
-    }
-
-    /// The bound driver; empty when unbound.
-    #[zbus(property(emits_changed_signal = "true"), name = "Driver")]
-    fn driver(&self) -> String {
-        self.info().and_then(|i| i.driver).unwrap_or_default()
-    }
-
-    /// IOMMU group number, -1 when the IOMMU is off.
-    #[zbus(property(emits_changed_signal = "true"), name = "IommuGroup")]
-    fn iommu_group(&self) -> i32 {
-        self.info()
-            .and_then(|i| i.iommu_group)
-            .map(|g| g as i32)
-            .unwrap_or(-1)
-    }
-
-    /// The other devices of the IOMMU group.
-    #[zbus(property(emits_changed_signal = "true"), name = "IommuGroupMembers")]
-    fn iommu_group_members(&self) -> Vec<String> {
-        self.info()
-            .map(|i| {
-                i.iommu_group_members
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// NUMA node, -1 when unknown.
-    #[zbus(property(emits_changed_signal = "const"), name = "NumaNode")]
-    fn numa_node(&self) -> i32 {
-        self.info().and_then(|i| i.numa_node).unwrap_or(-1)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "SriovTotalVfs")]
-    fn sriov_total_vfs(&self) -> u32 {
-        self.info().map(|i| i.sriov_total_vfs).unwrap_or(0)
-    }
-
-    #[zbus(property(emits_changed_signal = "true"), name = "SriovNumVfs")]
-    fn sriov_num_vfs(&self) -> u32 {
-        self.info().map(|i| i.sriov_num_vfs).unwrap_or(0)
-    }
-
-    /// For an SR-IOV virtual function: its physical function; else empty.
-    #[zbus(property(emits_changed_signal = "const"), name = "PhysicalFunction")]
-    fn physical_function(&self) -> String {
-        self.info()
-            .and_then(|i| i.physical_function)
-            .map(|a| a.to_string())
-            .unwrap_or_default()
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "IsBridge")]
-    fn is_bridge(&self) -> bool {
-        self.info().is_some_and(|i| i.is_bridge)
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "ResetMethods")]
-    fn reset_methods(&self) -> Vec<String> {
-        self.info().map(|i| i.reset_methods).unwrap_or_default()
-    }
-
-    /// VMs whose definitions reference this device, running or not.
-    #[zbus(property(emits_changed_signal = "true"), name = "AssignedTo")]
-    fn assigned_to(&self) -> Vec<OwnedObjectPath> {
-        self.assigned_paths()
-    }
-
-    /// The names of those VMs.
-    #[zbus(property(emits_changed_signal = "true"), name = "AssignedToNames")]
-    fn assigned_to_names(&self) -> Vec<String> {
-        self.ctx
-            .pci
-            .assigned_to(&self.addr)
-            .into_iter()
-            .map(|(_, n)| crate::text::for_bus(&n).into_owned())
-            .collect()
-    }
-
-    /// Whether the host needs this device (see HostCriticalReasons).
-    #[zbus(property(emits_changed_signal = "true"), name = "HostCritical")]
-    fn host_critical(&self) -> bool {
-        self.info().is_some_and(|i| !i.host_critical.is_empty())
-    }
-
-    /// Why: backs a mounted filesystem, carries the default route, drives the console.
-    #[zbus(property(emits_changed_signal = "true"), name = "HostCriticalReasons")]
-    fn host_critical_reasons(&self) -> Vec<String> {
-        self.info().map(|i| i.host_critical).unwrap_or_default()
-    }
-
-    /// The driver vapord remembered before moving the device to vfio-pci.
-    #[zbus(property(emits_changed_signal = "true"), name = "OriginalDriver")]
-    fn original_driver(&self) -> String {
-        self.ctx.pci.original_driver(&self.addr).unwrap_or_default()
-    }
-
-    /// A driver re-applied whenever the device appears (driverctl style).
-    #[zbus(property(emits_changed_signal = "true"), name = "PersistentOverride")]
-    fn persistent_override(&self) -> String {
-        self.ctx
-            .pci
-            .persistent_override(&self.addr)
-            .unwrap_or_default()
     }
 }

@@ -68,6 +68,28 @@ impl Action {
     }
 }
 
+/// What an action is done to, as polkit sees it: each kind of object names
+/// itself and supplies its own details (`vm.*`, `pci.*`, `pool.*`, …).
+pub trait Target: Sync {
+    /// How messages name it: "the virtual machine 'web'" ("" for none).
+    fn describe(&self) -> String;
+    /// The polkit details rules can decide on.
+    fn details(&self) -> Vec<(&'static str, String)>;
+}
+
+/// An action on the host as a whole (listing, creating by a spec, …):
+/// the verb says everything.
+pub struct Host;
+
+impl Target for Host {
+    fn describe(&self) -> String {
+        String::new()
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+}
+
 enum Mode {
     Polkit(AuthorityProxy<'static>),
     /// Session bus: only the owning user can reach us.
@@ -141,10 +163,43 @@ impl Authorizer {
         self.uids.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Allow `verb` on `target` (its own details go to polkit), or fail
+    /// with NotAuthorized / InteractiveAuthorizationRequired. Every handler
+    /// authorizes with this one call.
+    pub async fn check(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        target: &dyn Target,
+        verb: &str,
+    ) -> Result<(), Error> {
+        self.check_with(header, action, target, verb, &[]).await
+    }
+
+    /// [`Authorizer::check`] with details about the request beyond the
+    /// target's own (delete options, a host path, …).
+    pub async fn check_with(
+        &self,
+        header: &Header<'_>,
+        action: Action,
+        target: &dyn Target,
+        verb: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<(), Error> {
+        let own = target.details();
+        let mut details: Vec<(&str, &str)> = own.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        details.extend_from_slice(extra);
+        let what = match target.describe() {
+            d if d.is_empty() => verb.to_owned(),
+            d => format!("{verb} {d}"),
+        };
+        self.check_details(header, action, &details, &what).await
+    }
+
     /// Allow the call, or fail with NotAuthorized /
     /// InteractiveAuthorizationRequired. `what` completes "Not authorized to …"
     /// and polkit's "Authentication is required to …".
-    pub async fn check(
+    pub async fn check_details(
         &self,
         header: &Header<'_>,
         action: Action,

@@ -1,19 +1,22 @@
 //! `org.vapor.Virtualization.VirtualMachine`: one object per libvirt domain.
 //!
-//! Properties come from the object's own copy of the cached record, which the
-//! publisher replaces when the model changes, so reading them never touches
-//! libvirt and never fails (even for an object about to be removed).
+//! Properties come from the object's own copy of the cached record (one
+//! table, [`VmContext`]'s [`Kind`] implementation), which the publisher
+//! replaces when the model changes, so reading them never touches libvirt
+//! and never fails (even for an object about to be removed).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use zbus::interface;
 use zbus::message::Header;
 use zbus::{OwnedVariant, Variant};
 
+use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
 use super::options;
-use super::polkit::{Action, Authorizer};
-use super::Error;
+use super::polkit::{Action, Authorizer, Target};
+use super::{vm_path, Error};
+use crate::text::for_bus;
 use crate::libvirt::DomainRecord;
 use crate::services::{DeleteOptions, LifecycleAction, VmService};
 
@@ -24,75 +27,68 @@ pub struct VmContext {
     pub pci: Arc<crate::services::pci::PciService>,
 }
 
+/// The methods of one VM object; its properties come from [`VmContext`]'s table.
 pub struct VirtualMachine {
-    /// What property reads return: the newest reading this object has seen.
-    shown: RwLock<Arc<DomainRecord>>,
-    /// What the last PropertiesChanged announced (the base of the next diff).
-    signalled: RwLock<Arc<DomainRecord>>,
+    shown: Shown<DomainRecord>,
     ctx: Arc<VmContext>,
 }
 
-fn get<T: Clone>(l: &RwLock<T>) -> T {
-    l.read().unwrap_or_else(|e| e.into_inner()).clone()
+impl Target for DomainRecord {
+    fn describe(&self) -> String {
+        format!("the virtual machine '{}'", self.name)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("vm.name", self.name.clone()), ("vm.uuid", self.uuid.clone())]
+    }
 }
 
-fn set<T>(l: &RwLock<T>, v: T) {
-    *l.write().unwrap_or_else(|e| e.into_inner()) = v;
+impl Kind for VmContext {
+    type Record = DomainRecord;
+    type Methods = VirtualMachine;
+    const PROPERTIES: &'static [Prop<DomainRecord>] = &[
+        // Made bus-safe: libvirt accepts names (from virsh, say) that some
+        // bus clients cannot read, such as Unicode non-characters.
+        prop("Name", |r| Variant::from(for_bus(&r.name).into_owned())),
+        fixed("Uuid", |r| Variant::from(r.uuid.clone())),
+        // running, paused, shutoff, shutting-down, crashed, pmsuspended, blocked, nostate.
+        prop("State", |r| Variant::from(r.state.as_str())),
+        // libvirt's reason: booted, destroyed, user …
+        prop("StateReason", |r| Variant::from(r.state_reason)),
+        // Defined (maximum) memory, and the current balloon size.
+        prop("MemoryMiB", |r| Variant::from(r.memory_kib / 1024)),
+        prop("CurrentMemoryMiB", |r| {
+            Variant::from(r.current_memory_kib / 1024)
+        }),
+        prop("Vcpus", |r| Variant::from(r.vcpus)),
+        prop("MaxVcpus", |r| Variant::from(r.max_vcpus)),
+        prop("Autostart", |r| Variant::from(r.autostart)),
+        // False for transient VMs (they vanish when stopped).
+        prop("Persistent", |r| Variant::from(r.persistent)),
+        // Live counters, refreshed by the periodic bulk statistics call.
+        prop("CpuTimeNs", |r| Variant::from(r.cpu_time_ns)),
+        prop("MemoryUsedKiB", |r| Variant::from(r.memory_rss_kib)),
+    ];
+
+    fn path(rec: &DomainRecord) -> String {
+        vm_path(&rec.uuid)
+    }
+
+    fn methods(self: &Arc<Self>, shown: Shown<DomainRecord>) -> VirtualMachine {
+        VirtualMachine {
+            shown,
+            ctx: self.clone(),
+        }
+    }
+
+    fn current(&self, rec: &DomainRecord) -> Option<Arc<DomainRecord>> {
+        self.vms.model().get(&rec.uuid)
+    }
 }
 
 impl VirtualMachine {
-    pub fn new(record: Arc<DomainRecord>, ctx: Arc<VmContext>) -> Self {
-        Self {
-            shown: RwLock::new(record.clone()),
-            signalled: RwLock::new(record),
-            ctx,
-        }
-    }
-
-    /// The record property reads answer from.
+    /// The record this object shows.
     pub fn record(&self) -> Arc<DomainRecord> {
-        get(&self.shown)
-    }
-
-    /// The record the last PropertiesChanged described.
-    pub fn published(&self) -> Arc<DomainRecord> {
-        get(&self.signalled)
-    }
-
-    /// The publisher announced `rec` (the model's newest reading).
-    pub fn set_published(&self, rec: Arc<DomainRecord>) {
-        set(&self.shown, rec.clone());
-        set(&self.signalled, rec);
-    }
-
-    /// The property values that differ between two records, by property name.
-    pub fn changed_properties(
-        old: &DomainRecord,
-        new: &DomainRecord,
-    ) -> Vec<(&'static str, Variant<'static>)> {
-        let mut out: Vec<(&'static str, Variant<'static>)> = Vec::new();
-        macro_rules! cmp {
-            ($name:literal, $get:expr) => {
-                let (a, b) = ($get(old), $get(new));
-                if a != b {
-                    out.push(($name, Variant::from(b)));
-                }
-            };
-        }
-        cmp!("Name", |r: &DomainRecord| crate::text::for_bus(&r.name)
-            .into_owned());
-        cmp!("State", |r: &DomainRecord| r.state.as_str().to_owned());
-        cmp!("StateReason", |r: &DomainRecord| r.state_reason.to_owned());
-        cmp!("MemoryMiB", |r: &DomainRecord| r.memory_kib / 1024);
-        cmp!("CurrentMemoryMiB", |r: &DomainRecord| r.current_memory_kib
-            / 1024);
-        cmp!("Vcpus", |r: &DomainRecord| r.vcpus);
-        cmp!("MaxVcpus", |r: &DomainRecord| r.max_vcpus);
-        cmp!("Autostart", |r: &DomainRecord| r.autostart);
-        cmp!("Persistent", |r: &DomainRecord| r.persistent);
-        cmp!("CpuTimeNs", |r: &DomainRecord| r.cpu_time_ns);
-        cmp!("MemoryUsedKiB", |r: &DomainRecord| r.memory_rss_kib);
-        out
+        shown(&self.shown)
     }
 
     /// Authorize the caller for `action` on this VM.
@@ -100,27 +96,24 @@ impl VirtualMachine {
         &self,
         header: &Header<'_>,
         action: Action,
-        what: &str,
+        verb: &str,
     ) -> Result<Arc<DomainRecord>, Error> {
-        self.authorize_with(header, action, what, &[]).await
+        self.authorize_with(header, action, verb, &[]).await
     }
 
-    /// Authorize with extra polkit details beyond `vm.name` and `vm.uuid`.
+    /// Authorize with extra polkit details beyond the VM's own.
     async fn authorize_with(
         &self,
         header: &Header<'_>,
         action: Action,
-        what: &str,
+        verb: &str,
         extra: &[(&str, &str)],
     ) -> Result<Arc<DomainRecord>, Error> {
         let rec = self.record();
-        let what = format!("{what} the virtual machine '{}'", rec.name);
-        let mut details = vec![
-            ("vm.name", rec.name.as_str()),
-            ("vm.uuid", rec.uuid.as_str()),
-        ];
-        details.extend_from_slice(extra);
-        self.ctx.auth.check(header, action, &details, &what).await?;
+        self.ctx
+            .auth
+            .check_with(header, action, &*rec, verb, extra)
+            .await?;
         Ok(rec)
     }
 
@@ -158,9 +151,7 @@ impl VirtualMachine {
     /// Pick up the model's newest reading so a property read right after a
     /// method returns already sees its effect.
     fn sync_from_model(&self, uuid: &str) {
-        if let Some(r) = self.ctx.vms.model().get(uuid) {
-            set(&self.shown, r);
-        }
+        refresh_shown(&self.shown, self.ctx.vms.model().get(uuid));
     }
 }
 
@@ -398,74 +389,5 @@ impl VirtualMachine {
         let doc = self.ctx.vms.describe(&rec.uuid).await?;
         // libvirt's names and XML can hold what sd-bus clients refuse.
         Ok(crate::text::json_for_bus(doc.to_string()))
-    }
-
-    /// Made bus-safe: libvirt accepts names (from virsh, say) that some bus
-    /// clients cannot read, such as Unicode non-characters.
-    #[zbus(property(emits_changed_signal = "true"), name = "Name")]
-    fn name(&self) -> String {
-        crate::text::for_bus(&self.record().name).into_owned()
-    }
-
-    #[zbus(property(emits_changed_signal = "const"), name = "Uuid")]
-    fn uuid(&self) -> String {
-        self.record().uuid.clone()
-    }
-
-    /// running, paused, shutoff, shutting-down, crashed, pmsuspended, blocked, nostate.
-    #[zbus(property(emits_changed_signal = "true"), name = "State")]
-    fn state(&self) -> String {
-        self.record().state.as_str().to_owned()
-    }
-
-    /// Why the VM is in its state (libvirt's reason: booted, destroyed, user …).
-    #[zbus(property(emits_changed_signal = "true"), name = "StateReason")]
-    fn state_reason(&self) -> String {
-        self.record().state_reason.to_owned()
-    }
-
-    /// Defined (maximum) memory.
-    #[zbus(property(emits_changed_signal = "true"), name = "MemoryMiB")]
-    fn memory_mib(&self) -> u64 {
-        self.record().memory_kib / 1024
-    }
-
-    /// Current balloon size.
-    #[zbus(property(emits_changed_signal = "true"), name = "CurrentMemoryMiB")]
-    fn current_memory_mib(&self) -> u64 {
-        self.record().current_memory_kib / 1024
-    }
-
-    #[zbus(property(emits_changed_signal = "true"), name = "Vcpus")]
-    fn vcpus(&self) -> u32 {
-        self.record().vcpus
-    }
-
-    #[zbus(property(emits_changed_signal = "true"), name = "MaxVcpus")]
-    fn max_vcpus(&self) -> u32 {
-        self.record().max_vcpus
-    }
-
-    #[zbus(property(emits_changed_signal = "true"), name = "Autostart")]
-    fn autostart(&self) -> bool {
-        self.record().autostart
-    }
-
-    /// False for transient VMs (they vanish when stopped).
-    #[zbus(property(emits_changed_signal = "true"), name = "Persistent")]
-    fn persistent(&self) -> bool {
-        self.record().persistent
-    }
-
-    /// Total CPU time used, refreshed by the periodic bulk statistics call.
-    #[zbus(property(emits_changed_signal = "true"), name = "CpuTimeNs")]
-    fn cpu_time_ns(&self) -> u64 {
-        self.record().cpu_time_ns
-    }
-
-    /// Resident memory of the VM's QEMU process, refreshed likewise.
-    #[zbus(property(emits_changed_signal = "true"), name = "MemoryUsedKiB")]
-    fn memory_used_kib(&self) -> u64 {
-        self.record().memory_rss_kib
     }
 }

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::mpsc::UnboundedReceiver;
 use virt_sys as sys;
 
 use crate::libvirt::errors::from_virt;
@@ -22,15 +24,31 @@ use crate::pci::udev::PciEvent;
 use crate::pci::vfio::DriverStore;
 use crate::pci::vfio::{self, AssignContext, Problem};
 use crate::pci::{PciAddress, Sysfs};
+use crate::store::Store;
 use crate::{Error, Result};
 
-/// A difference in the inventory, for the bus.
+/// What is published about one host PCI device: the inventory's reading
+/// and what vapord knows about its use.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PciChange {
-    Added(PciAddress),
-    Changed(PciAddress),
-    Removed(PciAddress),
+pub struct PciRecord {
+    pub key: String,
+    pub info: PciDeviceInfo,
+    /// VMs (uuid, name) whose definitions reference the device, by name.
+    pub assigned_to: Vec<(String, String)>,
+    /// The driver vapord remembered before moving it to vfio-pci ("" none).
+    pub original_driver: String,
+    /// A driver re-applied whenever the device appears ("" none).
+    pub persistent_override: String,
 }
+
+impl crate::store::Keyed for PciRecord {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// A difference in the published devices, for the bus.
+pub type PciChange = crate::store::Change<PciRecord>;
 
 /// Where the service finds the host.
 #[derive(Debug, Clone)]
@@ -65,7 +83,7 @@ pub struct PciService {
     devices: RwLock<BTreeMap<PciAddress, PciDeviceInfo>>,
     /// Domain UUID → (name, host PCI addresses its definitions reference).
     hostdevs: RwLock<HashMap<String, (String, Vec<PciAddress>)>>,
-    changes: UnboundedSender<PciChange>,
+    records: Store<PciRecord>,
     hv: Arc<Hypervisor>,
     /// One driver change (bind, restore, re-applied override) at a time.
     driver_ops: std::sync::Mutex<()>,
@@ -145,7 +163,7 @@ impl PciService {
         cfg: &PciConfig,
         hv: Arc<Hypervisor>,
     ) -> Result<(Arc<Self>, UnboundedReceiver<PciChange>)> {
-        let (changes, rx) = unbounded_channel();
+        let (records, rx) = Store::new(Arc::new(AtomicU64::new(1)));
         let store = match DriverStore::open(&cfg.state_dir) {
             Ok(s) => s,
             Err(e) => {
@@ -171,7 +189,7 @@ impl PciService {
             store,
             devices: RwLock::new(BTreeMap::new()),
             hostdevs: RwLock::new(HashMap::new()),
-            changes,
+            records,
             hv,
             driver_ops: std::sync::Mutex::new(()),
             assign_ops: tokio::sync::Mutex::new(()),
@@ -198,6 +216,10 @@ impl PciService {
         };
         *lock_mut(&self.critical) = critical;
         *lock_mut(&self.devices) = found.into_iter().map(|d| (d.address, d)).collect();
+        let addrs: Vec<PciAddress> = lock(&self.devices).keys().copied().collect();
+        for addr in &addrs {
+            self.publish(addr);
+        }
         // Like driverctl at boot: devices present before vapord started get
         // their persistent overrides now.
         for (addr, rec) in self.store.records() {
@@ -256,25 +278,30 @@ impl PciService {
         // Read under the lock: two refreshes can never store an older reading last.
         let mut devices = lock_mut(&self.devices);
         let now = inventory::read_device(&self.sysfs, &self.ids, &critical, addr);
-        let change = match (devices.get(addr), now) {
-            (None, None) => None,
-            (Some(_), None) => {
-                devices.remove(addr);
-                Some(PciChange::Removed(*addr))
-            }
-            (None, Some(d)) => {
-                devices.insert(*addr, d);
-                Some(PciChange::Added(*addr))
-            }
-            (Some(old), Some(d)) if *old == d => None,
-            (Some(_), Some(d)) => {
-                devices.insert(*addr, d);
-                Some(PciChange::Changed(*addr))
-            }
+        match now {
+            Some(d) => devices.insert(*addr, d),
+            None => devices.remove(addr),
         };
-        if let Some(c) = change {
-            let _ = self.changes.send(c);
-        }
+        drop(devices);
+        self.publish(addr);
+    }
+
+    /// The published record of a device now (`None`: no such device).
+    pub fn record(&self, addr: &PciAddress) -> Option<Arc<PciRecord>> {
+        self.records.get(&addr.to_string())
+    }
+
+    /// Publish what is known about one device now (nothing if unchanged).
+    fn publish(&self, addr: &PciAddress) {
+        let ticket = self.records.ticket();
+        let rec = self.device(addr).map(|info| PciRecord {
+            key: addr.to_string(),
+            info,
+            assigned_to: self.assigned_to(addr),
+            original_driver: self.original_driver(addr).unwrap_or_default(),
+            persistent_override: self.persistent_override(addr).unwrap_or_default(),
+        });
+        self.records.apply(&addr.to_string(), rec, ticket);
     }
 
     /// Follow one udev event.
@@ -413,9 +440,7 @@ impl PciService {
         addrs.sort();
         addrs.dedup();
         for a in addrs {
-            if lock(&self.devices).contains_key(&a) {
-                let _ = self.changes.send(PciChange::Changed(a));
-            }
+            self.publish(&a);
         }
     }
 
@@ -495,7 +520,6 @@ impl PciService {
         .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
         for (a, _) in &out {
             self.refresh(a);
-            let _ = self.changes.send(PciChange::Changed(*a));
         }
         Ok(out)
     }
@@ -603,7 +627,6 @@ impl PciService {
         .await
         .map_err(|e| Error::Failed(format!("driver task failed: {e}")))??;
         self.refresh(&addr);
-        let _ = self.changes.send(PciChange::Changed(addr));
         Ok(driver.unwrap_or_default())
     }
 
