@@ -15,17 +15,23 @@ use crate::creation::engine::Engine;
 use crate::creation::resolve::Defaults;
 use crate::creation::template::TemplateStore;
 use crate::dbus::manager::Manager;
+use crate::dbus::network::NetworkContext;
 use crate::dbus::pci::PciContext;
 use crate::dbus::polkit::Authorizer;
-use crate::dbus::{manager, object};
+use crate::dbus::storage::{Pools, StorageContext, Volumes};
 use crate::dbus::vm::VmContext;
+use crate::dbus::{manager, object};
 use crate::dbus::{BUS_NAME, ROOT_PATH};
 use crate::intent::IntentLog;
 use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::recovery;
+use crate::services::follow::Followers;
+use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
+use crate::services::references::References;
+use crate::services::storage::StorageService;
 use crate::services::VmService;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs
@@ -139,6 +145,31 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     // Where each operation records its steps; what a dead vapord left half
     // done is rolled back by recovery::start below.
     let intents = IntentLog::open(&cfg.state_dir).map_err(|e| e.to_string())?;
+    // Storage pools, volumes and networks, and who uses them.
+    let refs = References::new(model.hypervisor().clone());
+    let (storage, pool_changes, volume_changes) = StorageService::new(
+        model.hypervisor().clone(),
+        model.clone(),
+        refs.clone(),
+        Arc::new(intents.clone()),
+    );
+    let (networks, network_changes) =
+        NetworkService::new(model.hypervisor().clone(), model.clone(), refs.clone());
+    let followers = Followers {
+        refs,
+        storage: storage.clone(),
+        networks: networks.clone(),
+    };
+    let storage_ctx = Arc::new(StorageContext {
+        storage,
+        auth: auth.clone(),
+    });
+    let pools = Arc::new(Pools(storage_ctx.clone()));
+    let volumes = Arc::new(Volumes(storage_ctx));
+    let network_ctx = Arc::new(NetworkContext {
+        networks,
+        auth: auth.clone(),
+    });
     let engine = Arc::new(Engine::new(
         model.hypervisor().clone(),
         TemplateStore::new(&cfg.templates_dir, &cfg.state_dir),
@@ -163,6 +194,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                 auth,
                 engine: engine.clone(),
                 vm_ctx: ctx.clone(),
+                pools: pools.clone(),
+                networks: network_ctx.clone(),
             },
         )
         .await
@@ -184,9 +217,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");
     }
+    followers.load().await;
     let (mut changes, mut pci_changes) = (changes, pci_changes);
+    let (mut pool_changes, mut volume_changes, mut network_changes) =
+        (pool_changes, volume_changes, network_changes);
     object::drain(server, &ctx, &mut changes).await;
     object::drain(server, &pci_ctx, &mut pci_changes).await;
+    object::drain(server, &pools, &mut pool_changes).await;
+    object::drain(server, &volumes, &mut volume_changes).await;
+    object::drain(server, &network_ctx, &mut network_changes).await;
 
     // Watch for losing the name before asking for it.
     let dbus = DBusProxy::new(&conn).await.map_err(|e| e.to_string())?;
@@ -211,7 +250,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
 
     tokio::spawn(object::follow(conn.clone(), ctx.clone(), changes));
     tokio::spawn(object::follow(conn.clone(), pci_ctx.clone(), pci_changes));
+    tokio::spawn(object::follow(conn.clone(), pools, pool_changes));
+    tokio::spawn(object::follow(conn.clone(), volumes, volume_changes));
+    tokio::spawn(object::follow(conn.clone(), network_ctx, network_changes));
     tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
+    followers.spawn(&model, Duration::from_secs(30));
     if let Some(monitor) = monitor {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(monitor.run(tx));

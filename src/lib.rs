@@ -9,6 +9,7 @@
 //! Beside them, [`text`] holds the rules for caller-supplied text: what may
 //! reach bus messages, polkit details, XML, paths, logs and files.
 
+pub mod client;
 pub mod config;
 pub mod creation;
 pub mod daemon;
@@ -20,10 +21,14 @@ pub mod intent;
 pub mod libvirt;
 pub mod logging;
 pub mod model;
+pub mod network;
 pub mod pci;
 pub mod process;
+pub mod progress;
 pub mod recovery;
 pub mod services;
+pub mod storage;
+pub mod store;
 pub mod text;
 
 pub use error::{Error, Result};

@@ -40,6 +40,10 @@ pub struct Model {
     /// UUIDs of domains libvirt reported an event for (definitions may have
     /// changed: followers such as the PCI service re-read what they need).
     touched: tokio::sync::broadcast::Sender<String>,
+    /// UUIDs of storage pools libvirt reported an event for.
+    pools_touched: tokio::sync::broadcast::Sender<String>,
+    /// UUIDs of networks libvirt reported an event for.
+    networks_touched: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Model {
@@ -53,6 +57,8 @@ impl Model {
             refresh_lock: Mutex::new(()),
             connected,
             touched,
+            pools_touched: tokio::sync::broadcast::channel(1024).0,
+            networks_touched: tokio::sync::broadcast::channel(1024).0,
         });
         (m, rx)
     }
@@ -64,6 +70,16 @@ impl Model {
     /// Domains libvirt reported an event for, as they happen.
     pub fn touched(&self) -> tokio::sync::broadcast::Receiver<String> {
         self.touched.subscribe()
+    }
+
+    /// Storage pools libvirt reported an event for, as they happen.
+    pub fn pools_touched(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.pools_touched.subscribe()
+    }
+
+    /// Networks libvirt reported an event for, as they happen.
+    pub fn networks_touched(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.networks_touched.subscribe()
     }
 
     /// Whether libvirt is connected now, and a way to follow it.
@@ -240,6 +256,12 @@ impl Model {
                             log::warn!(vm_name = name.as_str(), vm_uuid = uuid.as_str(); "cannot refresh after '{what}' event: {e}");
                         }
                         let _ = self.touched.send(uuid);
+                    }
+                    Some(HypervisorEvent::Pool { uuid }) => {
+                        let _ = self.pools_touched.send(uuid);
+                    }
+                    Some(HypervisorEvent::Network { uuid }) => {
+                        let _ = self.networks_touched.send(uuid);
                     }
                     Some(HypervisorEvent::Disconnected { generation, why }) => {
                         if *self.connected.borrow() && generation == self.hv.generation() {

@@ -9,8 +9,11 @@ use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 use zbus::OwnedObjectPath;
 
+use super::network::{create_network, network_path, NetworkContext};
 use super::options;
+use super::polkit::Host;
 use super::polkit::{Action, Authorizer};
+use super::storage::{create_pool, pool_path, Pools};
 use super::vm::VmContext;
 use super::{vm_path, Error};
 use crate::creation::engine::{Engine, Plan};
@@ -23,6 +26,8 @@ pub struct Manager {
     pub auth: Arc<Authorizer>,
     pub engine: Arc<Engine>,
     pub vm_ctx: Arc<VmContext>,
+    pub pools: Arc<Pools>,
+    pub networks: Arc<NetworkContext>,
 }
 
 impl Manager {
@@ -292,6 +297,128 @@ impl Manager {
         Ok(tokio::task::block_in_place(|| store.delete(name))?)
     }
 
+    /// The object paths of every storage pool, sorted by name.
+    #[zbus(out_args("pools"))]
+    async fn list_storage_pools(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<OwnedObjectPath>, Error> {
+        self.auth
+            .check(&header, Action::Read, &Host, "list storage pools")
+            .await?;
+        let storage = &self.pools.0.storage;
+        Ok(storage
+            .pools()
+            .iter()
+            .filter_map(|p| OwnedObjectPath::try_from(pool_path(&p.rec.uuid)).ok())
+            .collect())
+    }
+
+    /// The object path of the storage pool with this name or UUID.
+    #[zbus(out_args("pool"))]
+    async fn lookup_storage_pool(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name_or_uuid: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        options::text("name_or_uuid", name_or_uuid, TextRule::NAME)?;
+        self.auth
+            .check(&header, Action::Read, &Host, "look up storage pools")
+            .await?;
+        self.pools
+            .0
+            .storage
+            .find_pool(name_or_uuid)
+            .and_then(|p| OwnedObjectPath::try_from(pool_path(&p.rec.uuid)).ok())
+            .ok_or_else(|| Error::NotFound(format!("no storage pool named '{name_or_uuid}'")))
+    }
+
+    /// Define a storage pool from a JSON spec (dbus/schemas/pool-spec.schema.json).
+    #[zbus(out_args("pool"))]
+    async fn create_storage_pool(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        let (_, path) = create_pool(&self.pools, server, &header, spec, false).await?;
+        path.ok_or_else(|| Error::Failed("the pool was made but has no path".into()))
+    }
+
+    /// The dry run of CreateStoragePool: the pool XML it would define.
+    #[zbus(out_args("pool_xml"))]
+    async fn plan_storage_pool(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<String, Error> {
+        Ok(create_pool(&self.pools, server, &header, spec, true)
+            .await?
+            .0)
+    }
+
+    /// The object paths of every virtual network, sorted by name.
+    #[zbus(out_args("networks"))]
+    async fn list_networks(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<OwnedObjectPath>, Error> {
+        self.auth
+            .check(&header, Action::Read, &Host, "list virtual networks")
+            .await?;
+        Ok(self
+            .networks
+            .networks
+            .all()
+            .iter()
+            .filter_map(|n| OwnedObjectPath::try_from(network_path(&n.rec.uuid)).ok())
+            .collect())
+    }
+
+    /// The object path of the network with this name or UUID.
+    #[zbus(out_args("network"))]
+    async fn lookup_network(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        name_or_uuid: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        options::text("name_or_uuid", name_or_uuid, TextRule::NAME)?;
+        self.auth
+            .check(&header, Action::Read, &Host, "look up virtual networks")
+            .await?;
+        self.networks
+            .networks
+            .find(name_or_uuid)
+            .and_then(|n| OwnedObjectPath::try_from(network_path(&n.rec.uuid)).ok())
+            .ok_or_else(|| Error::NotFound(format!("no network named '{name_or_uuid}'")))
+    }
+
+    /// Define a virtual network from a JSON spec (dbus/schemas/network-spec.schema.json).
+    #[zbus(out_args("network"))]
+    async fn create_network(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        let (_, path) = create_network(&self.networks, server, &header, spec, false).await?;
+        path.ok_or_else(|| Error::Failed("the network was made but has no path".into()))
+    }
+
+    /// The dry run of CreateNetwork: the network XML it would define.
+    #[zbus(out_args("network_xml"))]
+    async fn plan_network(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<String, Error> {
+        Ok(create_network(&self.networks, server, &header, spec, true)
+            .await?
+            .0)
+    }
+
     /// vapord's version.
     #[zbus(property(emits_changed_signal = "const"), name = "Version")]
     fn version(&self) -> String {
@@ -312,10 +439,21 @@ impl Manager {
 }
 
 /// Announce the Connected property whenever the libvirt connection comes or goes.
-pub async fn follow_connected(conn: zbus::Connection, mut connected: tokio::sync::watch::Receiver<bool>) {
+pub async fn follow_connected(
+    conn: zbus::Connection,
+    mut connected: tokio::sync::watch::Receiver<bool>,
+) {
     while connected.changed().await.is_ok() {
-        if let Ok(iface) = conn.object_server().interface::<_, Manager>(super::ROOT_PATH).await {
-            let _ = iface.get().await.connected_changed(iface.signal_emitter()).await;
+        if let Ok(iface) = conn
+            .object_server()
+            .interface::<_, Manager>(super::ROOT_PATH)
+            .await
+        {
+            let _ = iface
+                .get()
+                .await
+                .connected_changed(iface.signal_emitter())
+                .await;
         }
     }
 }

@@ -6,10 +6,12 @@ pub mod errors;
 pub mod introspection;
 pub mod job;
 pub mod manager;
+pub mod network;
 pub mod object;
 pub mod options;
 pub mod pci;
 pub mod polkit;
+pub mod storage;
 pub mod vm;
 
 pub use errors::Error;

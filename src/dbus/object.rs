@@ -272,13 +272,23 @@ pub async fn apply<K: Kind>(
             let object = Object::new(kind, rec.clone());
             if server.at(path.as_str(), object).await?.is_some() {
                 // Exported already (by the method that made it): update it.
-                return Box::pin(apply(server, kind, Change::Changed { old: rec.clone(), new: rec })).await;
+                return Box::pin(apply(
+                    server,
+                    kind,
+                    Change::Changed {
+                        old: rec.clone(),
+                        new: rec,
+                    },
+                ))
+                .await;
             }
         }
         Change::Removed(rec) => {
             // Back again since? Then the object stays.
             if kind.current(&rec).is_none() {
-                server.remove::<Object<K>, _>(K::path(&rec).as_str()).await?;
+                server
+                    .remove::<Object<K>, _>(K::path(&rec).as_str())
+                    .await?;
             }
         }
         Change::Changed { new, .. } => {
@@ -315,7 +325,9 @@ pub async fn apply<K: Kind>(
 /// Put a record's object on the bus now if it is not there yet: a method
 /// that made the object returns its path, which must work at once.
 pub async fn export<K: Kind>(server: &ObjectServer, kind: &Arc<K>, rec: Arc<K::Record>) {
-    let _ = server.at(K::path(&rec).as_str(), Object::new(kind, rec)).await;
+    let _ = server
+        .at(K::path(&rec).as_str(), Object::new(kind, rec))
+        .await;
 }
 
 /// Apply every change already queued (before the bus name is taken, so the
@@ -327,7 +339,10 @@ pub async fn drain<K: Kind>(
 ) {
     while let Ok(c) = rx.try_recv() {
         if let Err(e) = apply(server, kind, c).await {
-            log::warn!("cannot publish a change of {}: {e}", <Object<K> as Interface>::name());
+            log::warn!(
+                "cannot publish a change of {}: {e}",
+                <Object<K> as Interface>::name()
+            );
         }
     }
 }
@@ -341,7 +356,10 @@ pub async fn follow<K: Kind>(
     let server = conn.object_server();
     while let Some(c) = rx.recv().await {
         if let Err(e) = apply(server, &kind, c).await {
-            log::warn!("cannot publish a change of {}: {e}", <Object<K> as Interface>::name());
+            log::warn!(
+                "cannot publish a change of {}: {e}",
+                <Object<K> as Interface>::name()
+            );
         }
     }
 }

@@ -87,3 +87,16 @@ pub fn pci_address(field: &str, s: &str) -> Result<PciAddress, Error> {
     s.parse()
         .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))
 }
+
+/// An unsigned 64-bit option (`t`; smaller unsigned integers accepted).
+pub fn uint(options: &Options, key: &str) -> Result<Option<u64>, Error> {
+    let Some(v) = options.get(key) else {
+        return Ok(None);
+    };
+    u64::try_from(v)
+        .or_else(|_| u32::try_from(v).map(u64::from))
+        .map(Some)
+        .map_err(|_| {
+            Error::InvalidArgument(format!("options.{key}: must be an unsigned integer (t)"))
+        })
+}

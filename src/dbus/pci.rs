@@ -70,9 +70,13 @@ impl Kind for PciContext {
         prop("IommuGroup", |r| {
             Variant::from(r.info.iommu_group.map(|g| g as i32).unwrap_or(-1))
         }),
-        prop("IommuGroupMembers", |r| addresses(&r.info.iommu_group_members)),
+        prop("IommuGroupMembers", |r| {
+            addresses(&r.info.iommu_group_members)
+        }),
         // NUMA node, -1 when unknown.
-        fixed("NumaNode", |r| Variant::from(r.info.numa_node.unwrap_or(-1))),
+        fixed("NumaNode", |r| {
+            Variant::from(r.info.numa_node.unwrap_or(-1))
+        }),
         fixed("SriovTotalVfs", |r| Variant::from(r.info.sriov_total_vfs)),
         prop("SriovNumVfs", |r| Variant::from(r.info.sriov_num_vfs)),
         // For an SR-IOV virtual function: its physical function; else empty.
@@ -85,7 +89,9 @@ impl Kind for PciContext {
             )
         }),
         fixed("IsBridge", |r| Variant::from(r.info.is_bridge)),
-        fixed("ResetMethods", |r| Variant::from(r.info.reset_methods.clone())),
+        fixed("ResetMethods", |r| {
+            Variant::from(r.info.reset_methods.clone())
+        }),
         // VMs whose definitions reference this device, running or not, and their names.
         prop("AssignedTo", |r| paths_of(&r.assigned_to)),
         prop("AssignedToNames", |r| {
@@ -98,9 +104,15 @@ impl Kind for PciContext {
         }),
         // Whether the host needs this device, and why (backs a mounted
         // filesystem, carries the default route, drives the console).
-        prop("HostCritical", |r| Variant::from(!r.info.host_critical.is_empty())),
-        prop("HostCriticalReasons", |r| Variant::from(r.info.host_critical.clone())),
-        prop("OriginalDriver", |r| Variant::from(r.original_driver.clone())),
+        prop("HostCritical", |r| {
+            Variant::from(!r.info.host_critical.is_empty())
+        }),
+        prop("HostCriticalReasons", |r| {
+            Variant::from(r.info.host_critical.clone())
+        }),
+        prop("OriginalDriver", |r| {
+            Variant::from(r.original_driver.clone())
+        }),
         prop("PersistentOverride", |r| {
             Variant::from(r.persistent_override.clone())
         }),

@@ -43,6 +43,10 @@ pub enum Action {
     StorageHostPath,
     PciAssign,
     PciAssignHostCritical,
+    /// Creating, changing and deleting storage pools and volumes.
+    StorageManage,
+    /// Creating, changing and deleting virtual networks.
+    NetworkManage,
     /// Cancelling a job one started oneself.
     JobCancel,
     /// Cancelling someone else's job.
@@ -62,6 +66,8 @@ impl Action {
             Action::StorageHostPath => "org.vapor.virtualization.storage-host-path",
             Action::PciAssign => "org.vapor.virtualization.pci-assign",
             Action::PciAssignHostCritical => "org.vapor.virtualization.pci-assign-host-critical",
+            Action::StorageManage => "org.vapor.virtualization.storage-manage",
+            Action::NetworkManage => "org.vapor.virtualization.network-manage",
             Action::JobCancel => "org.vapor.virtualization.job-cancel",
             Action::JobCancelOther => "org.vapor.virtualization.job-cancel-other",
         }

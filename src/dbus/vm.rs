@@ -16,9 +16,9 @@ use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
 use super::{vm_path, Error};
-use crate::text::for_bus;
 use crate::libvirt::DomainRecord;
 use crate::services::{DeleteOptions, LifecycleAction, VmService};
+use crate::text::for_bus;
 
 /// What every VM object shares.
 pub struct VmContext {
@@ -38,7 +38,10 @@ impl Target for DomainRecord {
         format!("the virtual machine '{}'", self.name)
     }
     fn details(&self) -> Vec<(&'static str, String)> {
-        vec![("vm.name", self.name.clone()), ("vm.uuid", self.uuid.clone())]
+        vec![
+            ("vm.name", self.name.clone()),
+            ("vm.uuid", self.uuid.clone()),
+        ]
     }
 }
 

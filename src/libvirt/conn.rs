@@ -31,6 +31,11 @@ pub enum HypervisorEvent {
         name: String,
         what: &'static str,
     },
+    /// A storage pool was defined, undefined, started, stopped, created,
+    /// deleted or refreshed; re-read it and its volumes.
+    Pool { uuid: String },
+    /// A virtual network was defined, undefined, started or stopped.
+    Network { uuid: String },
     /// The connection of this generation is gone, with the reason libvirt gave.
     Disconnected { generation: u64, why: &'static str },
 }
@@ -40,7 +45,7 @@ pub enum HypervisorEvent {
 /// panicking (the `virt` wrapper's `Drop` does when libvirtd has gone away).
 pub struct Conn {
     inner: ManuallyDrop<Connect>,
-    callback_ids: Vec<std::os::raw::c_int>,
+    callback_ids: events::Registrations,
 }
 
 impl Deref for Conn {
@@ -57,7 +62,7 @@ impl Drop for Conn {
             let c = ManuallyDrop::take(&mut self.inner);
             let ptr = c.as_ptr();
             std::mem::forget(c);
-            if !self.callback_ids.is_empty() {
+            if !self.callback_ids.domain.is_empty() {
                 events::unregister(ptr, &self.callback_ids, true);
             }
             sys::virConnectClose(ptr);
@@ -126,7 +131,7 @@ impl Hypervisor {
             .map_err(|e| from_virt(e, format!("cannot connect to {}", self.uri)))?;
         let mut conn = Conn {
             inner: ManuallyDrop::new(conn),
-            callback_ids: Vec::new(),
+            callback_ids: events::Registrations::default(),
         };
         // Keepalive lets a dead libvirtd be noticed even when we are idle.
         // (Not every driver supports it; that is fine.)

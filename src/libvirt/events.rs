@@ -128,6 +128,68 @@ unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: 
     send(opaque, HypervisorEvent::Disconnected { generation, why });
 }
 
+/// A UUID string read by one of libvirt's `vir*GetUUIDString` calls.
+unsafe fn uuid_string(get: impl FnOnce(*mut std::os::raw::c_char) -> c_int) -> Option<String> {
+    let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    if get(buf.as_mut_ptr()) < 0 {
+        return None;
+    }
+    Some(
+        std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .into_owned(),
+    )
+}
+
+/// Any storage pool event: lifecycle (any detail) and refresh alike.
+unsafe extern "C" fn on_pool(
+    _conn: sys::virConnectPtr,
+    pool: sys::virStoragePoolPtr,
+    opaque: *mut c_void,
+) {
+    if let Some(uuid) = uuid_string(|b| sys::virStoragePoolGetUUIDString(pool, b)) {
+        send(opaque, HypervisorEvent::Pool { uuid });
+    }
+}
+
+unsafe extern "C" fn on_network(
+    _conn: sys::virConnectPtr,
+    net: sys::virNetworkPtr,
+    opaque: *mut c_void,
+) {
+    if let Some(uuid) = uuid_string(|b| sys::virNetworkGetUUIDString(net, b)) {
+        send(opaque, HypervisorEvent::Network { uuid });
+    }
+}
+
+unsafe extern "C" fn on_pool_lifecycle(
+    conn: sys::virConnectPtr,
+    pool: sys::virStoragePoolPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) {
+    on_pool(conn, pool, opaque)
+}
+
+unsafe extern "C" fn on_network_lifecycle(
+    conn: sys::virConnectPtr,
+    net: sys::virNetworkPtr,
+    _event: c_int,
+    _detail: c_int,
+    opaque: *mut c_void,
+) {
+    on_network(conn, net, opaque)
+}
+
+/// The callback ids registered on one connection, by kind of object.
+#[derive(Debug, Default)]
+pub struct Registrations {
+    pub domain: Vec<c_int>,
+    pub pool: Vec<c_int>,
+    pub network: Vec<c_int>,
+}
+
 /// A short name for a lifecycle event, for logs.
 fn lifecycle_name(event: c_int, _detail: c_int) -> &'static str {
     match event as u32 {
@@ -145,7 +207,7 @@ fn lifecycle_name(event: c_int, _detail: c_int) -> &'static str {
 }
 
 /// Register the domain event and close callbacks on a fresh connection and
-/// return the domain callback ids (for [`unregister`]). Each
+/// return the callback ids (for [`unregister`]). Each
 /// registration owns a boxed clone of `tx`, freed by libvirt when the
 /// connection goes away.
 ///
@@ -155,7 +217,7 @@ pub unsafe fn register(
     conn: sys::virConnectPtr,
     tx: &UnboundedSender<HypervisorEvent>,
     generation: u64,
-) -> Result<Vec<c_int>, virt::error::Error> {
+) -> Result<Registrations, virt::error::Error> {
     let boxed = || {
         Box::into_raw(Box::new(Tap {
             tx: tx.clone(),
@@ -205,7 +267,7 @@ pub unsafe fn register(
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device),
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device),
     ];
-    let mut ids = Vec::new();
+    let mut ids = Registrations::default();
     for (id, cb) in events {
         let opaque = boxed();
         let rc = sys::virConnectDomainEventRegisterAny(
@@ -222,8 +284,60 @@ pub unsafe fn register(
             unregister(conn, &ids, false);
             return Err(err);
         }
-        ids.push(rc);
+        ids.domain.push(rc);
     }
+    // Pools (lifecycle and refresh) and networks (lifecycle): created or
+    // removed behind vapord's back (virsh), they still appear and vanish.
+    type PoolLifecycle =
+        unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, c_int, c_int, *mut c_void);
+    type PoolGeneric =
+        unsafe extern "C" fn(sys::virConnectPtr, sys::virStoragePoolPtr, *mut c_void);
+    let pool_events: [(u32, PoolGeneric); 2] = [
+        (
+            sys::VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE,
+            std::mem::transmute::<PoolLifecycle, PoolGeneric>(on_pool_lifecycle),
+        ),
+        (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, on_pool),
+    ];
+    for (id, cb) in pool_events {
+        let opaque = boxed();
+        let rc = sys::virConnectStoragePoolEventRegisterAny(
+            conn,
+            std::ptr::null_mut(),
+            id as c_int,
+            Some(cb),
+            opaque,
+            Some(free_sender),
+        );
+        if rc < 0 {
+            let err = virt::error::Error::last_error();
+            free_sender(opaque);
+            unregister(conn, &ids, false);
+            return Err(err);
+        }
+        ids.pool.push(rc);
+    }
+    type NetLifecycle =
+        unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, c_int, c_int, *mut c_void);
+    type NetGeneric = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
+    let opaque = boxed();
+    let rc = sys::virConnectNetworkEventRegisterAny(
+        conn,
+        std::ptr::null_mut(),
+        sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
+        Some(std::mem::transmute::<NetLifecycle, NetGeneric>(
+            on_network_lifecycle,
+        )),
+        opaque,
+        Some(free_sender),
+    );
+    if rc < 0 {
+        let err = virt::error::Error::last_error();
+        free_sender(opaque);
+        unregister(conn, &ids, false);
+        return Err(err);
+    }
+    ids.network.push(rc);
     let opaque = boxed();
     if sys::virConnectRegisterCloseCallback(conn, Some(on_close), opaque, Some(free_sender)) < 0 {
         let err = virt::error::Error::last_error();
@@ -239,9 +353,15 @@ pub unsafe fn register(
 ///
 /// # Safety
 /// `conn` must be the connection the ids were registered on.
-pub unsafe fn unregister(conn: sys::virConnectPtr, domain_ids: &[c_int], close_callback: bool) {
-    for id in domain_ids {
+pub unsafe fn unregister(conn: sys::virConnectPtr, ids: &Registrations, close_callback: bool) {
+    for id in &ids.domain {
         sys::virConnectDomainEventDeregisterAny(conn, *id);
+    }
+    for id in &ids.pool {
+        sys::virConnectStoragePoolEventDeregisterAny(conn, *id);
+    }
+    for id in &ids.network {
+        sys::virConnectNetworkEventDeregisterAny(conn, *id);
     }
     if close_callback {
         sys::virConnectUnregisterCloseCallback(conn, Some(on_close));

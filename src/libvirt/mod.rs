@@ -7,8 +7,10 @@
 pub mod conn;
 pub mod errors;
 pub mod events;
+pub mod network;
 pub mod node;
 pub mod records;
+pub mod storage;
 pub mod xml;
 
 pub use conn::{Hypervisor, HypervisorEvent};

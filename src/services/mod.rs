@@ -3,8 +3,12 @@
 //! [`crate::libvirt::Hypervisor`] and keep [`crate::model::Model`] current after
 //! every change; they know nothing about D-Bus or polkit.
 
+pub mod follow;
+pub mod network;
 pub mod pci;
+pub mod references;
 pub mod rollback;
+pub mod storage;
 pub mod storage_ownership;
 pub mod vm;
 

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 
 use virt::connect::Connect;
+use virt::domain::Domain;
 use virt::storage_vol::StorageVol;
 use virt_sys as sys;
 
@@ -54,57 +55,96 @@ pub fn nvram_path(domain: &Element) -> Option<String> {
         .map(String::from)
 }
 
-/// Every path other domains use (canonical), mapped to one user's name.
-/// Fails if any other domain's definition cannot be read.
-fn paths_used_by_others(conn: &Connect, own_uuid: &str) -> Result<HashMap<String, String>> {
-    let mut used = HashMap::new();
+/// Every path a domain's definitions use (disks, NVRAM, whole backing
+/// chains), canonical. A definition that cannot be read is an error: then
+/// no one can prove the domain does not use some piece of storage.
+pub fn domain_paths(conn: &Connect, d: &Domain) -> std::result::Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for root in domain_definitions(d)? {
+        out.extend(definition_paths_of(conn, &root)?);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The live and the persistent definition of a domain (one when they are
+/// the same); none for a domain undefined meanwhile.
+pub fn domain_definitions(d: &Domain) -> std::result::Result<Vec<Element>, String> {
+    let mut docs = Vec::new();
+    let mut flags = vec![0];
+    if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
+        flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
+    }
+    for f in flags {
+        match d.xml_desc(f) {
+            Ok(x) => docs.push(Element::parse(&x).map_err(|e| e.to_string())?),
+            // A domain undefined meanwhile uses nothing any more.
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e.message().to_owned()),
+        }
+    }
+    Ok(docs)
+}
+
+/// The paths one definition uses, canonical.
+pub fn definition_paths_of(
+    conn: &Connect,
+    root: &Element,
+) -> std::result::Result<Vec<String>, String> {
+    let mut paths: Vec<String> = nvram_path(root).into_iter().collect();
+    for disk in domain_disks(root) {
+        let path = resolve_path(conn, &disk.source);
+        // A stopped domain's XML shows no backing chain: read it from the image.
+        if disk.backing.is_empty() && disk.format.as_deref() == Some("qcow2") {
+            if let Some(p) = &path {
+                paths.extend(image_backing_chain(p)?);
+            }
+        }
+        paths.extend(path);
+        paths.extend(disk.backing);
+    }
+    Ok(paths.iter().map(|p| canonical(p)).collect())
+}
+
+/// Every path domains use (canonical), mapped to the names of their users,
+/// leaving out `except` (the VM being deleted). Fails if any domain's
+/// definition cannot be read.
+pub fn paths_in_use(conn: &Connect, except: Option<&str>) -> Result<HashMap<String, Vec<String>>> {
+    let mut used: HashMap<String, Vec<String>> = HashMap::new();
     let doms = conn
         .list_all_domains(0)
         .map_err(|e| from_virt(e, "cannot list domains"))?;
     for d in doms {
-        if d.uuid_string().ok().as_deref() == Some(own_uuid) {
+        if except.is_some() && d.uuid_string().ok().as_deref() == except {
             continue;
         }
         let name = d.name().unwrap_or_default();
-        let unreadable = |e: String| {
+        let paths = domain_paths(conn, &d).map_err(|e| {
             Error::Failed(format!(
-                "cannot make sure VM '{name}' does not share this storage, so nothing was deleted: {e}"
+                "cannot make sure VM '{name}' does not use this storage, so nothing was deleted: {e}"
             ))
-        };
-        // A domain undefined meanwhile uses nothing any more; any other
-        // failure means we cannot prove the storage is unshared.
-        let mut docs = Vec::new();
-        let mut flags = vec![0];
-        if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
-            flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
-        }
-        for f in flags {
-            match d.xml_desc(f) {
-                Ok(x) => docs.push(x),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(unreadable(e.message().to_owned())),
-            }
-        }
-        for xml in docs {
-            let root = Element::parse(&xml).map_err(|e| unreadable(e.to_string()))?;
-            let mut paths: Vec<String> = nvram_path(&root).into_iter().collect();
-            for disk in domain_disks(&root) {
-                let path = resolve_path(conn, &disk.source);
-                // A stopped domain's XML shows no backing chain: read it from the image.
-                if disk.backing.is_empty() && disk.format.as_deref() == Some("qcow2") {
-                    if let Some(p) = &path {
-                        paths.extend(image_backing_chain(p).map_err(unreadable)?);
-                    }
-                }
-                paths.extend(path);
-                paths.extend(disk.backing);
-            }
-            for p in paths {
-                used.entry(canonical(&p)).or_insert_with(|| name.clone());
+        })?;
+        for p in paths {
+            let users = used.entry(p).or_default();
+            if !users.contains(&name) {
+                users.push(name.clone());
             }
         }
     }
     Ok(used)
+}
+
+/// Who else needs storage, as the deletion rules see it (all domains but
+/// `except`, and every volume layered on another).
+pub fn other_users(conn: &Connect, except: Option<&str>) -> Result<OtherUsers> {
+    Ok(OtherUsers {
+        domains: paths_in_use(conn, except)?,
+        backing_of: backing_files(conn)
+            .into_iter()
+            .map(|(b, child)| (canonical(&b), child))
+            .collect(),
+    })
 }
 
 /// The files below a qcow2 image (backing files and external data files,
@@ -203,8 +243,8 @@ pub struct DiskUse {
 /// Who else needs storage, keyed by canonical path.
 #[derive(Debug, Clone, Default)]
 pub struct OtherUsers {
-    /// Paths other domains use (disks, NVRAM, backing chains) → one user.
-    pub domains: HashMap<String, String>,
+    /// Paths other domains use (disks, NVRAM, backing chains) → their names.
+    pub domains: HashMap<String, Vec<String>>,
     /// Backing files of volumes in active pools → the volume on top.
     pub backing_of: HashMap<String, String>,
 }
@@ -222,8 +262,10 @@ pub enum Verdict {
 /// explicit (and separately authorized) wish to delete storage vapord did
 /// not create for this VM.
 pub fn decide(c: &Candidate, remove_foreign: bool, others: &OtherUsers) -> Verdict {
-    if let Some(other) = others.domains.get(&c.canonical) {
-        return Verdict::Keep(format!("also used by VM '{other}'"));
+    if let Some(users) = others.domains.get(&c.canonical).filter(|u| !u.is_empty()) {
+        let names: Vec<String> = users.iter().map(|n| format!("'{n}'")).collect();
+        let vms = if names.len() == 1 { "VM" } else { "VMs" };
+        return Verdict::Keep(format!("also used by {vms} {}", names.join(", ")));
     }
     if let Some(child) = others.backing_of.get(&c.canonical) {
         return Verdict::Keep(format!("backing file of volume {child}"));
@@ -256,6 +298,20 @@ pub fn decide(c: &Candidate, remove_foreign: bool, others: &OtherUsers) -> Verdi
     }
 }
 
+/// Whether a volume may be deleted on its own (Volume.Delete, or a pool's
+/// contents): the VM deletion rules, applied to a volume the caller names
+/// explicitly — never while a VM or another volume needs it.
+pub fn decide_volume(canonical: &str, others: &OtherUsers) -> Verdict {
+    let c = Candidate {
+        path: canonical.to_owned(),
+        canonical: canonical.to_owned(),
+        disk: None,
+        created_for_vm: true,
+        is_volume: true,
+    };
+    decide(&c, false, others)
+}
+
 /// Decide, disk by disk, what deleting this VM may delete: vapord's own
 /// volumes for it always (when no one else uses them), other storage only
 /// with `remove_foreign`.
@@ -267,19 +323,14 @@ pub fn plan(
     nvram: Option<&str>,
     remove_foreign: bool,
 ) -> Result<StoragePlan> {
-    let others = OtherUsers {
-        domains: paths_used_by_others(conn, uuid)?,
-        backing_of: backing_files(conn)
-            .into_iter()
-            .map(|(b, child)| (canonical(&b), child))
-            .collect(),
-    };
+    let others = other_users(conn, Some(uuid))?;
 
     let mut plan = StoragePlan {
         delete: Vec::new(),
         kept: Vec::new(),
         nvram_kept: nvram
             .and_then(|p| others.domains.get(&canonical(p)))
+            .and_then(|users| users.first())
             .map(|other| format!("firmware variables also used by VM '{other}'")),
     };
     // Attached disks, then volumes vapord made for the VM that are no longer attached.
@@ -416,7 +467,9 @@ mod tests {
     #[test]
     fn storage_anyone_else_uses_is_kept_even_when_vapord_made_it() {
         let mut others = OtherUsers::default();
-        others.domains.insert("/p/a.qcow2".into(), "web".into());
+        others
+            .domains
+            .insert("/p/a.qcow2".into(), vec!["web".into()]);
         others
             .backing_of
             .insert("/p/base.qcow2".into(), "/p/top.qcow2".into());
@@ -425,6 +478,26 @@ mod tests {
         let c = cand("/p/base.qcow2", None, true, true);
         assert_eq!(
             decide(&c, true, &others),
+            keep("backing file of volume /p/top.qcow2")
+        );
+    }
+
+    #[test]
+    fn a_volume_deleted_on_its_own_follows_the_same_rules() {
+        let mut others = OtherUsers::default();
+        assert_eq!(decide_volume("/p/free.qcow2", &others), Verdict::Delete);
+        others
+            .domains
+            .insert("/p/a.qcow2".into(), vec!["web".into(), "db".into()]);
+        others
+            .backing_of
+            .insert("/p/base.qcow2".into(), "/p/top.qcow2".into());
+        assert_eq!(
+            decide_volume("/p/a.qcow2", &others),
+            keep("also used by VMs 'web', 'db'")
+        );
+        assert_eq!(
+            decide_volume("/p/base.qcow2", &others),
             keep("backing file of volume /p/top.qcow2")
         );
     }
@@ -445,9 +518,14 @@ mod tests {
     #[test]
     fn others_are_matched_by_the_file_not_the_spelling() {
         let mut others = OtherUsers::default();
-        others.domains.insert("/real/a.qcow2".into(), "db".into());
+        others
+            .domains
+            .insert("/real/a.qcow2".into(), vec!["db".into(), "web".into()]);
         let mut c = cand("/p/link.qcow2", disk("disk", false, false), true, true);
         c.canonical = "/real/a.qcow2".into();
-        assert_eq!(decide(&c, true, &others), keep("also used by VM 'db'"));
+        assert_eq!(
+            decide(&c, true, &others),
+            keep("also used by VMs 'db', 'web'")
+        );
     }
 }

@@ -1,0 +1,724 @@
+//! `org.vapor.Virtualization.StoragePool` and `…Volume`: one object per
+//! libvirt storage pool at `/org/vapor/Virtualization/pool/<uuid>`, and one
+//! per volume of an active pool below it. Properties come from the storage
+//! service's records (one table per kind); every change is polkit
+//! `storage-manage` with the pool's (and volume's) details; long work runs
+//! as a Job.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use zbus::message::Header;
+use zbus::object_server::ObjectServer;
+use zbus::{interface, OwnedFd, OwnedObjectPath, OwnedVariant, Variant};
+
+use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
+use super::options;
+use super::polkit::{Action, Authorizer, Target};
+use super::{vm_path, Error, ROOT_PATH};
+use crate::progress::Progress;
+use crate::services::storage::{PoolView, StorageService, VolumeView};
+use crate::storage::spec::{self, VolumeFormat};
+use crate::text::for_bus;
+
+/// Object path of a pool.
+pub fn pool_path(uuid: &str) -> String {
+    format!("{ROOT_PATH}/pool/{}", uuid.replace('-', "_"))
+}
+
+/// Object path of a volume: below its pool, its name escaped (every byte
+/// outside `[A-Za-z0-9]` as `_xx`).
+pub fn volume_path(pool_uuid: &str, name: &str) -> String {
+    format!("{}/{}", pool_path(pool_uuid), escape_path_element(name))
+}
+
+/// A string as one object path element (like sd-bus's label escaping).
+pub fn escape_path_element(s: &str) -> String {
+    if s.is_empty() {
+        return "_".into();
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+fn object_path(p: String) -> OwnedObjectPath {
+    OwnedObjectPath::try_from(p)
+        .unwrap_or_else(|_| OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked("/")))
+}
+
+fn vm_paths(vms: &[(String, String)]) -> Variant<'static> {
+    Variant::from(
+        vms.iter()
+            .map(|(uuid, _)| object_path(vm_path(uuid)))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn text(s: &str) -> Variant<'static> {
+    Variant::from(for_bus(s).into_owned())
+}
+
+impl Target for PoolView {
+    fn describe(&self) -> String {
+        format!("the storage pool '{}'", self.rec.name)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("pool.name", self.rec.name.clone()),
+            ("pool.uuid", self.rec.uuid.clone()),
+            ("pool.type", self.rec.kind.clone()),
+        ]
+    }
+}
+
+impl Target for VolumeView {
+    fn describe(&self) -> String {
+        format!(
+            "the volume '{}' of the storage pool '{}'",
+            self.rec.name, self.pool_name
+        )
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("volume.name", self.rec.name.clone()),
+            ("volume.path", self.rec.path.clone()),
+            ("pool.name", self.pool_name.clone()),
+            ("pool.uuid", self.rec.pool_uuid.clone()),
+        ]
+    }
+}
+
+/// What every pool and volume object shares.
+pub struct StorageContext {
+    pub storage: Arc<StorageService>,
+    pub auth: Arc<Authorizer>,
+}
+
+/// The pool kind (its record: [`PoolView`]).
+pub struct Pools(pub Arc<StorageContext>);
+/// The volume kind (its record: [`VolumeView`]).
+pub struct Volumes(pub Arc<StorageContext>);
+
+impl Kind for Pools {
+    type Record = PoolView;
+    type Methods = StoragePool;
+    const PROPERTIES: &'static [Prop<PoolView>] = &[
+        fixed("Name", |p| text(&p.rec.name)),
+        fixed("Uuid", |p| Variant::from(p.rec.uuid.clone())),
+        fixed("Type", |p| text(&p.rec.kind)),
+        prop("State", |p| Variant::from(p.rec.state)),
+        prop("Autostart", |p| Variant::from(p.rec.autostart)),
+        prop("Persistent", |p| Variant::from(p.rec.persistent)),
+        prop("TargetPath", |p| text(&p.rec.target_path)),
+        prop("CapacityBytes", |p| Variant::from(p.rec.capacity)),
+        prop("AllocationBytes", |p| Variant::from(p.rec.allocation)),
+        prop("AvailableBytes", |p| Variant::from(p.rec.available)),
+        prop("Volumes", |p| {
+            Variant::from(
+                p.volumes
+                    .iter()
+                    .map(|id| {
+                        let name = id.split_once('/').map_or(id.as_str(), |(_, n)| n);
+                        object_path(volume_path(&p.rec.uuid, name))
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }),
+    ];
+
+    fn path(p: &PoolView) -> String {
+        pool_path(&p.rec.uuid)
+    }
+
+    fn methods(self: &Arc<Self>, shown: Shown<PoolView>) -> StoragePool {
+        StoragePool {
+            shown,
+            ctx: self.0.clone(),
+        }
+    }
+
+    fn current(&self, p: &PoolView) -> Option<Arc<PoolView>> {
+        self.0.storage.pool(&p.rec.uuid)
+    }
+}
+
+impl Kind for Volumes {
+    type Record = VolumeView;
+    type Methods = Volume;
+    const PROPERTIES: &'static [Prop<VolumeView>] = &[
+        fixed("Name", |v| text(&v.rec.name)),
+        fixed("Pool", |v| {
+            Variant::from(object_path(pool_path(&v.rec.pool_uuid)))
+        }),
+        fixed("Path", |v| text(&v.rec.path)),
+        fixed("Key", |v| text(&v.rec.key)),
+        prop("Format", |v| text(&v.rec.format)),
+        prop("CapacityBytes", |v| Variant::from(v.rec.capacity)),
+        prop("AllocationBytes", |v| Variant::from(v.rec.allocation)),
+        prop("BackingStore", |v| text(&v.rec.backing_store)),
+        prop("Label", |v| text(&v.label)),
+        prop("UsedBy", |v| vm_paths(&v.used_by)),
+        prop("OwnedBy", |v| {
+            Variant::from(object_path(
+                v.owned_by
+                    .as_deref()
+                    .map(vm_path)
+                    .unwrap_or_else(|| "/".into()),
+            ))
+        }),
+    ];
+
+    fn path(v: &VolumeView) -> String {
+        volume_path(&v.rec.pool_uuid, &v.rec.name)
+    }
+
+    fn methods(self: &Arc<Self>, shown: Shown<VolumeView>) -> Volume {
+        Volume {
+            shown,
+            ctx: self.0.clone(),
+        }
+    }
+
+    fn current(&self, v: &VolumeView) -> Option<Arc<VolumeView>> {
+        self.0.storage.volume(&v.id)
+    }
+}
+
+/// A caller's file descriptor as a file vapord reads or writes (never a
+/// path vapord opens), with the access the call needs.
+fn caller_file(fd: OwnedFd, write: bool) -> Result<std::fs::File, Error> {
+    let fd: std::os::fd::OwnedFd = fd.into();
+    // SAFETY: F_GETFL on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(Error::InvalidArgument(
+            "fd: not an open file descriptor".into(),
+        ));
+    }
+    let mode = flags & libc::O_ACCMODE;
+    let ok = if write {
+        mode == libc::O_WRONLY || mode == libc::O_RDWR
+    } else {
+        mode == libc::O_RDONLY || mode == libc::O_RDWR
+    };
+    if !ok {
+        let want = if write { "writing" } else { "reading" };
+        return Err(Error::InvalidArgument(format!("fd: not open for {want}")));
+    }
+    let file = std::fs::File::from(fd);
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::InvalidArgument(format!("fd: {e}")))?;
+    let kind = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir()
+        || kind.is_block_device()
+        || kind.is_char_device()
+        || kind.is_socket() && !write
+    {
+        return Err(Error::InvalidArgument(
+            "fd: must be a regular file or a pipe".into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// How many bytes an upload reads: what is left of a regular file, or the
+/// `size` option (required for pipes; never more than a file holds).
+fn upload_length(file: &std::fs::File, size: Option<u64>) -> Result<u64, Error> {
+    use std::io::Seek;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::InvalidArgument(format!("fd: {e}")))?;
+    if meta.is_file() {
+        let mut f = file;
+        let pos = f.stream_position().unwrap_or(0);
+        let left = meta.len().saturating_sub(pos);
+        match size {
+            Some(s) if s > left => Err(Error::InvalidArgument(format!(
+                "options.size: {s} is more than the file holds ({left} bytes)"
+            ))),
+            Some(s) => Ok(s),
+            None if left == 0 => Err(Error::InvalidArgument("fd: the file is empty".into())),
+            None => Ok(left),
+        }
+    } else {
+        match size {
+            Some(0) | None => Err(Error::InvalidArgument(
+                "options.size: required (and above 0) when fd is not a regular file".into(),
+            )),
+            Some(s) => Ok(s),
+        }
+    }
+}
+
+fn format_option(opts: &options::Options, default: VolumeFormat) -> Result<VolumeFormat, Error> {
+    match options::string(opts, "format")? {
+        None => Ok(default),
+        Some(f) => VolumeFormat::from_name(&f).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "options.format: unknown format '{f}' (raw, qcow2, iso)"
+            ))
+        }),
+    }
+}
+
+/// The methods of one pool object.
+pub struct StoragePool {
+    shown: Shown<PoolView>,
+    ctx: Arc<StorageContext>,
+}
+
+impl StoragePool {
+    async fn authorize(&self, header: &Header<'_>, verb: &str) -> Result<Arc<PoolView>, Error> {
+        self.authorize_with(header, verb, &[]).await
+    }
+
+    async fn authorize_with(
+        &self,
+        header: &Header<'_>,
+        verb: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Arc<PoolView>, Error> {
+        let p = shown(&self.shown);
+        self.ctx
+            .auth
+            .check_with(header, Action::StorageManage, &*p, verb, extra)
+            .await?;
+        Ok(p)
+    }
+
+    fn sync(&self, uuid: &str) {
+        refresh_shown(&self.shown, self.ctx.storage.pool(uuid));
+    }
+
+    fn volume_object(&self, id: &str) -> Result<OwnedObjectPath, Error> {
+        let v = self.ctx.storage.volume(id).ok_or_else(|| {
+            Error::Failed(format!("volume {id} vanished right after it was made"))
+        })?;
+        Ok(object_path(volume_path(&v.rec.pool_uuid, &v.rec.name)))
+    }
+}
+
+#[interface(name = "org.vapor.Virtualization.StoragePool")]
+impl StoragePool {
+    /// Start the pool. Options: `build` (b).
+    async fn start(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        options::known(&options, &["build"])?;
+        let build = options::flag(&options, "build")?;
+        let p = self.authorize(&header, "start").await?;
+        let r = self.ctx.storage.start_pool(&p.rec.uuid, build).await;
+        self.sync(&p.rec.uuid);
+        Ok(r?)
+    }
+
+    /// Stop the pool (refused while a running VM uses one of its volumes).
+    async fn stop(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        let p = self.authorize(&header, "stop").await?;
+        let r = self.ctx.storage.stop_pool(&p.rec.uuid).await;
+        self.sync(&p.rec.uuid);
+        Ok(r?)
+    }
+
+    /// Re-read the pool's volumes from storage.
+    async fn refresh(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        let p = self.authorize(&header, "refresh").await?;
+        let r = self.ctx.storage.refresh_pool(&p.rec.uuid).await;
+        self.sync(&p.rec.uuid);
+        Ok(r?)
+    }
+
+    async fn set_autostart(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        autostart: bool,
+    ) -> Result<(), Error> {
+        let verb = if autostart {
+            "enable autostart of"
+        } else {
+            "disable autostart of"
+        };
+        let p = self.authorize(&header, verb).await?;
+        let r = self
+            .ctx
+            .storage
+            .set_pool_autostart(&p.rec.uuid, autostart)
+            .await;
+        self.sync(&p.rec.uuid);
+        Ok(r?)
+    }
+
+    /// Remove the pool. Options: `delete_volumes` (b), `delete_directory` (b).
+    async fn delete(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        options::known(&options, &["delete_volumes", "delete_directory"])?;
+        let vols = options::flag(&options, "delete_volumes")?;
+        let dir = options::flag(&options, "delete_directory")?;
+        let flag = |b: bool| if b { "true" } else { "false" };
+        let verb = if vols {
+            "delete, with its volumes,"
+        } else {
+            "delete"
+        };
+        let p = self
+            .authorize_with(
+                &header,
+                verb,
+                &[
+                    ("pool.delete.delete_volumes", flag(vols)),
+                    ("pool.delete.delete_directory", flag(dir)),
+                ],
+            )
+            .await?;
+        Ok(self.ctx.storage.delete_pool(&p.rec.uuid, vols, dir).await?)
+    }
+
+    /// Create a volume from a JSON volume spec; a Job while it runs.
+    #[zbus(out_args("volume"))]
+    async fn create_volume(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        spec: &str,
+    ) -> Result<OwnedObjectPath, Error> {
+        let spec = spec::parse_volume_spec(spec)?;
+        let p = self
+            .authorize_with(
+                &header,
+                "create a volume in",
+                &[("volume.name", &spec.name)],
+            )
+            .await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![volume_path(&p.rec.uuid, &spec.name)];
+        let storage = self.ctx.storage.clone();
+        let uuid = p.rec.uuid.clone();
+        let id = super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-create",
+            objects,
+            uid,
+            |job| async move {
+                storage
+                    .create_volume(&uuid, &spec, uid, job as Arc<dyn Progress>)
+                    .await
+            },
+        )
+        .await?;
+        self.sync(&p.rec.uuid);
+        self.volume_object(&id)
+    }
+
+    /// Create volume `name` filled from the caller's `fd`, as a Job.
+    /// Options: `format` (s), `size` (t).
+    #[zbus(out_args("volume"))]
+    async fn upload_volume(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        name: &str,
+        fd: OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath, Error> {
+        options::known(&options, &["format", "size"])?;
+        spec::check_object_name("name", name)?;
+        let format = format_option(&options, VolumeFormat::Raw)?;
+        let file = caller_file(fd, false)?;
+        let length = upload_length(&file, options::uint(&options, "size")?)?;
+        let p = self
+            .authorize_with(&header, "upload a volume to", &[("volume.name", name)])
+            .await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![volume_path(&p.rec.uuid, name)];
+        let storage = self.ctx.storage.clone();
+        let (uuid, name) = (p.rec.uuid.clone(), name.to_owned());
+        let id = super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-upload",
+            objects,
+            uid,
+            |job| async move {
+                storage
+                    .upload_new(
+                        &uuid,
+                        &name,
+                        format,
+                        file,
+                        length,
+                        uid,
+                        job as Arc<dyn Progress>,
+                    )
+                    .await
+            },
+        )
+        .await?;
+        self.sync(&p.rec.uuid);
+        self.volume_object(&id)
+    }
+}
+
+/// The methods of one volume object.
+pub struct Volume {
+    shown: Shown<VolumeView>,
+    ctx: Arc<StorageContext>,
+}
+
+impl Volume {
+    async fn authorize(&self, header: &Header<'_>, verb: &str) -> Result<Arc<VolumeView>, Error> {
+        let v = shown(&self.shown);
+        self.ctx
+            .auth
+            .check(header, Action::StorageManage, &*v, verb)
+            .await?;
+        Ok(v)
+    }
+
+    fn sync(&self, id: &str) {
+        refresh_shown(&self.shown, self.ctx.storage.volume(id));
+    }
+}
+
+#[interface(name = "org.vapor.Virtualization.Volume")]
+impl Volume {
+    /// Copy into a new volume `name` in the same pool, as a Job. Options: `format` (s).
+    #[zbus(out_args("volume"))]
+    async fn clone(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        name: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath, Error> {
+        options::known(&options, &["format"])?;
+        spec::check_object_name("name", name)?;
+        let format = match options::string(&options, "format")? {
+            None => None,
+            Some(_) => Some(format_option(&options, VolumeFormat::Raw)?),
+        };
+        let v = self.authorize(&header, "copy").await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![
+            volume_path(&v.rec.pool_uuid, &v.rec.name),
+            volume_path(&v.rec.pool_uuid, name),
+        ];
+        let storage = self.ctx.storage.clone();
+        let (id, name) = (v.id.clone(), name.to_owned());
+        let new = super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-clone",
+            objects,
+            uid,
+            |job| async move {
+                storage
+                    .clone_volume(&id, &name, format, uid, job as Arc<dyn Progress>)
+                    .await
+            },
+        )
+        .await?;
+        let made = self.ctx.storage.volume(&new).ok_or_else(|| {
+            Error::Failed(format!("volume {new} vanished right after it was made"))
+        })?;
+        Ok(object_path(volume_path(
+            &made.rec.pool_uuid,
+            &made.rec.name,
+        )))
+    }
+
+    /// Change the capacity. Options: `shrink` (b).
+    async fn resize(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        capacity: u64,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        options::known(&options, &["shrink"])?;
+        let shrink = options::flag(&options, "shrink")?;
+        let v = self.authorize(&header, "resize").await?;
+        let r = self.ctx.storage.resize(&v.id, capacity, shrink).await;
+        self.sync(&v.id);
+        Ok(r?)
+    }
+
+    /// Overwrite with zeros, as a Job (refused while any VM uses it).
+    async fn wipe(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+    ) -> Result<(), Error> {
+        let v = self.authorize(&header, "wipe").await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
+        let storage = self.ctx.storage.clone();
+        let id = v.id.clone();
+        super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-wipe",
+            objects,
+            uid,
+            |job| async move { storage.wipe(&id, job as Arc<dyn Progress>).await },
+        )
+        .await?;
+        self.sync(&v.id);
+        Ok(())
+    }
+
+    /// Delete the volume (refused while any VM uses it, naming them).
+    async fn delete(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        let v = self.authorize(&header, "delete").await?;
+        Ok(self.ctx.storage.delete_volume(&v.id).await?)
+    }
+
+    /// Replace the contents with what `fd` holds, as a Job. Options: `size` (t).
+    async fn upload(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        fd: OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        options::known(&options, &["size"])?;
+        let file = caller_file(fd, false)?;
+        let length = upload_length(&file, options::uint(&options, "size")?)?;
+        let v = self.authorize(&header, "overwrite").await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
+        let storage = self.ctx.storage.clone();
+        let id = v.id.clone();
+        super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-upload",
+            objects,
+            uid,
+            |job| async move {
+                storage
+                    .upload(&id, file, length, job as Arc<dyn Progress>)
+                    .await
+            },
+        )
+        .await?;
+        self.sync(&v.id);
+        Ok(())
+    }
+
+    /// Write the contents to `fd`, as a Job.
+    async fn download(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        fd: OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        options::known(&options, &[])?;
+        let file = caller_file(fd, true)?;
+        let v = self.authorize(&header, "download").await?;
+        let uid = self.ctx.auth.caller_uid(&header).await?;
+        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
+        let storage = self.ctx.storage.clone();
+        let id = v.id.clone();
+        super::job::run(
+            server,
+            &self.ctx.auth,
+            "volume-download",
+            objects,
+            uid,
+            |job| async move { storage.download(&id, file, job as Arc<dyn Progress>).await },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_become_valid_path_elements() {
+        for name in ["disk.qcow2", "a b", "ünï", "", "../x", "_"] {
+            let p = volume_path("0b7f5a2e-0000-4000-8000-000000000001", name);
+            assert!(zbus::ObjectPath::try_from(p.as_str()).is_ok(), "{p}");
+        }
+        assert_eq!(escape_path_element("disk.qcow2"), "disk_2eqcow2");
+        // Escaping is one-to-one: different names never share a path.
+        assert_ne!(escape_path_element("a_2e"), escape_path_element("a."));
+    }
+}
+
+impl Target for spec::PoolSpec {
+    fn describe(&self) -> String {
+        format!("the storage pool '{}'", self.name)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("pool.name", self.name.clone()),
+            ("pool.type", self.kind.as_str().to_owned()),
+            ("pool.target", self.target.clone()),
+        ]
+    }
+}
+
+/// Manager.CreateStoragePool and PlanStoragePool: parse, authorize
+/// (`storage-manage`, and `storage-host-path` for a pool on a host path
+/// outside the pool roots or on host devices), then define or plan.
+pub async fn create_pool(
+    pools: &Arc<Pools>,
+    server: &ObjectServer,
+    header: &Header<'_>,
+    spec_json: &str,
+    dry_run: bool,
+) -> Result<(String, Option<OwnedObjectPath>), Error> {
+    let ctx = &pools.0;
+    let spec = spec::parse_pool_spec(spec_json)?;
+    let verb = if dry_run { "plan" } else { "create" };
+    ctx.auth
+        .check(header, Action::StorageManage, &spec, verb)
+        .await?;
+    let roots = crate::services::storage::POOL_ROOTS;
+    let host = {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || crate::services::storage::pool_host_paths(&spec, roots))
+            .await
+            .map_err(|e| Error::Failed(format!("path check failed: {e}")))?
+    };
+    if let Some(why) = host {
+        ctx.auth
+            .check_with(
+                header,
+                Action::StorageHostPath,
+                &spec,
+                &format!("put {why} under"),
+                &[("storage.path", &spec.target)],
+            )
+            .await?;
+    }
+    let xml = ctx.storage.plan_pool(&spec);
+    if dry_run {
+        return Ok((for_bus(&xml).into_owned(), None));
+    }
+    let uuid = ctx.storage.create_pool(&spec).await?;
+    // The caller can use the path at once.
+    if let Some(p) = ctx.storage.pool(&uuid) {
+        super::object::export(server, pools, p).await;
+    }
+    Ok((xml, Some(object_path(pool_path(&uuid)))))
+}
