@@ -701,13 +701,16 @@ pub async fn create_pool(
             .map_err(|e| Error::Failed(format!("path check failed: {e}")))?
     };
     if let Some(why) = host {
+        let mut details = spec.details();
+        details.push(("storage.path", spec.target.clone()));
+        let details: Vec<(&str, &str)> = details.iter().map(|(k, v)| (*k, v.as_str())).collect();
         ctx.auth
             .check_with(
                 header,
                 Action::StorageHostPath,
-                &spec,
-                &format!("put {why} under"),
-                &[("storage.path", &spec.target)],
+                &super::polkit::Host,
+                &format!("create the storage pool '{}' as {why}", spec.name),
+                &details,
             )
             .await?;
     }

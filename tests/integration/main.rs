@@ -13,4 +13,6 @@ mod introspection;
 mod lifecycle;
 mod limits;
 mod pci_real;
+mod network;
 mod polkit_access;
+mod storage;
