@@ -462,3 +462,66 @@ async fn a_volume_a_vm_uses_cannot_be_deleted_and_names_the_vm() {
     assert!(e.to_string().contains(&d.name), "{e}");
     assert!(std::path::Path::new(&disk).exists());
 }
+
+#[tokio::test]
+async fn a_cancelled_upload_leaves_no_volume_behind() {
+    let conn = bus().await;
+    let pool = TestPool::new("cancelup");
+    let uuid = virsh(&["pool-uuid", &pool.name]).trim().to_owned();
+    let path = pool_object(&uuid);
+    eventually("the pool appears", || object_exists(&conn, &path, POOL)).await;
+    let target = format!("{path}/cancelled_2eraw");
+    let mut added = interfaces_added(&conn).await;
+
+    // A pipe that delivers slowly: the upload is still running when cancelled.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                if writer.write_all(&[1u8; 64 * 1024]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let fd = zbus::OwnedFd::from(std::os::fd::OwnedFd::from(reader));
+    let mut opts = HashMap::new();
+    opts.insert("size", zbus::Variant::from(1u64 << 30));
+    let uploading = {
+        let conn = conn.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            proxy(&conn, &path, POOL)
+                .await
+                .call::<_, _, OwnedObjectPath>("UploadVolume", &("cancelled.raw", fd, opts))
+                .await
+        })
+    };
+    type Added = (OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>);
+    let m = wait_signal(&mut added, "the upload's Job", |m| {
+        m.body().deserialize::<Added>().is_ok_and(|(_, ifaces)| {
+            ifaces
+                .get("org.vapor.Virtualization.Job")
+                .and_then(|p| p.get("Objects"))
+                .is_some_and(|o| paths(o).contains(&target))
+        })
+    })
+    .await;
+    let job = m.body().deserialize::<Added>().unwrap().0;
+    let () = proxy(&conn, job.as_str(), "org.vapor.Virtualization.Job")
+        .await
+        .call("Cancel", &())
+        .await
+        .unwrap();
+    let r = uploading.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    feeder.join().unwrap();
+    let e = r.expect_err("a cancelled upload succeeded");
+    assert!(error_name(e).contains("cancel"));
+    pool.refresh();
+    assert!(pool.files().is_empty(), "left behind: {:?}", pool.files());
+    assert!(!object_exists(&conn, &target, VOLUME).await);
+}
