@@ -32,4 +32,3 @@ impl CancelFlag {
         self.0.load(Ordering::SeqCst)
     }
 }
-

@@ -226,7 +226,9 @@ mod tests {
         let changes = drain(&mut rx);
         assert_eq!(changes.len(), 3);
         assert!(matches!(&changes[0], Change::Added(r) if r.value == 1));
-        assert!(matches!(&changes[1], Change::Changed { old, new } if old.value == 1 && new.value == 2));
+        assert!(
+            matches!(&changes[1], Change::Changed { old, new } if old.value == 1 && new.value == 2)
+        );
         assert!(matches!(&changes[2], Change::Removed(r) if r.value == 2));
     }
 
