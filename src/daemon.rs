@@ -218,14 +218,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");
     }
     followers.load().await;
-    let (mut changes, mut pci_changes) = (changes, pci_changes);
-    let (mut pool_changes, mut volume_changes, mut network_changes) =
-        (pool_changes, volume_changes, network_changes);
-    object::drain(server, &ctx, &mut changes).await;
-    object::drain(server, &pci_ctx, &mut pci_changes).await;
-    object::drain(server, &pools, &mut pool_changes).await;
-    object::drain(server, &volumes, &mut volume_changes).await;
-    object::drain(server, &network_ctx, &mut network_changes).await;
+    // Every kind of object, published the same way.
+    let mut published = object::Publications::default();
+    published.add(ctx.clone(), changes);
+    published.add(pci_ctx.clone(), pci_changes);
+    published.add(pools, pool_changes);
+    published.add(volumes, volume_changes);
+    published.add(network_ctx, network_changes);
+    published.drain(server).await;
 
     // Watch for losing the name before asking for it.
     let dbus = DBusProxy::new(&conn).await.map_err(|e| e.to_string())?;
@@ -248,11 +248,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         }
     }
 
-    tokio::spawn(object::follow(conn.clone(), ctx.clone(), changes));
-    tokio::spawn(object::follow(conn.clone(), pci_ctx.clone(), pci_changes));
-    tokio::spawn(object::follow(conn.clone(), pools, pool_changes));
-    tokio::spawn(object::follow(conn.clone(), volumes, volume_changes));
-    tokio::spawn(object::follow(conn.clone(), network_ctx, network_changes));
+    published.follow(&conn);
     tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
     followers.spawn(&model, Duration::from_secs(30));
     if let Some(monitor) = monitor {

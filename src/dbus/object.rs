@@ -371,3 +371,52 @@ pub fn refresh_shown<R>(s: &Shown<R>, newest: Option<Arc<R>>) {
         show(s, r);
     }
 }
+
+/// A kind's objects waiting to be published: its kind and its store's changes.
+struct Publication<K: Kind> {
+    kind: Arc<K>,
+    rx: UnboundedReceiver<Change<K::Record>>,
+}
+
+/// Publishing, type-erased, so the daemon keeps one list of every kind.
+#[async_trait]
+trait Publish: Send {
+    async fn drain(&mut self, server: &ObjectServer);
+    fn follow(self: Box<Self>, conn: Connection);
+}
+
+#[async_trait]
+impl<K: Kind> Publish for Publication<K> {
+    async fn drain(&mut self, server: &ObjectServer) {
+        drain(server, &self.kind, &mut self.rx).await;
+    }
+    fn follow(self: Box<Self>, conn: Connection) {
+        tokio::spawn(follow(conn, self.kind, self.rx));
+    }
+}
+
+/// Every kind of object the daemon publishes: each is added once, its
+/// objects exported before the bus name is taken ([`Publications::drain`])
+/// and followed afterwards ([`Publications::follow`]).
+#[derive(Default)]
+pub struct Publications(Vec<Box<dyn Publish>>);
+
+impl Publications {
+    pub fn add<K: Kind>(&mut self, kind: Arc<K>, rx: UnboundedReceiver<Change<K::Record>>) {
+        self.0.push(Box::new(Publication { kind, rx }));
+    }
+
+    /// Export every object already known.
+    pub async fn drain(&mut self, server: &ObjectServer) {
+        for p in &mut self.0 {
+            p.drain(server).await;
+        }
+    }
+
+    /// Follow every kind for as long as the daemon runs.
+    pub fn follow(self, conn: &Connection) {
+        for p in self.0 {
+            p.follow(conn.clone());
+        }
+    }
+}
