@@ -11,7 +11,6 @@ use tokio::signal::unix::{signal, SignalKind};
 use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 
 use crate::config::Config;
-use crate::creation::engine::Engine;
 use crate::creation::resolve::Defaults;
 use crate::creation::template::TemplateStore;
 use crate::dbus::manager::Manager;
@@ -32,6 +31,7 @@ use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
 use crate::services::references::References;
 use crate::services::storage::StorageService;
+use crate::services::creation::CreationService;
 use crate::services::VmService;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs
@@ -170,7 +170,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         networks,
         auth: auth.clone(),
     });
-    let engine = Arc::new(Engine::new(
+    let engine = Arc::new(CreationService::new(
         model.hypervisor().clone(),
         TemplateStore::new(&cfg.templates_dir, &cfg.state_dir),
         Defaults {
@@ -182,7 +182,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     ));
     let server = conn.object_server();
     server
-        .at(ROOT_PATH, zbus::fdo::ObjectManager)
+        .at(
+            ROOT_PATH,
+            crate::dbus::managed::ObjectManager {
+                registry: Default::default(),
+            },
+        )
         .await
         .map_err(|e| format!("cannot export the object manager: {e}"))?;
     server

@@ -255,6 +255,10 @@ where
         )
         .await?;
     let iface = server.interface::<_, Job>(path.as_str()).await?;
+    let registry = super::managed::registry(server).await;
+    if let Some(r) = &registry {
+        r.job_started(&path);
+    }
     let notifier = {
         let iface = iface.clone();
         tokio::spawn(async move {
@@ -279,6 +283,9 @@ where
     let _ = Job::completed(emitter, ok, &msg).await;
     notifier.abort();
     let _ = server.remove::<Job, _>(path.as_str()).await;
+    if let Some(r) = &registry {
+        r.job_ended(&path);
+    }
     Ok(result?)
 }
 

@@ -5,6 +5,7 @@
 pub mod errors;
 pub mod introspection;
 pub mod job;
+pub mod managed;
 pub mod manager;
 pub mod network;
 pub mod object;

@@ -266,6 +266,16 @@ pub async fn apply<K: Kind>(
     kind: &Arc<K>,
     change: Change<K::Record>,
 ) -> zbus::Result<()> {
+    let registry = super::managed::registry(server).await;
+    let shown = |path: &str, rec: &K::Record| {
+        if let Some(r) = &registry {
+            r.set(
+                path,
+                <Object<K> as Interface>::name(),
+                property_values::<K>(rec),
+            );
+        }
+    };
     match change {
         Change::Added(rec) => {
             let path = K::path(&rec);
@@ -282,13 +292,16 @@ pub async fn apply<K: Kind>(
                 ))
                 .await;
             }
+            shown(&path, &rec);
         }
         Change::Removed(rec) => {
             // Back again since? Then the object stays.
             if kind.current(&rec).is_none() {
-                server
-                    .remove::<Object<K>, _>(K::path(&rec).as_str())
-                    .await?;
+                let path = K::path(&rec);
+                server.remove::<Object<K>, _>(path.as_str()).await?;
+                if let Some(r) = &registry {
+                    r.remove(&path);
+                }
             }
         }
         Change::Changed { new, .. } => {
@@ -301,14 +314,18 @@ pub async fn apply<K: Kind>(
             let iface = match server.interface::<_, Object<K>>(path.as_str()).await {
                 Ok(i) => i,
                 Err(_) => {
-                    server.at(path.as_str(), Object::new(kind, new)).await?;
+                    server
+                        .at(path.as_str(), Object::new(kind, new.clone()))
+                        .await?;
+                    shown(&path, &new);
                     return Ok(());
                 }
             };
-            let changed = iface.get().await.publish(new);
+            let changed = iface.get().await.publish(new.clone());
             if changed.is_empty() {
                 return Ok(());
             }
+            shown(&path, &new);
             let map: HashMap<&str, Variant<'_>> = changed.into_iter().collect();
             zbus::fdo::Properties::properties_changed(
                 iface.signal_emitter(),

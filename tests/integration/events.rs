@@ -172,3 +172,46 @@ async fn running_vm_reports_live_cpu_time_from_bulk_stats() {
     assert!(u64::try_from(&props["MemoryUsedKiB"]).unwrap() > 0);
     vm_call(&conn, &path, "ForceStop").await.unwrap();
 }
+
+type Managed = HashMap<zbus::OwnedObjectPath, HashMap<String, HashMap<String, zbus::OwnedVariant>>>;
+
+async fn managed(conn: &zbus::Connection) -> Managed {
+    zbus::Proxy::new(conn, BUS_NAME, ROOT, "org.freedesktop.DBus.ObjectManager")
+        .await
+        .unwrap()
+        .call("GetManagedObjects", &())
+        .await
+        .unwrap()
+}
+
+/// GetManagedObjects is answered from a cache: it must follow every change
+/// the signals announce (a new object, a changed property, a removal).
+#[tokio::test]
+async fn get_managed_objects_follows_every_announced_change() {
+    let conn = bus().await;
+    let d = TestDomain::define("managed");
+    wait_for_object(&conn, &d.path()).await;
+    let key = zbus::OwnedObjectPath::try_from(d.path()).unwrap();
+    let autostart = |m: &Managed| {
+        m.get(&key)
+            .and_then(|i| i.get(VM))
+            .and_then(|p| p.get("Autostart"))
+            .map(|v| bool::try_from(v).unwrap())
+    };
+    assert_eq!(autostart(&managed(&conn).await), Some(false));
+    let mut changes = properties_changed(&conn).await;
+    virsh(&["autostart", &d.name]);
+    // libvirt has no autostart event: the periodic full re-read finds it.
+    wait_signal(&mut changes, "Autostart changed", |m| {
+        m.header().path().is_some_and(|p| p.as_str() == d.path())
+            && m.body()
+                .deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
+                .is_ok_and(|(_, props, _)| props.contains_key("Autostart"))
+    })
+    .await;
+    assert_eq!(autostart(&managed(&conn).await), Some(true));
+    let mut removed = interfaces_removed(&conn).await;
+    virsh(&["undefine", &d.name]);
+    wait_signal(&mut removed, "the VM's removal", |m| is_about(m, &d.path())).await;
+    assert_eq!(autostart(&managed(&conn).await), None);
+}
