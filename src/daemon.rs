@@ -26,12 +26,12 @@ use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::recovery;
+use crate::services::creation::CreationService;
 use crate::services::follow::Followers;
 use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
 use crate::services::references::References;
 use crate::services::storage::StorageService;
-use crate::services::creation::CreationService;
 use crate::services::VmService;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs

@@ -104,6 +104,16 @@ pub fn probe_format(path: &Path) -> Result<Option<&'static str>, ImageError> {
     }
 }
 
+/// The paths of [`backing_chain`] (backing files and external data files,
+/// symlinks resolved); empty when the image does not exist. A chain that
+/// names a non-local file, loops, is too deep or cannot be read is an error
+/// (nothing is opened over the network).
+pub fn backing_chain_paths(path: &str) -> Result<Vec<String>, String> {
+    backing_chain(Path::new(path))
+        .map(|links| links.into_iter().map(|l| l.path).collect())
+        .map_err(|e| e.to_string())
+}
+
 /// Every file below the image at `path` that QEMU would open: backing files
 /// and external data files, recursively, top first (`path` itself is not
 /// listed). Empty for a raw image and for a `path` that does not exist.

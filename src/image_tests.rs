@@ -271,9 +271,8 @@ fn network_names_are_refused_without_connecting() {
                 name: name.clone(),
             })
         );
-        // And through the storage-ownership entry point.
-        let err = crate::services::storage_ownership::image_backing_chain(top.to_str().unwrap())
-            .unwrap_err();
+        // And through the entry point storage ownership and creation use.
+        let err = crate::image::backing_chain_paths(top.to_str().unwrap()).unwrap_err();
         assert!(err.contains(name.as_str()), "{err}");
     }
     // The same names as a lower image's backing file.

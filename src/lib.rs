@@ -1,10 +1,13 @@
 //! vapord: a polkit-guarded system D-Bus daemon over libvirt.
 //!
-//! Layers, in one direction of dependency:
+//! Layers, in one direction of dependency (checked by `layering_tests`):
 //! - [`dbus`]: the bus surface (parse, authorize, call a service, map errors);
-//! - [`services`]: what vapord does (VM lifecycle, deletion, description);
-//! - [`model`]: the event-fed cache of every domain;
-//! - [`libvirt`]: the adapter over the libvirt C library.
+//! - [`services`]: what vapord does (VM creation and templates, lifecycle,
+//!   deletion, description, storage, networks, PCI devices);
+//! - [`creation`] (pure planning of a VM), [`storage`] and [`network`]
+//!   (specs turned into XML), and [`model`], the event-fed cache of every
+//!   domain;
+//! - [`libvirt`]: the typed port over the libvirt C library.
 //!
 //! Beside them, [`text`] holds the rules for caller-supplied text: what may
 //! reach bus messages, polkit details, XML, paths, logs and files.
@@ -32,3 +35,6 @@ pub mod store;
 pub mod text;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod layering_tests;

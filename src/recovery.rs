@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::creation::engine::Engine;
 use crate::intent::{IntentLog, RecoveryLock, Step};
 use crate::libvirt::Hypervisor;
+use crate::services::creation::CreationService;
 use crate::services::rollback::{self, Leftover};
 
 /// How often an unfinished operation is tried again (2 s apart) before it is
@@ -44,7 +44,10 @@ fn held(left: &[Leftover]) -> (Vec<String>, Vec<String>) {
 async fn recover_once(hv: &Arc<Hypervisor>, log: &IntentLog, left: Vec<Leftover>) -> Vec<Leftover> {
     let l = log.clone();
     let these = left.clone();
-    match hv.run(move |c| Ok(rollback::recover(c, &l, these))).await {
+    match hv
+        .session(move |s| Ok(rollback::recover(s, &l, these)))
+        .await
+    {
         Ok(rest) => rest,
         Err(e) => {
             log::warn!("cannot roll back unfinished operations yet: {e}");
@@ -60,7 +63,7 @@ async fn recover_once(hv: &Arc<Hypervisor>, log: &IntentLog, left: Vec<Leftover>
 pub async fn start(
     hv: Arc<Hypervisor>,
     log: IntentLog,
-    engine: Arc<Engine>,
+    engine: Arc<CreationService>,
     connected: watch::Receiver<bool>,
 ) -> Result<(), String> {
     match take_lock(&log).await? {
@@ -107,7 +110,7 @@ async fn recover_holding(
     lock: RecoveryLock,
     hv: Arc<Hypervisor>,
     log: IntentLog,
-    engine: Arc<Engine>,
+    engine: Arc<CreationService>,
     connected: watch::Receiver<bool>,
     in_background: bool,
 ) {
@@ -124,7 +127,11 @@ async fn recover_holding(
     }
 }
 
-async fn first_pass(hv: &Arc<Hypervisor>, log: &IntentLog, engine: &Engine) -> Vec<Leftover> {
+async fn first_pass(
+    hv: &Arc<Hypervisor>,
+    log: &IntentLog,
+    engine: &CreationService,
+) -> Vec<Leftover> {
     let l = log.clone();
     let mut left = tokio::task::spawn_blocking(move || {
         if let Err(e) = l.clear_scratch() {
@@ -147,7 +154,7 @@ async fn first_pass(hv: &Arc<Hypervisor>, log: &IntentLog, engine: &Engine) -> V
 async fn keep_at_it(
     hv: Arc<Hypervisor>,
     log: IntentLog,
-    engine: Arc<Engine>,
+    engine: Arc<CreationService>,
     mut left: Vec<Leftover>,
     mut connected: watch::Receiver<bool>,
 ) {

@@ -16,15 +16,15 @@ use super::polkit::{Action, Authorizer};
 use super::storage::{create_pool, pool_path, Pools};
 use super::vm::VmContext;
 use super::{vm_path, Error};
-use crate::creation::engine::{Engine, Plan};
 use crate::model::Model;
+use crate::services::creation::{CreationService, Plan};
 use crate::text::TextRule;
 
 pub struct Manager {
     pub model: Arc<Model>,
     pub pci: Arc<crate::services::pci::PciService>,
     pub auth: Arc<Authorizer>,
-    pub engine: Arc<Engine>,
+    pub engine: Arc<CreationService>,
     pub vm_ctx: Arc<VmContext>,
     pub pools: Arc<Pools>,
     pub networks: Arc<NetworkContext>,
@@ -219,8 +219,10 @@ impl Manager {
         self.auth
             .check_details(&header, Action::Read, &[], "list templates")
             .await?;
-        let store = self.engine.templates();
-        Ok(tokio::task::block_in_place(|| store.list())?
+        Ok(self
+            .engine
+            .list_templates()
+            .await?
             .into_iter()
             .map(|t| (t.name, t.source.as_str().to_owned(), t.description))
             .collect())
@@ -242,8 +244,7 @@ impl Manager {
                 "read templates",
             )
             .await?;
-        let store = self.engine.templates();
-        let t = tokio::task::block_in_place(|| store.get(name))?;
+        let t = self.engine.template(name).await?;
         Ok(serde_json::json!({
             "name": t.name, "source": t.source.as_str(), "description": t.description, "spec": t.spec,
         })
@@ -269,13 +270,7 @@ impl Manager {
                 &format!("save the template '{name}'"),
             )
             .await?;
-        let doc = crate::creation::validate::parse_json(spec)?;
-        crate::creation::validate::validate_spec(&doc)?;
-        let store = self.engine.templates();
-        // An atomic write with fsyncs: off the async workers.
-        Ok(tokio::task::block_in_place(|| {
-            store.save(name, description, &doc)
-        })?)
+        Ok(self.engine.save_template(name, description, spec).await?)
     }
 
     /// Delete a user template (shipped ones are read-only).
@@ -293,8 +288,7 @@ impl Manager {
                 &format!("delete the template '{name}'"),
             )
             .await?;
-        let store = self.engine.templates();
-        Ok(tokio::task::block_in_place(|| store.delete(name))?)
+        Ok(self.engine.delete_template(name).await?)
     }
 
     /// The object paths of every storage pool, sorted by name.

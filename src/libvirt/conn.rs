@@ -80,6 +80,16 @@ pub struct Snapshot {
     pub complete: bool,
 }
 
+/// Typed access to the current connection for one blocking section: for a
+/// service that must make several libvirt calls without leaving the blocking
+/// pool (deletion planning, a creation's steps, start-up rollback). Its
+/// operations live beside their kind (`domain.rs`, `storage.rs`,
+/// `volume.rs`, `node.rs`); nothing of the `virt` crate shows through. Get
+/// one from [`Hypervisor::session`] or [`Hypervisor::on_domain`].
+pub struct Session<'a> {
+    pub(super) conn: &'a Connect,
+}
+
 /// Owner of the libvirt connection.
 pub struct Hypervisor {
     uri: String,
@@ -230,7 +240,19 @@ impl Hypervisor {
         }
     }
 
-    /// Run blocking libvirt work on the blocking pool against the current connection.
+    /// Run blocking work with typed access to the current connection, on the
+    /// blocking pool: what services use when one call is not enough.
+    pub async fn session<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&Session<'_>) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.run(move |c| f(&Session { conn: c })).await
+    }
+
+    /// Run blocking libvirt work on the blocking pool against the current
+    /// connection. The port's own modules use it; services use the typed
+    /// operations ([`Self::session`], [`Self::on_domain`] and the async ones).
     pub async fn run<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&Connect) -> Result<T> + Send + 'static,

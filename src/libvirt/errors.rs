@@ -8,6 +8,19 @@ use virt::error::ErrorNumber as N;
 /// Classify a libvirt error and prefix its message with what we were doing.
 pub fn from_virt(e: virt::error::Error, what: impl std::fmt::Display) -> Error {
     let msg = format!("{what}: {}", e.message());
+    classify(&e, msg)
+}
+
+/// Classify a libvirt error, keeping libvirt's own message. The typed
+/// blocking operations (see [`super::Session`]) return these; callers say
+/// what they were doing with [`Error::context`], which gives exactly what
+/// [`from_virt`] would.
+pub fn bare(e: virt::error::Error) -> Error {
+    let msg = e.message().to_owned();
+    classify(&e, msg)
+}
+
+fn classify(e: &virt::error::Error, msg: String) -> Error {
     match e.code().unwrap_or(N::InternalError) {
         N::NoDomain
         | N::NoStoragePool

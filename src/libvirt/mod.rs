@@ -1,17 +1,26 @@
 //! Adapter over libvirt: the one connection, its event callbacks, bulk stats and
-//! domain XML. Everything here is blocking C underneath; callers go through
-//! [`Hypervisor::run`], which moves the work off the async runtime.
+//! domain XML, and the typed port services use: operations on domains
+//! ([`domain`]), storage pools and volumes ([`storage`], [`volume`]),
+//! networks ([`network`]) and the host ([`node`]) that hide libvirt's flags
+//! and hand back plain data. Everything here is blocking C underneath; the
+//! async operations on [`Hypervisor`] move the work off the async runtime,
+//! and a [`Session`] ([`Hypervisor::session`], [`Hypervisor::on_domain`])
+//! gives typed access for several calls in one blocking section.
 //!
-//! This layer knows nothing about D-Bus or polkit.
+//! This layer knows nothing about D-Bus, polkit, services or VM creation
+//! (see the `layering` test in `src/layering_tests.rs`).
 
 pub mod conn;
+pub mod domain;
 pub mod errors;
 pub mod events;
 pub mod network;
 pub mod node;
 pub mod records;
 pub mod storage;
+pub mod volume;
 pub mod xml;
 
-pub use conn::{Hypervisor, HypervisorEvent};
+pub use conn::{Hypervisor, HypervisorEvent, Session};
+pub use domain::{Definition, Definitions, DeviceScope, DomainAction, DomainRef, Undefine};
 pub use records::{DomainRecord, DomainState};

@@ -19,9 +19,9 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use virt_sys as sys;
 
-use super::errors::{from_virt, is_not_found};
+use super::errors::{bare, from_virt, is_not_found};
 use super::xml::Element;
-use super::Hypervisor;
+use super::{Hypervisor, Session};
 use crate::{Error, Result};
 
 /// Bytes moved per stream call in uploads and downloads.
@@ -54,6 +54,13 @@ pub struct PoolRecord {
     pub capacity: u64,
     pub allocation: u64,
     pub available: u64,
+}
+
+impl PoolRecord {
+    /// Whether the pool is started (running, degraded or inaccessible).
+    pub fn is_active(&self) -> bool {
+        lists_volumes(self.state)
+    }
 }
 
 /// One volume of a pool.
@@ -180,7 +187,7 @@ fn pool_by_uuid(c: &Connect, uuid: &str) -> Result<StoragePool> {
     })
 }
 
-fn volume_by_key(c: &Connect, key: &str) -> Result<StorageVol> {
+pub(super) fn volume_by_key(c: &Connect, key: &str) -> Result<StorageVol> {
     c.lookup_storage_vol_by_key(key).map_err(|e| {
         if is_not_found(&e) {
             Error::NotFound(format!("volume {key} no longer exists"))
@@ -215,7 +222,7 @@ fn pool_record(pool: &StoragePool) -> Result<PoolRecord> {
     })
 }
 
-fn volume_record_of(vol: &StorageVol, pool_uuid: &str) -> Result<VolumeRecord> {
+pub(super) fn volume_record_of(vol: &StorageVol, pool_uuid: &str) -> Result<VolumeRecord> {
     let xml = vol
         .xml_desc(0)
         .map_err(|e| from_virt(e, "cannot read a volume's definition"))?;
@@ -299,6 +306,28 @@ fn create_flags(xml: &str) -> u32 {
         sys::VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
     } else {
         0
+    }
+}
+
+/// How a new volume's space is set aside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preallocation {
+    /// What the storage API offers: besides what `<allocation>` gives a raw
+    /// file, a qcow2 image with an `<allocation>` is preallocated too
+    /// (`VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA`, see [`create_flags`]).
+    FromXml,
+    /// Only what `<allocation>` gives a raw file; a qcow2 image stays
+    /// sparse (VM creation, whose qcow2 disks may sit on a backing file,
+    /// which qemu-img will not preallocate).
+    RawOnly,
+}
+
+impl Preallocation {
+    fn flags(self, xml: &str) -> u32 {
+        match self {
+            Self::FromXml => create_flags(xml),
+            Self::RawOnly => 0,
+        }
     }
 }
 
@@ -623,13 +652,8 @@ impl Hypervisor {
     /// Create a volume in a pool from `xml`; a name already taken is `Conflict`.
     pub async fn create_volume(&self, pool_uuid: &str, xml: String) -> Result<VolumeRecord> {
         let pool_uuid = pool_uuid.to_owned();
-        self.run(move |c| {
-            let pool = pool_by_uuid(c, &pool_uuid)?;
-            let vol = StorageVol::create_xml(&pool, &xml, create_flags(&xml))
-                .map_err(|e| from_virt(e, format!("cannot create a volume in pool {pool_uuid}")))?;
-            volume_record_of(&vol, &pool_uuid)
-        })
-        .await
+        self.session(move |s| s.create_volume(&pool_uuid, &xml, Preallocation::FromXml))
+            .await
     }
 
     /// Create a volume in a pool from `xml`, filled with a copy of the volume
@@ -642,14 +666,8 @@ impl Hypervisor {
     ) -> Result<VolumeRecord> {
         let pool_uuid = pool_uuid.to_owned();
         let source_key = source_key.to_owned();
-        self.run(move |c| {
-            let pool = pool_by_uuid(c, &pool_uuid)?;
-            let src = volume_by_key(c, &source_key)?;
-            let vol = StorageVol::create_xml_from(&pool, &xml, &src, create_flags(&xml))
-                .map_err(|e| from_virt(e, format!("cannot copy volume {source_key}")))?;
-            volume_record_of(&vol, &pool_uuid)
-        })
-        .await
+        self.session(move |s| s.clone_volume(&pool_uuid, &xml, &source_key, Preallocation::FromXml))
+            .await
     }
 
     /// A volume's record, or `None` if it no longer exists.
@@ -665,8 +683,8 @@ impl Hypervisor {
 
     /// Set a volume's capacity; shrinking only when `shrink`.
     pub async fn resize_volume(&self, key: &str, capacity: u64, shrink: bool) -> Result<()> {
-        let flags = flag(shrink, sys::VIR_STORAGE_VOL_RESIZE_SHRINK);
-        self.storage_vol_op(key, "resize", move |v| v.resize(capacity, flags))
+        let key = key.to_owned();
+        self.session(move |s| s.resize_volume(&key, capacity, shrink))
             .await
     }
 
@@ -708,6 +726,108 @@ impl Hypervisor {
         let key = key.to_owned();
         self.run(move |c| download_blocking(c, &key, dst, progress, cancel))
             .await
+    }
+}
+
+/// The storage operations for one blocking section (see [`Session`]); the
+/// async ones above are these, run on the blocking pool. Their errors say
+/// what was being done, as the async ones' do (but a pool that
+/// [`Session::pool_by_name`] cannot find is libvirt's own `NotFound`).
+impl Session<'_> {
+    /// The pool with this name; `NotFound` (libvirt's message) when there
+    /// is none.
+    pub fn pool_by_name(&self, name: &str) -> Result<PoolRecord> {
+        let pool = self.conn.lookup_storage_pool_by_name(name).map_err(bare)?;
+        pool_record(&pool)
+    }
+
+    /// Every pool; one that cannot be read is left out (and logged).
+    pub fn pools(&self) -> Result<Vec<PoolRecord>> {
+        let pools = self
+            .conn
+            .list_all_storage_pools(0)
+            .map_err(|e| from_virt(e, "cannot list storage pools"))?;
+        Ok(pools
+            .iter()
+            .filter_map(|p| match pool_record(p) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log::debug!("skipping a storage pool: {e}");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Every volume of every active pool, each pool refreshed first (so a
+    /// volume made behind libvirt's back counts); what cannot be read is
+    /// left out.
+    pub fn active_pool_volumes(&self) -> Vec<VolumeRecord> {
+        let Ok(pools) = self
+            .conn
+            .list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for pool in pools {
+            let _ = pool.refresh(0);
+            let Ok(uuid) = pool.uuid_string() else {
+                continue;
+            };
+            out.extend(volumes_of(&pool, &uuid).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Create a volume in a pool from `xml`, its space set aside as
+    /// `prealloc` says; a name already taken is `Conflict`.
+    pub fn create_volume(
+        &self,
+        pool_uuid: &str,
+        xml: &str,
+        prealloc: Preallocation,
+    ) -> Result<VolumeRecord> {
+        let pool = pool_by_uuid(self.conn, pool_uuid)?;
+        let vol = StorageVol::create_xml(&pool, xml, prealloc.flags(xml))
+            .map_err(|e| from_virt(e, format!("cannot create a volume in pool {pool_uuid}")))?;
+        volume_record_of(&vol, pool_uuid)
+    }
+
+    /// Create a volume in a pool from `xml`, filled with a copy of the
+    /// volume `source_key` (which may be in another pool).
+    pub fn clone_volume(
+        &self,
+        pool_uuid: &str,
+        xml: &str,
+        source_key: &str,
+        prealloc: Preallocation,
+    ) -> Result<VolumeRecord> {
+        let pool = pool_by_uuid(self.conn, pool_uuid)?;
+        let src = volume_by_key(self.conn, source_key)?;
+        let vol = StorageVol::create_xml_from(&pool, xml, &src, prealloc.flags(xml))
+            .map_err(|e| from_virt(e, format!("cannot copy volume {source_key}")))?;
+        volume_record_of(&vol, pool_uuid)
+    }
+
+    /// Set a volume's capacity; shrinking only when `shrink`.
+    pub fn resize_volume(&self, key: &str, capacity: u64, shrink: bool) -> Result<()> {
+        let flags = flag(shrink, sys::VIR_STORAGE_VOL_RESIZE_SHRINK);
+        volume_by_key(self.conn, key)?
+            .resize(capacity, flags)
+            .map_err(|e| from_virt(e, format!("cannot resize volume {key}")))
+    }
+
+    /// [`Hypervisor::upload_volume`] inside a blocking section.
+    pub fn upload_volume(
+        &self,
+        key: &str,
+        src: std::fs::File,
+        length: u64,
+        progress: Arc<dyn Fn(u64) + Send + Sync>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<u64> {
+        upload_blocking(self.conn, key, src, length, progress, cancel)
     }
 }
 

@@ -330,9 +330,39 @@ impl VaporMetadata {
     }
 }
 
+/// The NVRAM (firmware variables) file of a domain definition, in either
+/// XML form (`<nvram>path</nvram>` or `<nvram><source file='path'/>`).
+pub fn nvram_path(domain: &Element) -> Option<String> {
+    let nv = domain.child("os")?.child("nvram")?;
+    let text = nv.text.trim();
+    if !text.is_empty() {
+        return Some(text.to_owned());
+    }
+    nv.child("source")
+        .and_then(|s| s.attr("file"))
+        .map(String::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvram_is_found_in_either_form() {
+        let text =
+            "<domain><os><nvram template='/t.fd'> /var/lib/n/a_VARS.fd </nvram></os></domain>";
+        assert_eq!(
+            nvram_path(&Element::parse(text).unwrap()).as_deref(),
+            Some("/var/lib/n/a_VARS.fd")
+        );
+        let source =
+            "<domain><os><nvram type='file'><source file='/n/b.fd'/></nvram></os></domain>";
+        assert_eq!(
+            nvram_path(&Element::parse(source).unwrap()).as_deref(),
+            Some("/n/b.fd")
+        );
+        assert_eq!(nvram_path(&Element::parse(DOMAIN).unwrap()), None);
+    }
 
     const DOMAIN: &str = r#"<domain type='kvm'>
   <name>web &amp; db</name>

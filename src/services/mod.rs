@@ -1,8 +1,12 @@
-//! What vapord does, independent of how it is asked: VM lifecycle, deletion
-//! with storage ownership rules, description. Services talk to libvirt through
-//! [`crate::libvirt::Hypervisor`] and keep [`crate::model::Model`] current after
-//! every change; they know nothing about D-Bus or polkit.
+//! What vapord does, independent of how it is asked: VM creation and
+//! templates, VM lifecycle, deletion with storage ownership rules,
+//! description, storage, networks and PCI devices. Services talk to libvirt
+//! only through the typed port of [`crate::libvirt`] (never the `virt` crate
+//! itself), plan with the pure modules of [`crate::creation`], and keep
+//! [`crate::model::Model`] current after every change; they know nothing
+//! about D-Bus or polkit.
 
+pub mod creation;
 pub mod follow;
 pub mod network;
 pub mod pci;

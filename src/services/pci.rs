@@ -11,11 +11,9 @@ use std::sync::{Arc, RwLock};
 use std::sync::atomic::AtomicU64;
 
 use tokio::sync::mpsc::UnboundedReceiver;
-use virt_sys as sys;
 
-use crate::libvirt::errors::from_virt;
 use crate::libvirt::xml::Element;
-use crate::libvirt::Hypervisor;
+use crate::libvirt::{Definition, DeviceScope, DomainRef, Hypervisor};
 use crate::pci::critical::HostCritical;
 use crate::pci::hostdev::{self, HostdevRequest};
 use crate::pci::ids::PciIds;
@@ -65,14 +63,9 @@ pub struct PciConfig {
     pub fake_kernel: bool,
 }
 
-/// Options of an attach or detach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttachScope {
-    /// Change the running VM.
-    pub live: bool,
-    /// Change the persistent definition.
-    pub config: bool,
-}
+/// Options of an attach or detach: change the running VM (`live`), the
+/// persistent definition (`config`), or both.
+pub use crate::libvirt::DeviceScope as AttachScope;
 
 pub struct PciService {
     sysfs: Sysfs,
@@ -340,13 +333,11 @@ impl PciService {
     pub async fn load_hostdevs(&self) -> Result<()> {
         let all = self
             .hv
-            .run(|c| {
-                let doms = c
-                    .list_all_domains(0)
-                    .map_err(|e| from_virt(e, "cannot list domains"))?;
+            .session(|s| {
+                let doms = s.domains().map_err(|e| e.context("cannot list domains"))?;
                 Ok(doms
                     .iter()
-                    .filter_map(|d| Some((d.uuid_string().ok()?, domain_pci(d))))
+                    .filter_map(|d| Some((d.uuid().ok()?, domain_pci(d))))
                     .collect::<Vec<_>>())
             })
             .await?;
@@ -376,10 +367,10 @@ impl PciService {
         // take a device that is in use).
         let now = match self
             .hv
-            .run(move |c| match c.lookup_domain_by_uuid_string(&u) {
+            .session(move |s| match s.domain(&u) {
                 Ok(d) => Ok(Some(domain_pci(&d))),
-                Err(e) if crate::libvirt::errors::is_not_found(&e) => Ok(None),
-                Err(e) => Err(from_virt(e, "cannot look up the domain")),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.context("cannot look up the domain")),
             })
             .await
         {
@@ -593,14 +584,10 @@ impl PciService {
             let uuids: Vec<String> = users.iter().map(|(u, _)| u.clone()).collect();
             let active = self
                 .hv
-                .run(move |c| {
+                .session(move |s| {
                     Ok(uuids
                         .iter()
-                        .filter(|u| {
-                            c.lookup_domain_by_uuid_string(u)
-                                .and_then(|d| d.is_active())
-                                .unwrap_or(false)
-                        })
+                        .filter(|u| s.domain(u).and_then(|d| d.is_active()).unwrap_or(false))
                         .cloned()
                         .collect::<Vec<_>>())
                 })
@@ -689,10 +676,8 @@ impl PciService {
         let uuid = vm_uuid.to_owned();
         let what = format!("cannot attach {} to VM '{vm_name}'", req.host);
         self.hv
-            .run_on_domain(&uuid, move |_, d| {
-                d.attach_device_flags(&xml, flags(scope))
-                    .map(|_| ())
-                    .map_err(|e| from_virt(e, &what))?;
+            .on_domain(&uuid, move |_, d| {
+                d.attach_device(&xml, scope).map_err(|e| e.context(&what))?;
                 if scope.config {
                     raise_memlock(d)?;
                 }
@@ -719,14 +704,10 @@ impl PciService {
         let what = format!("cannot detach {addr} from VM '{vm_name}'");
         let name = vm_name.to_owned();
         self.hv
-            .run_on_domain(vm_uuid, move |_, d| {
-                let xml_flags = if scope.config && !scope.live {
-                    sys::VIR_DOMAIN_XML_INACTIVE
-                } else {
-                    0
-                };
-                let xml = d.xml_desc(xml_flags).map_err(|e| from_virt(e, &what))?;
-                let root = Element::parse(&xml)?;
+            .on_domain(vm_uuid, move |_, d| {
+                let root = d
+                    .definition(scope.definition())
+                    .map_err(|e| e.context(&what))?;
                 if !domain_hostdevs(&root).contains(&addr) {
                     return Err(Error::NotFound(format!(
                         "{addr} is not assigned to VM '{name}'"
@@ -740,9 +721,7 @@ impl PciService {
                     rom_bar: None,
                     primary_gpu: false,
                 });
-                d.detach_device_flags(&dev, flags(scope))
-                    .map(|_| ())
-                    .map_err(|e| from_virt(e, &what))
+                d.detach_device(&dev, scope).map_err(|e| e.context(&what))
             })
             .await?;
         self.refresh_hostdevs(vm_uuid).await;
@@ -750,26 +729,14 @@ impl PciService {
     }
 }
 
-fn flags(scope: AttachScope) -> u32 {
-    let mut f = 0;
-    if scope.live {
-        f |= sys::VIR_DOMAIN_AFFECT_LIVE;
-    }
-    if scope.config {
-        f |= sys::VIR_DOMAIN_AFFECT_CONFIG;
-    }
-    f
-}
-
 /// A definition with an explicit `<memtune><hard_limit>` (vapord writes one
 /// at creation) keeps that limit even when devices are added, so raise it to
 /// libvirt's VFIO rule for the devices it has now. Without one libvirt
 /// computes the limit itself.
-fn raise_memlock(d: &virt::domain::Domain) -> Result<()> {
-    let xml = d
-        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-        .map_err(|e| from_virt(e, "cannot read the definition"))?;
-    let root = Element::parse(&xml)?;
+fn raise_memlock(d: &DomainRef) -> Result<()> {
+    let root = d
+        .definition(Definition::Inactive)
+        .map_err(|e| e.context("cannot read the definition"))?;
     let kib = |el: Option<&Element>| el.and_then(|e| e.text.trim().parse::<u64>().ok());
     let Some(limit) = kib(root.child("memtune").and_then(|m| m.child("hard_limit"))) else {
         return Ok(());
@@ -782,31 +749,20 @@ fn raise_memlock(d: &virt::domain::Domain) -> Result<()> {
         .is_some();
     match hostdev::memlock_limit_kib(memory, devices, viommu) {
         Some(needed) if needed > limit => d
-            .set_memory_parameters(
-                virt::domain::MemoryParameters {
-                    hard_limit: Some(needed),
-                    soft_limit: None,
-                    min_guarantee: None,
-                    swap_hard_limit: None,
-                },
-                sys::VIR_DOMAIN_AFFECT_CONFIG,
-            )
-            .map_err(|e| from_virt(e, "cannot raise the memory-locking limit")),
+            .set_memory_hard_limit(needed, DeviceScope::CONFIG)
+            .map_err(|e| e.context("cannot raise the memory-locking limit")),
         _ => Ok(()),
     }
 }
 
-/// (name, referenced addresses) of a domain, from its live and persistent XML.
-fn domain_pci(d: &virt::domain::Domain) -> Option<(String, Vec<PciAddress>)> {
+/// (name, referenced addresses) of a domain, from its live and persistent
+/// XML (none when they cannot be read).
+fn domain_pci(d: &DomainRef) -> Option<(String, Vec<PciAddress>)> {
     let name = d.name().ok()?;
     let mut addrs = Vec::new();
-    let mut flags = vec![0];
-    if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
-        flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
-    }
-    for f in flags {
-        if let Some(root) = d.xml_desc(f).ok().and_then(|x| Element::parse(&x).ok()) {
-            addrs.extend(domain_hostdevs(&root));
+    if let Ok(definitions) = d.definitions() {
+        for root in definitions.all() {
+            addrs.extend(domain_hostdevs(root));
         }
     }
     addrs.sort();
@@ -846,10 +802,7 @@ impl crate::creation::resolve::PciPlanner for PciService {
                 host,
                 guest,
                 // The file QEMU will really read: what is authorized and used.
-                rom_file: d
-                    .rom_file
-                    .as_deref()
-                    .map(crate::services::storage_ownership::canonical),
+                rom_file: d.rom_file.as_deref().map(crate::fsutil::canonical),
                 rom_bar: None,
                 multifunction: d.multifunction.unwrap_or(false),
                 primary_gpu: d.primary_gpu.unwrap_or(false),

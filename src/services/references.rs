@@ -11,12 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
-use virt::connect::Connect;
-use virt::domain::Domain;
 
 use super::storage_ownership::{canonical, definition_paths_of, domain_definitions};
 use crate::libvirt::xml::{Element, VaporMetadata};
-use crate::libvirt::Hypervisor;
+use crate::libvirt::{DomainRef, Hypervisor, Session};
 use crate::{Error, Result};
 
 /// What one domain uses.
@@ -43,13 +41,13 @@ pub fn domain_networks(domain: &Element) -> Vec<String> {
         .collect()
 }
 
-fn read_use(conn: &Connect, d: &Domain) -> std::result::Result<DomainUse, String> {
+fn read_use(s: &Session, d: &DomainRef) -> std::result::Result<DomainUse, String> {
     let mut u = DomainUse {
         name: d.name().unwrap_or_default(),
         ..DomainUse::default()
     };
     for root in domain_definitions(d)? {
-        u.paths.extend(definition_paths_of(conn, &root)?);
+        u.paths.extend(definition_paths_of(s, &root)?);
         u.networks.extend(domain_networks(&root));
         if let Some(md) = VaporMetadata::from_domain(&root) {
             u.owned
@@ -98,15 +96,15 @@ impl References {
     pub async fn load_all(&self) -> Result<()> {
         let all = self
             .hv
-            .run(|c| {
-                let doms = c
-                    .list_all_domains(0)
-                    .map_err(|e| crate::libvirt::errors::from_virt(e, "cannot list domains"))?;
+            .session(|s| {
+                let doms = s
+                    .domains()
+                    .map_err(|e| e.context("cannot list domains"))?;
                 Ok(doms
                     .iter()
                     .filter_map(|d| {
-                        let uuid = d.uuid_string().ok()?;
-                        match read_use(c, d) {
+                        let uuid = d.uuid().ok()?;
+                        match read_use(s, d) {
                             Ok(u) => Some((uuid, u)),
                             Err(e) => {
                                 log::debug!(vm_uuid = uuid.as_str(); "cannot read what the domain uses: {e}");
@@ -130,13 +128,10 @@ impl References {
         let id = uuid.to_owned();
         let read = self
             .hv
-            .run(move |c| match c.lookup_domain_by_uuid_string(&id) {
-                Ok(d) => read_use(c, &d).map(Some).map_err(Error::Failed),
-                Err(e) if crate::libvirt::errors::is_not_found(&e) => Ok(None),
-                Err(e) => Err(crate::libvirt::errors::from_virt(
-                    e,
-                    "cannot look up domain",
-                )),
+            .session(move |s| match s.domain(&id) {
+                Ok(d) => read_use(s, &d).map(Some).map_err(Error::Failed),
+                Err(Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.context("cannot look up domain")),
             })
             .await;
         match read {

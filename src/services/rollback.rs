@@ -9,11 +9,9 @@
 
 use std::path::Path;
 
-use virt::connect::Connect;
-use virt_sys as sys;
-
 use crate::intent::{IntentLog, Step};
-use crate::libvirt::errors::is_not_found;
+use crate::libvirt::{Session, Undefine};
+use crate::Error;
 
 /// How far a file system's birth time may lag behind the clock the record
 /// was stamped with (file systems use a coarse clock).
@@ -33,6 +31,16 @@ fn born_after(path: &str, not_before_ns: u64) -> Option<bool> {
 /// otherwise only a file born after the step was recorded is.
 pub fn volume_is_ours(made: bool, born_after_record: Option<bool>) -> bool {
     made || born_after_record == Some(true)
+}
+
+/// What undoing an operation's domain removes with it: everything libvirt
+/// keeps for it (TPM state included), and its NVRAM file unless that may be
+/// an earlier VM's (`keep_nvram`). Pure.
+pub fn undefine_made_domain(keep_nvram: bool) -> Undefine {
+    Undefine {
+        remove_nvram: !keep_nvram,
+        remove_tpm: true,
+    }
 }
 
 /// Who is undoing: the operation itself, which knows what libvirt made for
@@ -64,27 +72,19 @@ pub fn awaited_volumes(steps: &[Step]) -> Vec<String> {
 }
 
 /// Undo `steps` (in reverse); returns what could not be undone.
-pub fn undo(conn: &Connect, steps: &[Step], by: Undoer) -> Vec<String> {
+pub fn undo(s: &Session, steps: &[Step], by: Undoer) -> Vec<String> {
     let mut problems = Vec::new();
     for step in steps.iter().rev() {
         match step {
             Step::Domain { uuid, keep_nvram } => {
-                let Ok(d) = conn.lookup_domain_by_uuid_string(uuid) else {
+                let Ok(d) = s.domain(uuid) else {
                     continue;
                 };
                 if d.is_active().unwrap_or(false) {
                     let _ = d.destroy();
                 }
-                let flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                    | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                    | sys::VIR_DOMAIN_UNDEFINE_TPM
-                    | if *keep_nvram {
-                        sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-                    } else {
-                        sys::VIR_DOMAIN_UNDEFINE_NVRAM
-                    };
-                if let Err(e) = d.undefine_flags(flags) {
-                    problems.push(format!("cannot undefine the new domain: {}", e.message()));
+                if let Err(e) = d.undefine(undefine_made_domain(*keep_nvram)) {
+                    problems.push(format!("cannot undefine the new domain: {e}"));
                 }
             }
             Step::Volume {
@@ -105,19 +105,19 @@ pub fn undo(conn: &Connect, steps: &[Step], by: Undoer) -> Vec<String> {
                     log::warn!("not deleting {path}: it was not made by this operation");
                     continue;
                 }
-                match conn.lookup_storage_vol_by_path(path) {
+                match s.volume_at(path) {
                     Ok(v) => {
-                        if let Err(e) = v.delete(0) {
-                            problems.push(format!("cannot delete {path}: {}", e.message()));
+                        if let Err(e) = v.delete() {
+                            problems.push(format!("cannot delete {path}: {e}"));
                         }
                     }
-                    Err(e) if is_not_found(&e) => {
+                    Err(Error::NotFound(_)) => {
                         // Made, but the pool has not seen it yet.
                         if let Err(e) = std::fs::remove_file(path) {
                             problems.push(format!("cannot delete {path}: {e}"));
                         }
                     }
-                    Err(e) => problems.push(format!("cannot look up {path}: {}", e.message())),
+                    Err(e) => problems.push(format!("cannot look up {path}: {e}")),
                 }
             }
             Step::Scratch { path } => {
@@ -149,7 +149,7 @@ pub type Leftover = (
 /// does not exist (yet) is kept for a later pass instead of dropped:
 /// libvirtd may still be carrying out the creation the dead vapord asked
 /// for, and the file would otherwise appear after its record is gone.
-pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec<Leftover> {
+pub fn recover(s: &Session, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec<Leftover> {
     let mut remaining = Vec::new();
     for (file, record) in leftovers {
         let rec = match &record {
@@ -177,7 +177,7 @@ pub fn recover(conn: &Connect, log: &IntentLog, leftovers: Vec<Leftover>) -> Vec
         } else {
             Vec::new()
         };
-        let mut problems = undo(conn, &rec.steps, Undoer::Recovery);
+        let mut problems = undo(s, &rec.steps, Undoer::Recovery);
         problems.extend(awaited);
         if problems.is_empty() {
             log::warn!(operation = rec.operation.as_str(), subject = rec.subject.as_str(), uid = rec.uid;
@@ -208,6 +208,24 @@ mod tests {
         // or a file system without birth times: not ours.
         assert!(!volume_is_ours(false, Some(false)));
         assert!(!volume_is_ours(false, None));
+    }
+
+    #[test]
+    fn a_made_domain_goes_whole_but_an_earlier_vms_nvram_stays() {
+        assert_eq!(
+            undefine_made_domain(false),
+            Undefine {
+                remove_nvram: true,
+                remove_tpm: true
+            }
+        );
+        assert_eq!(
+            undefine_made_domain(true),
+            Undefine {
+                remove_nvram: false,
+                remove_tpm: true
+            }
+        );
     }
 
     #[test]

@@ -494,8 +494,8 @@ impl StorageService {
             return Ok(Vec::new());
         }
         self.hv
-            .run(move |c| {
-                let others = storage_ownership::other_users(c, None)?;
+            .session(move |s| {
+                let others = storage_ownership::other_users(s, None)?;
                 Ok(paths
                     .iter()
                     .filter_map(|p| {
@@ -598,7 +598,7 @@ impl StorageService {
                 let steps = intent.steps().to_vec();
                 let left = self
                     .hv
-                    .run(move |c| Ok(undo(c, &steps, Undoer::InProcess)))
+                    .session(move |s| Ok(undo(s, &steps, Undoer::InProcess)))
                     .await
                     .unwrap_or_else(|e| vec![e.to_string()]);
                 let _ = intent.finish();

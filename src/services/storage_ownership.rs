@@ -19,49 +19,28 @@
 
 use std::collections::HashMap;
 
-use virt::connect::Connect;
-use virt::domain::Domain;
-use virt::storage_vol::StorageVol;
-use virt_sys as sys;
-
-use crate::libvirt::errors::{from_virt, is_not_found};
-use crate::libvirt::xml::{domain_disks, Disk, DiskSource, Element};
+use crate::libvirt::volume::Volume;
+use crate::libvirt::xml::{domain_disks, nvram_path, Disk, DiskSource, Element};
+use crate::libvirt::{DomainRef, Session};
 use crate::{Error, Result};
+
+pub use crate::fsutil::canonical;
 
 /// The outcome of planning: what to delete and what to keep (with why).
 pub struct StoragePlan {
-    pub delete: Vec<(String, StorageVol)>,
+    pub delete: Vec<(String, Volume)>,
     pub kept: Vec<(String, String)>,
     /// Whether the NVRAM file may go with the domain (else why not).
     pub nvram_kept: Option<String>,
 }
 
-/// A path with symlinks resolved (as given when it does not exist).
-pub fn canonical(path: &str) -> String {
-    std::fs::canonicalize(path)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| path.to_owned())
-}
-
-/// The NVRAM file of a domain definition, in either XML form.
-pub fn nvram_path(domain: &Element) -> Option<String> {
-    let nv = domain.child("os")?.child("nvram")?;
-    let text = nv.text.trim();
-    if !text.is_empty() {
-        return Some(text.to_owned());
-    }
-    nv.child("source")
-        .and_then(|s| s.attr("file"))
-        .map(String::from)
-}
-
 /// Every path a domain's definitions use (disks, NVRAM, whole backing
 /// chains), canonical. A definition that cannot be read is an error: then
 /// no one can prove the domain does not use some piece of storage.
-pub fn domain_paths(conn: &Connect, d: &Domain) -> std::result::Result<Vec<String>, String> {
+pub fn domain_paths(s: &Session, d: &DomainRef) -> std::result::Result<Vec<String>, String> {
     let mut out = Vec::new();
     for root in domain_definitions(d)? {
-        out.extend(definition_paths_of(conn, &root)?);
+        out.extend(definition_paths_of(s, &root)?);
     }
     out.sort();
     out.dedup();
@@ -70,35 +49,27 @@ pub fn domain_paths(conn: &Connect, d: &Domain) -> std::result::Result<Vec<Strin
 
 /// The live and the persistent definition of a domain (one when they are
 /// the same); none for a domain undefined meanwhile.
-pub fn domain_definitions(d: &Domain) -> std::result::Result<Vec<Element>, String> {
-    let mut docs = Vec::new();
-    let mut flags = vec![0];
-    if d.is_active().unwrap_or(false) && d.is_persistent().unwrap_or(false) {
-        flags.push(sys::VIR_DOMAIN_XML_INACTIVE);
+pub fn domain_definitions(d: &DomainRef) -> std::result::Result<Vec<Element>, String> {
+    match d.definitions() {
+        Ok(defs) => Ok(defs.into_vec()),
+        // A domain undefined meanwhile uses nothing any more.
+        Err(Error::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
     }
-    for f in flags {
-        match d.xml_desc(f) {
-            Ok(x) => docs.push(Element::parse(&x).map_err(|e| e.to_string())?),
-            // A domain undefined meanwhile uses nothing any more.
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(e.message().to_owned()),
-        }
-    }
-    Ok(docs)
 }
 
 /// The paths one definition uses, canonical.
 pub fn definition_paths_of(
-    conn: &Connect,
+    s: &Session,
     root: &Element,
 ) -> std::result::Result<Vec<String>, String> {
     let mut paths: Vec<String> = nvram_path(root).into_iter().collect();
     for disk in domain_disks(root) {
-        let path = resolve_path(conn, &disk.source);
+        let path = resolve_path(s, &disk.source);
         // A stopped domain's XML shows no backing chain: read it from the image.
         if disk.backing.is_empty() && disk.format.as_deref() == Some("qcow2") {
             if let Some(p) = &path {
-                paths.extend(image_backing_chain(p)?);
+                paths.extend(crate::image::backing_chain_paths(p)?);
             }
         }
         paths.extend(path);
@@ -110,17 +81,15 @@ pub fn definition_paths_of(
 /// Every path domains use (canonical), mapped to the names of their users,
 /// leaving out `except` (the VM being deleted). Fails if any domain's
 /// definition cannot be read.
-pub fn paths_in_use(conn: &Connect, except: Option<&str>) -> Result<HashMap<String, Vec<String>>> {
+pub fn paths_in_use(s: &Session, except: Option<&str>) -> Result<HashMap<String, Vec<String>>> {
     let mut used: HashMap<String, Vec<String>> = HashMap::new();
-    let doms = conn
-        .list_all_domains(0)
-        .map_err(|e| from_virt(e, "cannot list domains"))?;
+    let doms = s.domains().map_err(|e| e.context("cannot list domains"))?;
     for d in doms {
-        if except.is_some() && d.uuid_string().ok().as_deref() == except {
+        if except.is_some() && d.uuid().ok().as_deref() == except {
             continue;
         }
         let name = d.name().unwrap_or_default();
-        let paths = domain_paths(conn, &d).map_err(|e| {
+        let paths = domain_paths(s, &d).map_err(|e| {
             Error::Failed(format!(
                 "cannot make sure VM '{name}' does not use this storage, so nothing was deleted: {e}"
             ))
@@ -137,81 +106,41 @@ pub fn paths_in_use(conn: &Connect, except: Option<&str>) -> Result<HashMap<Stri
 
 /// Who else needs storage, as the deletion rules see it (all domains but
 /// `except`, and every volume layered on another).
-pub fn other_users(conn: &Connect, except: Option<&str>) -> Result<OtherUsers> {
+pub fn other_users(s: &Session, except: Option<&str>) -> Result<OtherUsers> {
     Ok(OtherUsers {
-        domains: paths_in_use(conn, except)?,
-        backing_of: backing_files(conn)
+        domains: paths_in_use(s, except)?,
+        backing_of: backing_files(s)
             .into_iter()
             .map(|(b, child)| (canonical(&b), child))
             .collect(),
     })
 }
 
-/// The files below a qcow2 image (backing files and external data files,
-/// symlinks resolved), read from the image headers by [`crate::image`]
-/// without running qemu-img; empty when the image does not exist. A chain
-/// that names a non-local file, loops, is too deep or cannot be read is an
-/// error (nothing is opened over the network).
-pub fn image_backing_chain(path: &str) -> std::result::Result<Vec<String>, String> {
-    crate::image::backing_chain(std::path::Path::new(path))
-        .map(|links| links.into_iter().map(|l| l.path).collect())
-        .map_err(|e| e.to_string())
-}
-
 /// Backing file path → the volume that is layered on it, over all active pools.
-fn backing_files(conn: &Connect) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let Ok(pools) = conn.list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE) else {
-        return out;
-    };
-    for pool in pools {
-        let _ = pool.refresh(0);
-        let Ok(vols) = pool.list_all_volumes(0) else {
-            continue;
-        };
-        for v in vols {
-            let (Ok(xml), Ok(path)) = (v.xml_desc(0), v.path()) else {
-                continue;
-            };
-            let Ok(root) = Element::parse(&xml) else {
-                continue;
-            };
-            if let Some(b) = root
-                .child("backingStore")
-                .and_then(|b| b.child_text("path"))
-            {
-                out.insert(b.to_owned(), path);
-            }
-        }
-    }
-    out
+fn backing_files(s: &Session) -> HashMap<String, String> {
+    s.active_pool_volumes()
+        .into_iter()
+        .filter(|v| !v.backing_store.is_empty())
+        .map(|v| (v.backing_store, v.path))
+        .collect()
 }
 
-/// Whether a volume lives in a pool of devices (LVM, disks, iSCSI …) rather
-/// than of files in a directory.
-fn in_device_pool(vol: &StorageVol) -> bool {
-    vol.lookup_storage_pool()
-        .ok()
-        .and_then(|p| p.xml_desc(0).ok())
-        .and_then(|x| Element::parse(&x).ok())
-        .and_then(|root| {
-            root.attr("type")
-                .map(|t| !matches!(t, "dir" | "fs" | "netfs"))
-        })
-        .unwrap_or(false)
+/// Whether a pool of this type holds devices (LVM, disks, iSCSI …) rather
+/// than files in a directory. Pure.
+pub fn is_device_pool(kind: &str) -> bool {
+    !matches!(kind, "dir" | "fs" | "netfs")
+}
+
+/// Whether a volume lives in a pool of devices.
+fn in_device_pool(vol: &Volume) -> bool {
+    vol.pool_kind().is_some_and(|k| is_device_pool(&k))
 }
 
 /// The host path of a disk source, if it has one.
-pub fn resolve_path(conn: &Connect, source: &DiskSource) -> Option<String> {
+pub fn resolve_path(s: &Session, source: &DiskSource) -> Option<String> {
     match source {
         DiskSource::Path(p) => Some(p.clone()),
-        DiskSource::Volume { pool, volume } => conn
-            .lookup_storage_pool_by_name(pool)
-            .ok()?
-            .lookup_storage_vol_by_name(volume)
-            .ok()?
-            .path()
-            .ok(),
+        DiskSource::Volume { pool, volume } => s.volume_in(pool, volume).ok()?.path().ok(),
         DiskSource::Network(_) | DiskSource::Empty => None,
     }
 }
@@ -316,14 +245,14 @@ pub fn decide_volume(canonical: &str, others: &OtherUsers) -> Verdict {
 /// volumes for it always (when no one else uses them), other storage only
 /// with `remove_foreign`.
 pub fn plan(
-    conn: &Connect,
+    s: &Session,
     uuid: &str,
     disks: &[Disk],
     owned: &[String],
     nvram: Option<&str>,
     remove_foreign: bool,
 ) -> Result<StoragePlan> {
-    let others = other_users(conn, Some(uuid))?;
+    let others = other_users(s, Some(uuid))?;
 
     let mut plan = StoragePlan {
         delete: Vec::new(),
@@ -342,7 +271,7 @@ pub fn plan(
             DiskSource::Network(n) => plan
                 .kept
                 .push((n.clone(), "network disk: not local storage".into())),
-            src => match resolve_path(conn, src) {
+            src => match resolve_path(s, src) {
                 Some(p) => candidates.push((
                     p,
                     Some(DiskUse {
@@ -368,7 +297,7 @@ pub fn plan(
         if !seen.insert(key.clone()) {
             continue;
         }
-        let vol = conn.lookup_storage_vol_by_path(&path).ok();
+        let vol = s.volume_at(&path).ok();
         // Ownership goes by the path vapord recorded, exactly, and only while
         // no link sits there: replacing one's own volume with a link to
         // someone else's must not make theirs "created for this VM".
@@ -513,6 +442,16 @@ mod tests {
         // A recorded volume that is gone already: nothing to say.
         let c = cand("/p/gone.qcow2", None, true, false);
         assert_eq!(decide(&c, true, &none), Verdict::Skip);
+    }
+
+    #[test]
+    fn only_file_pools_hold_files() {
+        for kind in ["dir", "fs", "netfs"] {
+            assert!(!is_device_pool(kind), "{kind}");
+        }
+        for kind in ["logical", "disk", "iscsi", "scsi", "mpath", "zfs"] {
+            assert!(is_device_pool(kind), "{kind}");
+        }
     }
 
     #[test]

@@ -9,15 +9,10 @@
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use virt::connect::Connect;
-use virt::domain::Domain;
-use virt_sys as sys;
 
 use super::storage_ownership;
-use crate::libvirt::errors::{from_virt, is_not_found};
-use crate::libvirt::records::domain_state;
-use crate::libvirt::xml::{domain_disks, DiskSource, Element, VaporMetadata, METADATA_NS};
-use crate::libvirt::{DomainRecord, DomainState};
+use crate::libvirt::xml::{domain_disks, nvram_path, DiskSource};
+use crate::libvirt::{DomainAction, DomainRecord, DomainRef, DomainState, Session, Undefine};
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -47,6 +42,19 @@ impl LifecycleAction {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::Reset => "reset",
+        }
+    }
+
+    /// What libvirt is asked to do.
+    fn domain_action(self) -> DomainAction {
+        match self {
+            Self::Start => DomainAction::Start,
+            Self::Shutdown => DomainAction::Shutdown,
+            Self::Reboot => DomainAction::Reboot,
+            Self::ForceStop => DomainAction::Destroy,
+            Self::Pause => DomainAction::Suspend,
+            Self::Resume => DomainAction::Resume,
+            Self::Reset => DomainAction::Reset,
         }
     }
 
@@ -92,6 +100,16 @@ pub struct DeleteOptions {
     pub force: bool,
 }
 
+/// What undefining a deleted VM removes besides its definition: its
+/// firmware variables when nothing else needs them (`nvram_free`, only ever
+/// with `remove_storage`), its TPM state with its storage. Pure.
+fn undefine_on_delete(remove_storage: bool, nvram_free: bool) -> Undefine {
+    Undefine {
+        remove_nvram: nvram_free,
+        remove_tpm: remove_storage,
+    }
+}
+
 /// What `Delete` did with each piece of storage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DeleteReport {
@@ -124,10 +142,10 @@ impl VmService {
 
     async fn with_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
     where
-        F: FnOnce(&Connect, &Domain) -> Result<T> + Send + 'static,
+        F: FnOnce(&Session<'_>, &DomainRef) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.model.hypervisor().run_on_domain(uuid, f).await
+        self.model.hypervisor().on_domain(uuid, f).await
     }
 
     /// Perform a lifecycle action and return the VM's record afterwards.
@@ -145,17 +163,9 @@ impl VmService {
         let model = self.model.clone();
         let result = self
             .with_domain(uuid, move |_, d| {
-                let done = match action {
-                    LifecycleAction::Start => d.create(),
-                    LifecycleAction::Shutdown => d.shutdown(),
-                    LifecycleAction::Reboot => d.reboot(0),
-                    LifecycleAction::ForceStop => d.destroy(),
-                    LifecycleAction::Pause => d.suspend(),
-                    LifecycleAction::Resume => d.resume(),
-                    LifecycleAction::Reset => d.reset(),
-                }
-                .map(|_| ())
-                .map_err(|e| from_virt(e, &what));
+                let done = d
+                    .perform(action.domain_action())
+                    .map_err(|e| e.context(&what));
                 if done.is_err() {
                     return Ok((done, None));
                 }
@@ -171,9 +181,9 @@ impl VmService {
                     Some(known) => Some(known),
                     // A fresh start: re-read everything (live counters too).
                     None if action == LifecycleAction::Start => None,
-                    None => match domain_state(d) {
+                    None => match d.state() {
                         Ok(s) => Some(Some(s)),
-                        Err(e) if is_not_found(&e) => Some(None),
+                        Err(Error::NotFound(_)) => Some(None),
                         Err(_) => None,
                     },
                 };
@@ -211,9 +221,7 @@ impl VmService {
         let what = format!("cannot change autostart of VM '{}'", rec.name);
         let result = self
             .with_domain(uuid, move |_, d| {
-                d.set_autostart(on)
-                    .map(|_| ())
-                    .map_err(|e| from_virt(e, &what))
+                d.set_autostart(on).map_err(|e| e.context(&what))
             })
             .await;
         self.refresh_quietly(uuid).await;
@@ -233,8 +241,8 @@ impl VmService {
         let name = rec.name.clone();
         let uuid_owned = uuid.to_owned();
         let report = self
-            .with_domain(uuid, move |conn, d| {
-                delete_blocking(conn, d, &uuid_owned, &name, opts)
+            .with_domain(uuid, move |s, d| {
+                delete_blocking(s, d, &uuid_owned, &name, opts)
             })
             .await;
         self.refresh_quietly(uuid).await;
@@ -249,23 +257,14 @@ impl VmService {
     pub async fn describe(&self, uuid: &str) -> Result<Value> {
         let rec = self.get(uuid)?;
         let name = rec.name.clone();
-        let (live, config, metadata) = self
+        let (definitions, metadata) = self
             .with_domain(uuid, move |_, d| {
                 let what = format!("cannot read the configuration of VM '{name}'");
-                let live = d.xml_desc(0).map_err(|e| from_virt(e, &what))?;
-                let config = if d.is_persistent().unwrap_or(false) && d.is_active().unwrap_or(false)
-                {
-                    Some(
-                        d.xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
-                            .map_err(|e| from_virt(e, &what))?,
-                    )
-                } else {
-                    None
-                };
-                Ok((live, config, read_metadata(d)))
+                let definitions = d.definitions().map_err(|e| e.context(&what))?;
+                Ok((definitions, d.vapor_metadata()))
             })
             .await?;
-        let live_root = Element::parse(&live)?;
+        let live_root = definitions.live;
         let disks: Vec<Value> = domain_disks(&live_root)
             .into_iter()
             .map(|d| {
@@ -282,8 +281,8 @@ impl VmService {
                 })
             })
             .collect();
-        let config_json = match config {
-            Some(x) => Element::parse(&x)?.to_json(),
+        let config_json = match definitions.inactive {
+            Some(x) => x.to_json(),
             None => live_root.to_json(),
         };
         Ok(json!({
@@ -307,59 +306,37 @@ impl VmService {
     }
 }
 
-/// vapord's own metadata element of a domain, empty when there is none.
-fn read_metadata(d: &Domain) -> VaporMetadata {
-    let flags = if d.is_persistent().unwrap_or(false) {
-        sys::VIR_DOMAIN_AFFECT_CONFIG
-    } else {
-        sys::VIR_DOMAIN_AFFECT_LIVE
-    };
-    d.metadata(
-        sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
-        Some(METADATA_NS),
-        flags,
-    )
-    .ok()
-    .and_then(|x| Element::parse(&x).ok())
-    .map(|el| VaporMetadata::from_element(&el))
-    .unwrap_or_default()
-}
-
 fn delete_blocking(
-    conn: &Connect,
-    d: &Domain,
+    s: &Session,
+    d: &DomainRef,
     uuid: &str,
     name: &str,
     opts: DeleteOptions,
 ) -> Result<DeleteReport> {
     let what = format!("cannot delete VM '{name}'");
-    let active = d.is_active().map_err(|e| from_virt(e, &what))?;
+    let active = d.is_active().map_err(|e| e.context(&what))?;
     if active && !opts.force {
         return Err(Error::InvalidState(format!(
             "{what}: it is running; stop it first or pass force=true"
         )));
     }
-    let persistent = d.is_persistent().map_err(|e| from_virt(e, &what))?;
+    let persistent = d.is_persistent().map_err(|e| e.context(&what))?;
     let mut report = DeleteReport::default();
 
     // Plan before touching anything: the definition is needed to know the disks.
+    let definitions = d.definitions().map_err(|e| e.context(&what))?;
     let mut disks = Vec::new();
     let mut nvram = None;
-    for flags in [sys::VIR_DOMAIN_XML_INACTIVE, 0] {
-        if flags != 0 && !active {
-            continue;
-        }
-        let xml = d.xml_desc(flags).map_err(|e| from_virt(e, &what))?;
-        let root = Element::parse(&xml)?;
+    for root in definitions.persistent_first() {
         if nvram.is_none() {
-            nvram = storage_ownership::nvram_path(&root);
+            nvram = nvram_path(root);
         }
-        disks.extend(domain_disks(&root));
+        disks.extend(domain_disks(root));
     }
     let plan = if opts.remove_storage {
-        let owned = read_metadata(d).owned_volumes;
+        let owned = d.vapor_metadata().owned_volumes;
         Some(storage_ownership::plan(
-            conn,
+            s,
             uuid,
             &disks,
             &owned,
@@ -371,27 +348,18 @@ fn delete_blocking(
     };
 
     if active {
-        d.destroy().map_err(|e| from_virt(e, &what))?;
+        d.destroy().map_err(|e| e.context(&what))?;
     }
     if persistent {
-        let mut flags = sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
         let nvram_kept = match &plan {
             None => Some("firmware variables kept (remove_storage not set)".to_owned()),
             Some(p) => p.nvram_kept.clone(),
         };
-        flags |= if nvram_kept.is_none() {
-            sys::VIR_DOMAIN_UNDEFINE_NVRAM
-        } else {
-            sys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
-        };
-        flags |= if opts.remove_storage {
-            sys::VIR_DOMAIN_UNDEFINE_TPM
-        } else {
-            sys::VIR_DOMAIN_UNDEFINE_KEEP_TPM
-        };
-        d.undefine_flags(flags).map_err(|e| from_virt(e, &what))?;
+        d.undefine(undefine_on_delete(
+            opts.remove_storage,
+            nvram_kept.is_none(),
+        ))
+        .map_err(|e| e.context(&what))?;
         if let Some(p) = nvram {
             match nvram_kept {
                 None => report.removed.push(p),
@@ -404,17 +372,15 @@ fn delete_blocking(
         Some(plan) => {
             report.kept.extend(plan.kept);
             for (path, vol) in plan.delete {
-                match vol.delete(0) {
+                match vol.delete() {
                     Ok(()) => report.removed.push(path),
-                    Err(e) => report
-                        .kept
-                        .push((path, format!("deleting failed: {}", e.message()))),
+                    Err(e) => report.kept.push((path, format!("deleting failed: {e}"))),
                 }
             }
         }
         None => {
             for disk in disks {
-                if let Some(p) = storage_ownership::resolve_path(conn, &disk.source) {
+                if let Some(p) = storage_ownership::resolve_path(s, &disk.source) {
                     if !report.kept.iter().any(|(k, _)| *k == p) {
                         report
                             .kept
@@ -453,6 +419,51 @@ mod tests {
             None,
             "Start may restore a saved image"
         );
+    }
+
+    #[test]
+    fn deletion_takes_nvram_only_when_free_and_tpm_only_with_the_storage() {
+        use super::undefine_on_delete;
+        use crate::libvirt::Undefine;
+        assert_eq!(
+            undefine_on_delete(false, false),
+            Undefine {
+                remove_nvram: false,
+                remove_tpm: false
+            }
+        );
+        assert_eq!(
+            undefine_on_delete(true, false),
+            Undefine {
+                remove_nvram: false,
+                remove_tpm: true
+            },
+            "firmware variables another VM uses stay"
+        );
+        assert_eq!(
+            undefine_on_delete(true, true),
+            Undefine {
+                remove_nvram: true,
+                remove_tpm: true
+            }
+        );
+    }
+
+    #[test]
+    fn every_action_is_the_libvirt_operation_of_its_name() {
+        use crate::libvirt::DomainAction as D;
+        let pairs = [
+            (A::Start, D::Start),
+            (A::Shutdown, D::Shutdown),
+            (A::Reboot, D::Reboot),
+            (A::ForceStop, D::Destroy),
+            (A::Pause, D::Suspend),
+            (A::Resume, D::Resume),
+            (A::Reset, D::Reset),
+        ];
+        for (a, d) in pairs {
+            assert_eq!(a.domain_action(), d, "{}", a.verb());
+        }
     }
 
     #[test]
