@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 use virt::{connect::Connect, sys};
 use zbus::{Connection, DynamicType, OwnedObjectPath, OwnedVariant};
 
+#[path = "enumerate/volumes.rs"]
+mod volumes;
+
 const LVD: &str = "org.libvirt";
 const LVD_BIN: &str = "/usr/sbin/libvirt-dbus";
 const LVD_ROOT: &str = "/org/libvirt/QEMU";
@@ -61,6 +64,9 @@ struct Args {
     window: usize,
     #[arg(long, default_value = "qemu:///system")]
     uri: String,
+    /// Number of volumes in the pool `vapor-bench-vols` for the volume table (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    volumes: usize,
     /// Undefine the benchmark domains at the end.
     #[arg(long)]
     cleanup: bool,
@@ -263,6 +269,13 @@ async fn lvd_enumerate_pipelined(c: &Connection, window: usize) -> Res<(Duration
 async fn vapor_enumerate(c: &Connection) -> Res<(Duration, usize)> {
     let t = Instant::now();
     let reply = call(c, (VAPOR, VAPOR_ROOT, OM, "GetManagedObjects"), &()).await?;
+    if std::env::var("BENCH_SPLIT").is_ok() {
+        eprintln!(
+            "call {:.2} ms, {} bytes",
+            t.elapsed().as_secs_f64() * 1e3,
+            reply.data().len()
+        );
+    }
     let objs: HashMap<OwnedObjectPath, HashMap<String, Props>> = reply.body().deserialize()?;
     let n = objs.values().filter(|i| i.contains_key(VM_IFACE)).count();
     Ok((t.elapsed(), n))
@@ -420,9 +433,13 @@ async fn run(a: Args) -> Res<ExitCode> {
     let conn = Connect::open(Some(&a.uri))?;
     if a.cleanup_only {
         cleanup_domains(&conn)?;
+        volumes::cleanup(&conn)?;
         return Ok(ExitCode::SUCCESS);
     }
     setup_domains(&conn, a.domains)?;
+    if a.volumes > 0 {
+        volumes::setup(&conn, a.volumes)?;
+    }
     let bus = Connection::system().await?;
     let started = ensure_libvirt_dbus(&bus).await?;
     let vapor_up = has_owner(&bus, VAPOR).await?;
@@ -438,12 +455,18 @@ async fn run(a: Args) -> Res<ExitCode> {
         false => [absent(), absent()],
     };
 
+    let vols = match a.volumes {
+        0 => None,
+        n => Some(volumes::measure(&bus, a.rounds, n, vapor_up).await?),
+    };
+
     stop_live(&conn);
     if let Some(child) = started {
         stop_libvirt_dbus(&bus, child).await;
     }
     if a.cleanup {
         cleanup_domains(&conn)?;
+        volumes::cleanup(&conn)?;
     }
 
     // Report.
@@ -489,6 +512,38 @@ async fn run(a: Args) -> Res<ExitCode> {
     }
     let base = ms(e.base);
     println!("baseline: virConnectGetAllDomainStats, {s3} domains: {base:.3} ms");
+    let mut vol_json = serde_json::Value::Null;
+    if let Some(v) = &vols {
+        let [ls, vs] = v.seen;
+        println!();
+        println!(
+            "volumes seen: libvirt-dbus {ls}, vapord {vs} (in pool {} and any other); same rounds",
+            volumes::POOL
+        );
+        println!("{op:<44} | {lv:>12} | {va:>12} | {ra:>6}");
+        println!("{:-<44}-+-{:->12}-+-{:->12}-+-{:->6}", "", "", "", "");
+        let ratio = v
+            .vapor
+            .as_ref()
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map(|d| v.lvd.as_secs_f64() / d.as_secs_f64());
+        let vc = v
+            .vapor
+            .as_ref()
+            .map_or("n/a".into(), |d| format!("{:.3} ms", ms(*d)));
+        let r = ratio.map_or("n/a".into(), |x| format!("{x:.1}x"));
+        let label = "enumerate all volumes + properties";
+        println!(
+            "{label:<44} | {:>12} | {vc:>12} | {r:>6}",
+            format!("{:.3} ms", ms(v.lvd))
+        );
+        vol_json = serde_json::json!({
+            "operation": label, "ratio": ratio, "libvirt_dbus_ms": ms(v.lvd),
+            "vapord_ms": v.vapor.as_ref().ok().map(|d| ms(*d)),
+            "volumes_seen": {"libvirt_dbus": ls, "vapord": vs},
+        });
+    }
     for e in &errors {
         println!("n/a because: {e}");
     }
@@ -502,7 +557,7 @@ async fn run(a: Args) -> Res<ExitCode> {
         let j = serde_json::json!({
             "domains": a.domains, "rounds": a.rounds, "reads": a.reads, "pairs": a.pairs,
             "window": a.window, "vapord_on_bus": vapor_up, "bulk_stats_ms": base,
-            "vms_seen": seen, "results": json_rows,
+            "vms_seen": seen, "results": json_rows, "volumes": vol_json,
         });
         println!("{j}");
     }

@@ -76,8 +76,12 @@ fn intent_records(state_dir: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// The tests here each run their own vapord under the one bus name: one at a time.
+static ONE_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
     let state = format!(
         "{}/crash-state-{}",
         env!("CARGO_TARGET_TMPDIR"),
@@ -178,6 +182,103 @@ fn a_creation_killed_half_way_is_rolled_back_at_the_next_start() {
         "a finished creation leaves no record"
     );
     virsh(&["undefine", &name]);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn an_upload_killed_half_way_is_removed_at_the_next_start() {
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+    let state = format!(
+        "{}/crash-upload-state-{}",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let log = format!(
+        "{}/crash-upload-vapord-{}.log",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    let _ = std::fs::remove_dir_all(&state);
+    let pool = TestPool::new("crashup");
+    let uuid = virsh(&["pool-uuid", &pool.name]).trim().to_owned();
+    let pool_path = format!("{ROOT}/pool/{}", uuid.replace('-', "_"));
+    let daemon = Daemon::start(&state, &log);
+
+    // A slow pipe: the upload is under way (volume made, stream open) when
+    // vapord dies.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    let feeding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let feeder = {
+        let feeding = feeding.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            while feeding.load(std::sync::atomic::Ordering::SeqCst) {
+                if writer.write_all(&[3u8; 64 * 1024]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let uploader = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let conn = zbus::Connection::system().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let proxy = loop {
+                let p = zbus::Proxy::new(
+                    &conn,
+                    BUS_NAME,
+                    pool_path.clone(),
+                    "org.vapor.Virtualization.StoragePool",
+                )
+                .await
+                .unwrap();
+                if p.introspect()
+                    .await
+                    .is_ok_and(|x| x.contains("UploadVolume"))
+                {
+                    break p;
+                }
+                assert!(Instant::now() < deadline, "the pool never appeared");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let fd = zbus::OwnedFd::from(std::os::fd::OwnedFd::from(reader));
+            let mut opts = std::collections::HashMap::new();
+            opts.insert("size", zbus::Variant::from(1u64 << 30));
+            proxy
+                .call::<_, _, zbus::OwnedObjectPath>("UploadVolume", &("half.raw", fd, opts))
+                .await
+                .is_ok()
+        })
+    });
+    let half = format!("{}/half.raw", pool.dir);
+    wait_until("the upload to be under way", || {
+        std::path::Path::new(&half).exists()
+            && intent_records(&state)
+                .iter()
+                .any(|r| r["operation"] == "volume-upload")
+    });
+    daemon.kill();
+    feeding.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !uploader.join().unwrap(),
+        "the caller learns the upload failed"
+    );
+    feeder.join().unwrap();
+    assert!(std::path::Path::new(&half).exists(), "the crash left it");
+
+    let daemon = Daemon::start(&state, &log);
+    wait_until("the half-made volume to be removed", || {
+        intent_records(&state).is_empty() && {
+            pool.refresh();
+            pool.files().is_empty()
+        }
+    });
     drop(daemon);
     let _ = std::fs::remove_dir_all(&state);
 }

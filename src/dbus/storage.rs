@@ -648,22 +648,6 @@ impl Volume {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_names_become_valid_path_elements() {
-        for name in ["disk.qcow2", "a b", "ünï", "", "../x", "_"] {
-            let p = volume_path("0b7f5a2e-0000-4000-8000-000000000001", name);
-            assert!(zbus::ObjectPath::try_from(p.as_str()).is_ok(), "{p}");
-        }
-        assert_eq!(escape_path_element("disk.qcow2"), "disk_2eqcow2");
-        // Escaping is one-to-one: different names never share a path.
-        assert_ne!(escape_path_element("a_2e"), escape_path_element("a."));
-    }
-}
-
 impl Target for spec::PoolSpec {
     fn describe(&self) -> String {
         format!("the storage pool '{}'", self.name)
@@ -724,4 +708,20 @@ pub async fn create_pool(
         super::object::export(server, pools, p).await;
     }
     Ok((xml, Some(object_path(pool_path(&uuid)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_names_become_valid_path_elements() {
+        for name in ["disk.qcow2", "a b", "ünï", "", "../x", "_"] {
+            let p = volume_path("0b7f5a2e-0000-4000-8000-000000000001", name);
+            assert!(zbus::ObjectPath::try_from(p.as_str()).is_ok(), "{p}");
+        }
+        assert_eq!(escape_path_element("disk.qcow2"), "disk_2eqcow2");
+        // Escaping is one-to-one: different names never share a path.
+        assert_ne!(escape_path_element("a_2e"), escape_path_element("a."));
+    }
 }

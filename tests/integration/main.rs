@@ -12,7 +12,7 @@ mod hostile;
 mod introspection;
 mod lifecycle;
 mod limits;
-mod pci_real;
 mod network;
+mod pci_real;
 mod polkit_access;
 mod storage;

@@ -189,7 +189,7 @@ async fn alice_manages_pools_and_volumes_bob_only_reads() {
     assert_eq!(u64::try_from(v["CapacityBytes"].clone()).unwrap(), 64 << 20);
     assert_eq!(
         paths(&props(&conn, &pool.path, POOL).await["Volumes"]),
-        [vol.clone()]
+        std::slice::from_ref(&vol)
     );
 
     refused(
@@ -500,7 +500,10 @@ async fn a_cancelled_upload_leaves_no_volume_behind() {
                 .await
         })
     };
-    type Added = (OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>);
+    type Added = (
+        OwnedObjectPath,
+        HashMap<String, HashMap<String, OwnedVariant>>,
+    );
     let m = wait_signal(&mut added, "the upload's Job", |m| {
         m.body().deserialize::<Added>().is_ok_and(|(_, ifaces)| {
             ifaces
