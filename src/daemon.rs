@@ -149,12 +149,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     let refs = References::new(model.hypervisor().clone());
     let (storage, pool_changes, volume_changes) = StorageService::new(
         model.hypervisor().clone(),
-        model.clone(),
         refs.clone(),
         Arc::new(intents.clone()),
     );
-    let (networks, network_changes) =
-        NetworkService::new(model.hypervisor().clone(), model.clone(), refs.clone());
+    let (networks, network_changes) = NetworkService::new(model.hypervisor().clone(), refs.clone());
     let followers = Followers {
         refs,
         storage: storage.clone(),

@@ -16,7 +16,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::references::References;
 use crate::libvirt::network::{DhcpLease, NetworkRecord};
 use crate::libvirt::Hypervisor;
-use crate::model::Model;
 use crate::network::spec::{self, NetworkSpec};
 use crate::store::{Change, Keyed, Store};
 use crate::{Error, Result};
@@ -38,20 +37,30 @@ impl Keyed for NetworkView {
 pub type NetworkChange = Change<NetworkView>;
 
 /// The running VMs among a network's users (what stopping it would cut off).
-pub fn running_users(
-    used_by: &[(String, String)],
-    is_running: impl Fn(&str) -> bool,
-) -> Vec<String> {
+pub fn running_users(used_by: &[(String, String)], running: &[String]) -> Vec<String> {
     used_by
         .iter()
-        .filter(|(uuid, _)| is_running(uuid))
+        .filter(|(uuid, _)| running.contains(uuid))
         .map(|(_, name)| name.clone())
         .collect()
 }
 
+/// Which of these domains run now, asked of libvirt (not the cache, which
+/// may not have seen a start made a moment ago with virsh).
+pub async fn running_now(hv: &Hypervisor, vms: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (uuid, _) in vms {
+        if let Ok(Some((state, _))) = hv.state(uuid).await {
+            if state.is_active() {
+                out.push(uuid.clone());
+            }
+        }
+    }
+    out
+}
+
 pub struct NetworkService {
     hv: Arc<Hypervisor>,
-    model: Arc<Model>,
     refs: Arc<References>,
     networks: Store<NetworkView>,
     refresh_lock: tokio::sync::Mutex<()>,
@@ -60,13 +69,11 @@ pub struct NetworkService {
 impl NetworkService {
     pub fn new(
         hv: Arc<Hypervisor>,
-        model: Arc<Model>,
         refs: Arc<References>,
     ) -> (Arc<Self>, UnboundedReceiver<NetworkChange>) {
         let (networks, rx) = Store::new(Arc::new(AtomicU64::new(1)));
         let svc = Arc::new(Self {
             hv,
-            model,
             refs,
             networks,
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -170,10 +177,8 @@ impl NetworkService {
         r
     }
 
-    fn refuse_while_running_vms(&self, n: &NetworkView, what: &str) -> Result<()> {
-        let running = running_users(&n.used_by, |uuid| {
-            self.model.get(uuid).is_some_and(|r| r.state.is_active())
-        });
+    async fn refuse_while_running_vms(&self, n: &NetworkView, what: &str) -> Result<()> {
+        let running = running_users(&n.used_by, &running_now(&self.hv, &n.used_by).await);
         if running.is_empty() {
             Ok(())
         } else {
@@ -187,7 +192,7 @@ impl NetworkService {
 
     pub async fn stop(&self, uuid: &str) -> Result<()> {
         let n = self.need(uuid)?;
-        self.refuse_while_running_vms(&n, "stop")?;
+        self.refuse_while_running_vms(&n, "stop").await?;
         let r = self.hv.stop_network(uuid).await;
         self.settle(uuid).await;
         r
@@ -202,7 +207,7 @@ impl NetworkService {
 
     pub async fn delete(&self, uuid: &str) -> Result<()> {
         let n = self.need(uuid)?;
-        self.refuse_while_running_vms(&n, "delete")?;
+        self.refuse_while_running_vms(&n, "delete").await?;
         let r = self.hv.undefine_network(uuid).await;
         self.settle(uuid).await;
         r
@@ -279,7 +284,7 @@ mod tests {
             ("u1".to_string(), "web".to_string()),
             ("u2".to_string(), "db".to_string()),
         ];
-        assert_eq!(running_users(&users, |u| u == "u2"), ["db"]);
-        assert!(running_users(&users, |_| false).is_empty());
+        assert_eq!(running_users(&users, &["u2".to_string()]), ["db"]);
+        assert!(running_users(&users, &[]).is_empty());
     }
 }

@@ -24,7 +24,6 @@ use super::storage_ownership::{self, canonical, Verdict};
 use crate::intent::{now_ns, IntentLog, Step};
 use crate::libvirt::storage::{PoolRecord, VolumeRecord};
 use crate::libvirt::Hypervisor;
-use crate::model::Model;
 use crate::progress::Progress;
 use crate::storage::spec::{self, PoolKind, PoolSpec, VolumeFormat, VolumeSpec};
 use crate::store::{Change, Keyed, Store};
@@ -153,7 +152,6 @@ pub const POOL_ROOTS: &[&str] = &["/var/lib/libvirt", "/var/lib/vapor"];
 
 pub struct StorageService {
     hv: Arc<Hypervisor>,
-    model: Arc<Model>,
     refs: Arc<References>,
     intents: Arc<IntentLog>,
     pools: Store<PoolView>,
@@ -170,7 +168,6 @@ pub type VolumeChange = Change<VolumeView>;
 impl StorageService {
     pub fn new(
         hv: Arc<Hypervisor>,
-        model: Arc<Model>,
         refs: Arc<References>,
         intents: Arc<IntentLog>,
     ) -> (
@@ -183,7 +180,6 @@ impl StorageService {
         let (volumes, vrx) = Store::new(tickets);
         let svc = Arc::new(Self {
             hv,
-            model,
             refs,
             intents,
             pools,
@@ -402,25 +398,24 @@ impl StorageService {
         r
     }
 
-    /// Running VMs using any volume of the pool, by name.
-    fn running_users_of_pool(&self, uuid: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// Running VMs using any volume of the pool, by name (asked of libvirt).
+    async fn running_users_of_pool(&self, uuid: &str) -> Vec<String> {
+        let mut users: Vec<(String, String)> = self
             .volumes
             .all()
             .iter()
             .filter(|v| v.rec.pool_uuid == uuid)
             .flat_map(|v| v.used_by.clone())
-            .filter(|(vm, _)| self.model.get(vm).is_some_and(|r| r.state.is_active()))
-            .map(|(_, name)| name)
             .collect();
-        names.sort();
-        names.dedup();
-        names
+        users.sort();
+        users.dedup();
+        let running = super::network::running_now(&self.hv, &users).await;
+        super::network::running_users(&users, &running)
     }
 
     pub async fn stop_pool(&self, uuid: &str) -> Result<()> {
         let pool = self.need_pool(uuid)?;
-        let users = self.running_users_of_pool(uuid);
+        let users = self.running_users_of_pool(uuid).await;
         if !users.is_empty() {
             return Err(Error::InvalidState(format!(
                 "storage pool '{}' is in use by running VMs: {}",

@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod cli_storage;
 mod create;
 mod delete;
 mod escapes;
