@@ -281,6 +281,22 @@ async fn vapor_enumerate(c: &Connection) -> Res<(Duration, usize)> {
     Ok((t.elapsed(), n))
 }
 
+/// One Manager.EnumerateObjects(VirtualMachine): the same properties as rows
+/// of a struct array (no names or variants per value); decoded whole.
+async fn vapor_enumerate_compact(c: &Connection) -> Res<(Duration, usize)> {
+    let t = Instant::now();
+    let reply = call(
+        c,
+        (VAPOR, VAPOR_ROOT, MANAGER, "EnumerateObjects"),
+        &(VM_IFACE,),
+    )
+    .await?;
+    let (names, rows): (Vec<String>, OwnedVariant) = reply.body().deserialize()?;
+    let rows = zbus::wire::Array::try_from(rows.try_clone()?)?;
+    let n = if names.is_empty() { 0 } else { rows.len() };
+    Ok((t.elapsed(), n))
+}
+
 /// Median time of `count` identical calls, after one discarded warm-up call.
 async fn per_call<B>(c: &Connection, count: usize, t: Target<'_>, body: &B) -> M
 where
@@ -334,6 +350,7 @@ struct Enumeration {
     seq: Duration,
     pip: Duration,
     vapor: M,
+    compact: M,
     base: Duration,
     seen: [usize; 4],
 }
@@ -347,13 +364,20 @@ async fn enumeration(
     mut vapor_err: Option<Box<dyn std::error::Error>>,
 ) -> Res<Enumeration> {
     let (mut seq, mut pip, mut vap, mut base) = (vec![], vec![], vec![], vec![]);
+    let mut compact = vec![];
     let mut seen = [0; 4];
     for round in 0..=a.rounds {
         let s = lvd_enumerate_seq(bus).await?;
         let p = lvd_enumerate_pipelined(bus, a.window).await?;
-        let mut v = None;
+        let (mut v, mut vc) = (None, None);
         if vapor_err.is_none() {
             v = vapor_enumerate(bus)
+                .await
+                .map_err(|e| vapor_err = Some(e))
+                .ok();
+        }
+        if vapor_err.is_none() {
+            vc = vapor_enumerate_compact(bus)
                 .await
                 .map_err(|e| vapor_err = Some(e))
                 .ok();
@@ -361,25 +385,32 @@ async fn enumeration(
         let b = bulk_stats(conn)?;
         seen = [s.1, p.1, v.map_or(0, |v| v.1), b.1];
         let vs = v.map_or("n/a".into(), |v| format!("{:.1} ms", ms(v.0)));
+        let vcs = vc.map_or("n/a".into(), |v| format!("{:.1} ms", ms(v.0)));
         let tag = if round == 0 { " (warm-up)" } else { "" };
         let (s_ms, p_ms, b_ms) = (ms(s.0), ms(p.0), ms(b.0));
         eprintln!(
             "round {round}{tag}: libvirt-dbus {s_ms:.1} ms, pipelined {p_ms:.1} ms; \
-             vapord {vs}; bulk stats {b_ms:.1} ms"
+             vapord {vs} (compact {vcs}); bulk stats {b_ms:.1} ms"
         );
         if round > 0 {
             seq.push(s.0);
             pip.push(p.0);
             base.push(b.0);
             vap.extend(v.map(|v| v.0));
+            compact.extend(vc.map(|v| v.0));
         }
     }
+    let compact: M = match &vapor_err {
+        Some(e) => Err(e.to_string().into()),
+        None => Ok(median(compact)),
+    };
     let vapor = vapor_err.map_or_else(|| Ok(median(vap)), Err);
     let (seq, pip, base) = (median(seq), median(pip), median(base));
     Ok(Enumeration {
         seq,
         pip,
         vapor,
+        compact,
         base,
         seen,
     })
@@ -411,9 +442,11 @@ async fn vapor_single(a: &Args, c: &Connection) -> [M; 2] {
     ]
 }
 
-const OPS: [&str; 5] = [
+const OPS: [&str; 7] = [
     "enumerate all VMs + properties, sequential",
     "enumerate all VMs + properties, pipelined",
+    "  same, vapord EnumerateObjects, sequential",
+    "  same, vapord EnumerateObjects, pipelined",
     "read one VM's state: GetState / Get State",
     "read one property: Get Active / Get State",
     "lifecycle: Suspend+Resume / Pause+Resume",
@@ -478,9 +511,11 @@ async fn run(a: Args) -> Res<ExitCode> {
          {} rounds (+1 warm-up), {} reads, {} pairs",
         a.rounds, a.reads, a.pairs
     );
-    let results: [(M, &M); 5] = [
+    let results: [(M, &M); 7] = [
         (Ok(e.seq), &e.vapor),
         (Ok(e.pip), &e.vapor),
+        (Ok(e.seq), &e.compact),
+        (Ok(e.pip), &e.compact),
         (lvd_state, &vapor_get),
         (lvd_active, &vapor_get),
         (lvd_life, &vapor_life),

@@ -179,11 +179,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         intents.clone(),
     ));
     let server = conn.object_server();
+    let registry = Arc::new(crate::dbus::managed::Registry::default());
     server
         .at(
             ROOT_PATH,
             crate::dbus::managed::ObjectManager {
-                registry: Default::default(),
+                registry: registry.clone(),
             },
         )
         .await
@@ -199,6 +200,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                 vm_ctx: ctx.clone(),
                 pools: pools.clone(),
                 networks: network_ctx.clone(),
+                registry,
             },
         )
         .await

@@ -199,6 +199,9 @@ interfaces! {
             fn create_network(&self, spec: &str) -> zbus::Result<OwnedObjectPath>;
             /// The network XML CreateNetwork would define.
             fn plan_network(&self, spec: &str) -> zbus::Result<String>;
+            /// Every object with this interface, compactly: the property
+            /// names and a variant holding one row `(o…)` per object.
+            fn enumerate_objects(&self, interface: &str) -> zbus::Result<(Vec<String>, zbus::OwnedVariant)>;
         }
         #[zbus(property)]
         fn connected(&self) -> zbus::Result<bool>;

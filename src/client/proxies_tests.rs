@@ -133,6 +133,7 @@ fn signature(ty: &str) -> String {
         "OwnedObjectPath" => "o",
         "Fd<'_>" => "h",
         "Options<'_>" => "a{sv}",
+        "OwnedVariant" | "zbus::OwnedVariant" => "v",
         other => panic!("no signature known for {other}"),
     }
     .to_owned()

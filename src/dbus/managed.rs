@@ -22,7 +22,7 @@ use zbus::message::{Header, Message};
 use zbus::names::{InterfaceName, MemberName};
 use zbus::object_server::{DispatchResult, Interface, SignalEmitter};
 use zbus::wire::serialized::Context;
-use zbus::wire::Endian;
+use zbus::wire::{Array, Endian, StructureBuilder};
 use zbus::{BoxDBusError, Connection, ObjectPath, ObjectServer, OwnedVariant, Variant};
 
 use super::ROOT_PATH;
@@ -64,6 +64,44 @@ impl Registry {
         if gone {
             *lock(&self.cached) = None;
         }
+    }
+
+    /// Every object with `iface`, compactly: the property names (sorted)
+    /// and a variant holding `a(o…)`, one row per object — its path, then
+    /// its values in that order. No names or variants per value, so about
+    /// half the bytes of GetManagedObjects, and far less to decode.
+    pub fn rows(&self, iface: &str) -> zbus::Result<(Vec<String>, OwnedVariant)> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Option<Vec<String>> = None;
+        let mut rows = Vec::new();
+        for (path, (i, props)) in objects.iter() {
+            if i.as_str() != iface {
+                continue;
+            }
+            let names = names.get_or_insert_with(|| {
+                let mut k: Vec<String> = props.keys().cloned().collect();
+                k.sort();
+                k
+            });
+            let mut row = StructureBuilder::new().add_field(ObjectPath::try_from(path.as_str())?);
+            for n in names.iter() {
+                let v = props
+                    .get(n)
+                    .ok_or_else(|| zbus::Error::Failure(format!("{path} has no property {n}")))?;
+                row = row.append_field((**v).try_clone()?);
+            }
+            rows.push(row.build()?);
+        }
+        let names = names.unwrap_or_default();
+        let signature = match rows.first() {
+            Some(r) => r.signature().clone(),
+            None => zbus::Signature::try_from("(o)")?,
+        };
+        let mut array = Array::new(&signature);
+        for r in rows {
+            array.append(Variant::from(r))?;
+        }
+        Ok((names, OwnedVariant::try_from(Variant::from(array))?))
     }
 
     pub fn job_started(&self, path: &str) {
@@ -284,6 +322,35 @@ mod tests {
             data.deserialize().unwrap();
         let vm = &back[&zbus::OwnedObjectPath::try_from("/org/vapor/Virtualization/vm/a").unwrap()];
         assert_eq!(vm["org.vapor.Virtualization.VirtualMachine"], props);
+    }
+
+    #[test]
+    fn rows_carry_every_property_in_the_order_of_the_names() {
+        let r = Registry::default();
+        let iface = || InterfaceName::from_static_str_unchecked("a.Vm");
+        for (path, name, mem) in [("/o/b", "beta", 2u64), ("/o/a", "alpha", 1)] {
+            let mut props = Props::new();
+            props.insert(
+                "Name".into(),
+                OwnedVariant::try_from(Variant::from(name)).unwrap(),
+            );
+            props.insert("MemoryMiB".into(), OwnedVariant::from(mem));
+            r.set(path, iface(), props);
+        }
+        r.set(
+            "/o/other",
+            InterfaceName::from_static_str_unchecked("a.Other"),
+            Props::new(),
+        );
+        let (names, rows) = r.rows("a.Vm").unwrap();
+        assert_eq!(names, ["MemoryMiB", "Name"]);
+        let rows: Vec<(zbus::OwnedObjectPath, u64, String)> = rows.try_into().unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0.as_str(), "/o/a");
+        assert_eq!((rows[0].1, rows[0].2.as_str()), (1, "alpha"));
+        assert_eq!((rows[1].1, rows[1].2.as_str()), (2, "beta"));
+        let (names, _) = r.rows("a.None").unwrap();
+        assert!(names.is_empty());
     }
 
     #[test]
