@@ -215,3 +215,44 @@ async fn get_managed_objects_follows_every_announced_change() {
     wait_signal(&mut removed, "the VM's removal", |m| is_about(m, &d.path())).await;
     assert_eq!(autostart(&managed(&conn).await), None);
 }
+
+/// EnumerateObjects says what GetManagedObjects says, in rows.
+#[tokio::test]
+async fn enumerate_objects_matches_get_managed_objects() {
+    let conn = bus().await;
+    let d = TestDomain::define("enumerate");
+    wait_for_object(&conn, &d.path()).await;
+    let (names, rows): (Vec<String>, OwnedVariant) =
+        zbus::Proxy::new(&conn, BUS_NAME, ROOT, MANAGER)
+            .await
+            .unwrap()
+            .call("EnumerateObjects", &(VM,))
+            .await
+            .unwrap();
+    assert!(names.contains(&"Name".to_string()) && names.contains(&"State".to_string()));
+    let rows = zbus::wire::Array::try_from(rows).unwrap();
+    let row = rows
+        .iter()
+        .map(|r| zbus::wire::Structure::try_from(r.try_clone().unwrap()).unwrap())
+        .find(|s| {
+            zbus::ObjectPath::try_from(s.fields()[0].try_clone().unwrap())
+                .is_ok_and(|p| p.as_str() == d.path())
+        })
+        .expect("the VM has a row");
+    let managed = managed(&conn).await;
+    let key = OwnedObjectPath::try_from(d.path()).unwrap();
+    let props = &managed[&key][VM];
+    assert_eq!(names.len(), props.len());
+    for (i, name) in names.iter().enumerate() {
+        let cell = OwnedVariant::try_from(row.fields()[i + 1].try_clone().unwrap()).unwrap();
+        assert_eq!(&cell, &props[name], "{name}");
+    }
+    // Unknown interfaces have no rows; hostile names are refused.
+    let (names, _): (Vec<String>, OwnedVariant) = zbus::Proxy::new(&conn, BUS_NAME, ROOT, MANAGER)
+        .await
+        .unwrap()
+        .call("EnumerateObjects", &("org.example.Nothing",))
+        .await
+        .unwrap();
+    assert!(names.is_empty());
+}
