@@ -222,6 +222,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");
     }
+    // Follow events before the first reading, so none falls in between.
+    followers.spawn(&model, Duration::from_secs(30));
     followers.load().await;
     // Every kind of object, published the same way.
     let mut published = object::Publications::default();
@@ -255,7 +257,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
 
     published.follow(&conn);
     tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
-    followers.spawn(&model, Duration::from_secs(30));
+
     if let Some(monitor) = monitor {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(monitor.run(tx));

@@ -39,8 +39,11 @@ pub trait Keyed: PartialEq + Send + Sync + 'static {
     fn key(&self) -> &str;
 }
 
+/// A record and the ticket of the reading that produced it; `None` is a
+/// removal, kept (as a tombstone) so that an older reading finishing late
+/// cannot bring the record back.
 struct Entry<R> {
-    rec: Arc<R>,
+    rec: Option<Arc<R>>,
     ticket: u64,
 }
 
@@ -52,6 +55,11 @@ impl<R> Clone for Entry<R> {
         }
     }
 }
+
+/// Tombstones are pruned once there are this many…
+const TOMBSTONES_KEPT: usize = 4096;
+/// …dropping those older than this many tickets (no reading takes that long).
+const TOMBSTONE_AGE: u64 = 100_000;
 
 pub struct Store<R: Keyed> {
     map: RwLock<HashMap<String, Entry<R>>>,
@@ -78,24 +86,25 @@ impl<R: Keyed> Store<R> {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<R>> {
-        self.read().get(key).map(|e| e.rec.clone())
+        self.read().get(key).and_then(|e| e.rec.clone())
     }
 
     /// The first record (in no particular order) that satisfies `f`.
     pub fn find(&self, f: impl Fn(&R) -> bool) -> Option<Arc<R>> {
         self.read()
             .values()
-            .find(|e| f(&e.rec))
-            .map(|e| e.rec.clone())
+            .filter_map(|e| e.rec.as_ref())
+            .find(|r| f(r))
+            .cloned()
     }
 
     /// Every record, in no particular order.
     pub fn all(&self) -> Vec<Arc<R>> {
-        self.read().values().map(|e| e.rec.clone()).collect()
+        self.read().values().filter_map(|e| e.rec.clone()).collect()
     }
 
     pub fn len(&self) -> usize {
-        self.read().len()
+        self.read().values().filter(|e| e.rec.is_some()).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,16 +135,24 @@ impl<R: Keyed> Store<R> {
     ) -> Option<Arc<R>> {
         let current = map.get(key).cloned();
         if current.as_ref().is_some_and(|e| e.ticket > ticket) {
-            return current.map(|e| e.rec); // a newer reading is already applied
+            // A newer reading (or removal) is already applied.
+            return current.and_then(|e| e.rec);
         }
-        let change = match (current.map(|e| e.rec), new) {
+        let change = match (current.and_then(|e| e.rec), new) {
             (None, None) => None,
             (Some(old), None) => {
-                map.remove(key);
+                map.insert(key.to_owned(), Entry { rec: None, ticket });
+                Self::prune(map, ticket);
                 Some(Change::Removed(old))
             }
             (Some(old), Some(new)) if *old == new => {
-                map.insert(key.to_owned(), Entry { rec: old, ticket });
+                map.insert(
+                    key.to_owned(),
+                    Entry {
+                        rec: Some(old),
+                        ticket,
+                    },
+                );
                 None
             }
             (old, Some(new)) => {
@@ -143,7 +160,7 @@ impl<R: Keyed> Store<R> {
                 map.insert(
                     key.to_owned(),
                     Entry {
-                        rec: new.clone(),
+                        rec: Some(new.clone()),
                         ticket,
                     },
                 );
@@ -156,7 +173,14 @@ impl<R: Keyed> Store<R> {
         if let Some(c) = change {
             let _ = self.changes.send(c);
         }
-        map.get(key).map(|e| e.rec.clone())
+        map.get(key).and_then(|e| e.rec.clone())
+    }
+
+    fn prune(map: &mut HashMap<String, Entry<R>>, now: u64) {
+        let tombstones = map.values().filter(|e| e.rec.is_none()).count();
+        if tombstones > TOMBSTONES_KEPT {
+            map.retain(|_, e| e.rec.is_some() || e.ticket + TOMBSTONE_AGE > now);
+        }
     }
 
     /// Apply a reading of a whole scope taken under `ticket`: every record
@@ -172,7 +196,7 @@ impl<R: Keyed> Store<R> {
         }
         let gone: Vec<String> = map
             .iter()
-            .filter(|(k, e)| !seen.contains(*k) && in_scope(&e.rec))
+            .filter(|(k, e)| !seen.contains(*k) && e.rec.as_deref().is_some_and(&in_scope))
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
@@ -242,6 +266,21 @@ mod tests {
         s.apply("a", None, old);
         assert_eq!(s.get("a").map(|r| r.value), Some(2));
         assert_eq!(drain(&mut rx).len(), 1);
+    }
+
+    #[test]
+    fn an_older_reading_never_brings_back_a_removed_record() {
+        let (s, mut rx) = Store::new(Arc::new(AtomicU64::new(1)));
+        s.apply("a", Some(rec("a", 0, 1)), s.ticket());
+        let old = s.ticket(); // a reading starts…
+        s.apply("a", None, s.ticket()); // …the record is removed…
+        s.apply("a", Some(rec("a", 0, 1)), old); // …and the reading lands late.
+        assert!(s.get("a").is_none());
+        assert!(s.all().is_empty() && s.is_empty());
+        assert_eq!(drain(&mut rx).len(), 2); // added, removed; nothing more
+                                             // A newer reading may bring it back.
+        s.apply("a", Some(rec("a", 0, 2)), s.ticket());
+        assert_eq!(s.get("a").map(|r| r.value), Some(2));
     }
 
     #[test]

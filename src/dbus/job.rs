@@ -46,6 +46,9 @@ pub struct JobState {
     start_time_usec: u64,
     snapshot: Mutex<Snapshot>,
     cancel: CancelFlag,
+    /// Whether the work checks `cancel` (uploads, downloads and creations
+    /// do; a single libvirt call such as a wipe or a copy cannot stop).
+    cancelable: bool,
     /// Pokes the bus side to emit PropertiesChanged.
     notify: UnboundedSender<()>,
 }
@@ -68,6 +71,7 @@ impl JobState {
                 .unwrap_or(0),
             snapshot: Mutex::new(Snapshot::default()),
             cancel: CancelFlag::default(),
+            cancelable: true,
             notify,
         })
     }
@@ -128,24 +132,20 @@ impl Job {
         let Some(auth) = &self.auth else {
             return Err(Error::NotAuthorized("no authorization for this job".into()));
         };
+        if !self.state.cancelable {
+            return Err(Error::NotSupported(format!(
+                "a {} job cannot be stopped part way; it ends by itself",
+                self.state.operation
+            )));
+        }
         let uid = auth.caller_uid(&header).await?;
         let starter = self.state.started_by_uid;
-        let (action, what) = if uid == starter {
-            (Action::JobCancel, "cancel your job")
+        let action = if uid == starter {
+            Action::JobCancel
         } else {
-            (Action::JobCancelOther, "cancel another user's job")
+            Action::JobCancelOther
         };
-        let started_by = starter.to_string();
-        auth.check_details(
-            &header,
-            action,
-            &[
-                ("job.operation", self.state.operation.as_str()),
-                ("job.started_by_uid", started_by.as_str()),
-            ],
-            &format!("{what} ({})", self.state.operation),
-        )
-        .await?;
+        auth.check(&header, action, &*self.state, "cancel").await?;
         self.state.cancel.cancel();
         Ok(())
     }
@@ -223,13 +223,56 @@ impl Job {
 
     #[zbus(property(emits_changed_signal = "const"), name = "Cancelable")]
     fn cancelable(&self) -> bool {
-        true
+        self.state.cancelable
     }
 }
 
 /// Run `work` as a Job: the object appears before the work starts, follows
 /// its progress (one PropertiesChanged per report), emits `Completed` and
 /// disappears when it ends. Every long operation goes through here.
+/// One PropertiesChanged with everything about a job's progress.
+async fn announce_progress(iface: &zbus::object_server::InterfaceRef<Job>) {
+    let job = iface.get().await;
+    let mut changed: std::collections::HashMap<&str, zbus::Variant<'_>> =
+        std::collections::HashMap::new();
+    changed.insert("Progress", job.progress().into());
+    changed.insert("Step", job.step().into());
+    changed.insert("Bytes", job.bytes().into());
+    changed.insert("Rate", job.rate().into());
+    changed.insert("ExpectedEndTime", job.expected_end_time().into());
+    let _ = zbus::fdo::Properties::properties_changed(
+        iface.signal_emitter(),
+        zbus::names::InterfaceName::from_static_str_unchecked("org.vapor.Virtualization.Job"),
+        changed,
+        std::borrow::Cow::Borrowed(&[]),
+    )
+    .await;
+}
+
+impl super::polkit::Target for JobState {
+    fn describe(&self) -> String {
+        format!("the {} job of user {}", self.operation, self.started_by_uid)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("job.operation", self.operation.clone()),
+            ("job.started_by_uid", self.started_by_uid.to_string()),
+        ]
+    }
+}
+
+/// What a job is, before it runs.
+pub struct JobSpec<'a> {
+    /// `vm-create`, `volume-upload`, …
+    pub operation: &'a str,
+    /// The objects it acts on (paths; a new object's path-to-be).
+    pub objects: Vec<String>,
+    /// Who started it.
+    pub uid: u32,
+    /// Whether the work stops when asked (see [`JobState`]).
+    pub cancelable: bool,
+}
+
 pub async fn run<T, F, Fut>(
     server: &ObjectServer,
     auth: &Arc<Authorizer>,
@@ -242,8 +285,31 @@ where
     F: FnOnce(Arc<JobState>) -> Fut,
     Fut: std::future::Future<Output = crate::Result<T>>,
 {
+    let spec = JobSpec {
+        operation,
+        objects,
+        uid,
+        cancelable: true,
+    };
+    run_job(server, auth, spec, work).await
+}
+
+/// [`run`], for work that may not stop when asked (`cancelable: false`).
+pub async fn run_job<T, F, Fut>(
+    server: &ObjectServer,
+    auth: &Arc<Authorizer>,
+    spec: JobSpec<'_>,
+    work: F,
+) -> Result<T, Error>
+where
+    F: FnOnce(Arc<JobState>) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let state = JobState::new(operation, objects, uid, tx);
+    let mut state = JobState::new(spec.operation, spec.objects, spec.uid, tx);
+    if let Some(s) = Arc::get_mut(&mut state) {
+        s.cancelable = spec.cancelable;
+    }
     let path = next_job_path();
     server
         .at(
@@ -263,17 +329,17 @@ where
         let iface = iface.clone();
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
-                let job = iface.get().await;
-                let e = iface.signal_emitter();
-                let _ = job.progress_changed(e).await;
-                let _ = job.step_changed(e).await;
-                let _ = job.bytes_changed(e).await;
-                let _ = job.rate_changed(e).await;
-                let _ = job.expected_end_time_changed(e).await;
+                // At most one PropertiesChanged every quarter second, however
+                // often the work reports (an upload reports every chunk).
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                while rx.try_recv().is_ok() {}
+                announce_progress(&iface).await;
             }
         })
     };
     let result = work(state).await;
+    notifier.abort();
+    announce_progress(&iface).await;
     // Broadcast to every listener: bus-safe, whatever the error quotes.
     let (ok, msg) = match &result {
         Ok(_) => (true, String::new()),
@@ -281,7 +347,6 @@ where
     };
     let emitter: &SignalEmitter<'_> = iface.signal_emitter();
     let _ = Job::completed(emitter, ok, &msg).await;
-    notifier.abort();
     let _ = server.remove::<Job, _>(path.as_str()).await;
     if let Some(r) = &registry {
         r.job_ended(&path);

@@ -46,22 +46,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Registry {
     /// An object now shows these properties.
     pub fn set(&self, path: &str, iface: InterfaceName<'static>, props: Props) {
-        self.objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_owned(), (iface, Arc::new(props)));
+        let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        objects.insert(path.to_owned(), (iface, Arc::new(props)));
+        // Under the write lock: an answer serialised under the read lock is
+        // stored before this runs or never (see `body`).
         *lock(&self.cached) = None;
     }
 
     /// An object is gone.
     pub fn remove(&self, path: &str) {
-        let gone = self
-            .objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(path)
-            .is_some();
-        if gone {
+        let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
+        if objects.remove(path).is_some() {
             *lock(&self.cached) = None;
         }
     }
@@ -156,13 +151,15 @@ impl Registry {
                 }
             }
         }
-        let body = {
-            let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
-            Arc::new(Self::serialize(&objects, &job_props)?)
-        };
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        let body = Arc::new(Self::serialize(&objects, &job_props)?);
         if job_props.is_empty() {
+            // Still under the read lock: no change can slip in between the
+            // reading and the caching (a `set` waits for the lock, then
+            // drops this answer).
             *lock(&self.cached) = Some(body.clone());
         }
+        drop(objects);
         Ok(body)
     }
 }

@@ -11,14 +11,38 @@ use zbus::OwnedObjectPath;
 
 use super::network::{create_network, network_path, NetworkContext};
 use super::options;
-use super::polkit::Host;
 use super::polkit::{Action, Authorizer};
+use super::polkit::{Host, Target};
 use super::storage::{create_pool, pool_path, Pools};
 use super::vm::VmContext;
 use super::{vm_path, Error};
 use crate::model::Model;
 use crate::services::creation::{CreationService, Plan};
 use crate::text::TextRule;
+
+/// A VM about to be created, as polkit sees it.
+struct NewVm<'a>(&'a str);
+
+impl Target for NewVm<'_> {
+    fn describe(&self) -> String {
+        format!("the virtual machine '{}'", self.0)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("vm.name", self.0.to_owned())]
+    }
+}
+
+/// A template, as polkit sees it.
+struct Template<'a>(&'a str);
+
+impl Target for Template<'_> {
+    fn describe(&self) -> String {
+        format!("the template '{}'", self.0)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("template.name", self.0.to_owned())]
+    }
+}
 
 pub struct Manager {
     pub model: Arc<Model>,
@@ -45,12 +69,7 @@ impl Manager {
             .unwrap_or_default()
             .to_owned();
         self.auth
-            .check_details(
-                header,
-                Action::VmCreate,
-                &[("vm.name", &name)],
-                &format!("create the virtual machine '{name}'"),
-            )
+            .check(header, Action::VmCreate, &NewVm(&name), "create")
             .await
     }
 
@@ -66,11 +85,12 @@ impl Manager {
         for pool in pools {
             let what = format!("create the virtual machine '{name}' with storage in pool '{pool}'");
             self.auth
-                .check_details(
+                .check_with(
                     header,
                     Action::VmCreate,
-                    &[("vm.name", name), ("pool.name", pool)],
+                    &Host,
                     &what,
+                    &[("vm.name", name), ("pool.name", pool)],
                 )
                 .await?;
         }
@@ -83,19 +103,20 @@ impl Manager {
                     .map(|a| self.pci.ids_of(&a))
                     .unwrap_or_default();
                 self.auth
-                    .check_details(
+                    .check_with(
                         header,
                         Action::PciAssign,
+                        &Host,
+                        &format!(
+                            "give the host PCI device {} to the new virtual machine '{name}'",
+                            h.host_address
+                        ),
                         &[
                             ("vm.name", name),
                             ("pci.address", &h.host_address),
                             ("pci.vendor", &vendor),
                             ("pci.device", &device),
                         ],
-                        &format!(
-                            "give the host PCI device {} to the new virtual machine '{name}'",
-                            h.host_address
-                        ),
                     )
                     .await?;
             }
@@ -107,11 +128,12 @@ impl Manager {
         let files: Vec<String> = r.host_paths.iter().cloned().chain(rom_files).collect();
         for file in &files {
             self.auth
-                .check_details(
+                .check_with(
                     header,
                     Action::StorageHostPath,
-                    &[("vm.name", name), ("storage.path", file)],
+                    &Host,
                     &format!("let the virtual machine '{name}' use the host file {file}"),
+                    &[("vm.name", name), ("storage.path", file)],
                 )
                 .await?;
         }
@@ -145,11 +167,12 @@ impl Manager {
     ) -> Result<OwnedObjectPath, Error> {
         options::text("name_or_uuid", name_or_uuid, TextRule::NAME)?;
         self.auth
-            .check_details(
+            .check_with(
                 &header,
                 Action::Read,
-                &[("vm.name", name_or_uuid)],
+                &Host,
                 "look up virtual machines",
+                &[("vm.name", name_or_uuid)],
             )
             .await?;
         self.model
@@ -165,7 +188,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<OwnedObjectPath>, Error> {
         self.auth
-            .check_details(&header, Action::Read, &[], "list virtual machines")
+            .check(&header, Action::Read, &Host, "list virtual machines")
             .await?;
         Ok(self.model.all().iter().map(|d| path(&d.uuid)).collect())
     }
@@ -219,7 +242,7 @@ impl Manager {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<(String, String, String)>, Error> {
         self.auth
-            .check_details(&header, Action::Read, &[], "list templates")
+            .check(&header, Action::Read, &Host, "list templates")
             .await?;
         Ok(self
             .engine
@@ -239,12 +262,7 @@ impl Manager {
     ) -> Result<String, Error> {
         options::text("name", name, TextRule::NAME)?;
         self.auth
-            .check_details(
-                &header,
-                Action::Read,
-                &[("template.name", name)],
-                "read templates",
-            )
+            .check(&header, Action::Read, &Template(name), "read")
             .await?;
         let t = self.engine.template(name).await?;
         Ok(serde_json::json!({
@@ -265,12 +283,7 @@ impl Manager {
         options::text("description", description, TextRule::DESCRIPTION)?;
         options::text("spec", spec, TextRule::DOCUMENT)?;
         self.auth
-            .check_details(
-                &header,
-                Action::TemplateManage,
-                &[("template.name", name)],
-                &format!("save the template '{name}'"),
-            )
+            .check(&header, Action::TemplateManage, &Template(name), "save")
             .await?;
         Ok(self.engine.save_template(name, description, spec).await?)
     }
@@ -283,12 +296,7 @@ impl Manager {
     ) -> Result<(), Error> {
         options::text("name", name, TextRule::NAME)?;
         self.auth
-            .check_details(
-                &header,
-                Action::TemplateManage,
-                &[("template.name", name)],
-                &format!("delete the template '{name}'"),
-            )
+            .check(&header, Action::TemplateManage, &Template(name), "delete")
             .await?;
         Ok(self.engine.delete_template(name).await?)
     }

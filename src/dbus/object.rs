@@ -298,10 +298,12 @@ pub async fn apply<K: Kind>(
             // Back again since? Then the object stays.
             if kind.current(&rec).is_none() {
                 let path = K::path(&rec);
-                server.remove::<Object<K>, _>(path.as_str()).await?;
+                // The registry first: GetManagedObjects never shows an
+                // object after its InterfacesRemoved.
                 if let Some(r) = &registry {
                     r.remove(&path);
                 }
+                server.remove::<Object<K>, _>(path.as_str()).await?;
             }
         }
         Change::Changed { new, .. } => {

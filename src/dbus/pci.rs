@@ -12,10 +12,9 @@ use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
 use super::object::{fixed, prop, Kind, Prop, Shown};
 use super::options;
-use super::polkit::{Action, Authorizer};
+use super::polkit::{Action, Authorizer, Target};
 use super::{vm_path, Error, ROOT_PATH};
 use crate::model::Model;
-use crate::pci::inventory::PciDeviceInfo;
 use crate::pci::PciAddress;
 use crate::services::pci::{PciRecord, PciService};
 
@@ -137,57 +136,43 @@ impl Kind for PciContext {
 }
 
 impl PciDevice {
-    fn info(&self) -> Option<PciDeviceInfo> {
-        Some(super::object::shown(&self.shown).info.clone())
-    }
-
     async fn authorize_assign(
         &self,
         header: &Header<'_>,
-        what: &str,
+        verb: &str,
         group: bool,
     ) -> Result<(), Error> {
-        let info = self.info();
-        let addr = self.addr.to_string();
+        let rec = super::object::shown(&self.shown);
         // For a group bind, rules see every device that would be moved.
-        let members = if group {
-            info.as_ref()
-                .map(|i| {
-                    i.iommu_group_members
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default()
+        let members: Vec<String> = rec
+            .info
+            .iommu_group_members
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        let members = members.join(",");
+        let extra: &[(&str, &str)] = if group {
+            &[("pci.group_members", members.as_str())]
         } else {
-            String::new()
+            &[]
         };
-        let vendor = info
-            .as_ref()
-            .map(|i| format!("{:04x}", i.vendor_id))
-            .unwrap_or_default();
-        let device = info
-            .as_ref()
-            .map(|i| format!("{:04x}", i.device_id))
-            .unwrap_or_default();
-        let mut details = vec![
-            ("pci.address", addr.as_str()),
-            ("pci.vendor", vendor.as_str()),
-            ("pci.device", device.as_str()),
-        ];
-        if group {
-            details.push(("pci.group_members", members.as_str()));
-        }
         self.ctx
             .auth
-            .check_details(
-                header,
-                Action::PciAssign,
-                &details,
-                &format!("{what} the host PCI device {addr}"),
-            )
+            .check_with(header, Action::PciAssign, &*rec, verb, extra)
             .await
+    }
+}
+
+impl Target for PciRecord {
+    fn describe(&self) -> String {
+        format!("the host PCI device {}", self.info.address)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("pci.address", self.info.address.to_string()),
+            ("pci.vendor", format!("{:04x}", self.info.vendor_id)),
+            ("pci.device", format!("{:04x}", self.info.device_id)),
+        ]
     }
 }
 
@@ -207,14 +192,10 @@ impl PciDevice {
     ) -> Result<Vec<(String, String)>, Error> {
         options::text("vm", vm, crate::text::TextRule::NAME)?;
         options::known(&options, &["rom_file", "with", "force"])?;
+        let rec = super::object::shown(&self.shown);
         self.ctx
             .auth
-            .check_details(
-                &header,
-                Action::Read,
-                &[("pci.address", &self.addr.to_string())],
-                "check PCI devices",
-            )
+            .check(&header, Action::Read, &*rec, "check")
             .await?;
         let rec = self
             .ctx

@@ -205,7 +205,7 @@ impl Authorizer {
     /// Allow the call, or fail with NotAuthorized /
     /// InteractiveAuthorizationRequired. `what` completes "Not authorized to …"
     /// and polkit's "Authentication is required to …".
-    pub async fn check_details(
+    async fn check_details(
         &self,
         header: &Header<'_>,
         action: Action,
