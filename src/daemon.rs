@@ -151,6 +151,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         model.hypervisor().clone(),
         refs.clone(),
         Arc::new(intents.clone()),
+        cfg.state_dir.clone(),
     );
     let (networks, network_changes) = NetworkService::new(model.hypervisor().clone(), refs.clone());
     let followers = Followers {
@@ -192,14 +193,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     server
         .at(
             ROOT_PATH,
-            Manager {
-                model: model.clone(),
-                pci: pci.clone(),
-                auth,
-                engine: engine.clone(),
-                vm_ctx: ctx.clone(),
-                pools: pools.clone(),
-                networks: network_ctx.clone(),
+            crate::dbus::managed::Root {
+                manager: Manager {
+                    model: model.clone(),
+                    pci: pci.clone(),
+                    auth,
+                    engine: engine.clone(),
+                    vm_ctx: ctx.clone(),
+                    pools: pools.clone(),
+                    networks: network_ctx.clone(),
+                    registry: registry.clone(),
+                },
                 registry,
             },
         )

@@ -37,6 +37,8 @@ pub struct Registry {
     jobs: Mutex<BTreeSet<String>>,
     /// The serialised answer for `objects`, while nothing changed.
     cached: Mutex<Option<Arc<Vec<u8>>>>,
+    /// Serialised EnumerateObjects answers (`asv`) by interface, likewise.
+    cached_rows: Mutex<HashMap<String, Arc<Vec<u8>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -51,6 +53,7 @@ impl Registry {
         // Under the write lock: an answer serialised under the read lock is
         // stored before this runs or never (see `body`).
         *lock(&self.cached) = None;
+        lock(&self.cached_rows).clear();
     }
 
     /// An object is gone.
@@ -58,6 +61,7 @@ impl Registry {
         let mut objects = self.objects.write().unwrap_or_else(|e| e.into_inner());
         if objects.remove(path).is_some() {
             *lock(&self.cached) = None;
+            lock(&self.cached_rows).clear();
         }
     }
 
@@ -67,6 +71,32 @@ impl Registry {
     /// half the bytes of GetManagedObjects, and far less to decode.
     pub fn rows(&self, iface: &str) -> zbus::Result<(Vec<String>, OwnedVariant)> {
         let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        Self::rows_of(&objects, iface)
+    }
+
+    /// The EnumerateObjects reply body (`asv`, little endian), kept until
+    /// anything changes.
+    pub fn rows_body(&self, iface: &str) -> zbus::Result<Arc<Vec<u8>>> {
+        let objects = self.objects.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = lock(&self.cached_rows).get(iface) {
+            return Ok(b.clone());
+        }
+        let (names, rows) = Self::rows_of(&objects, iface)?;
+        let data = zbus::wire::to_bytes(Context::new(Endian::Little, 0), &(names, &*rows))?;
+        let body = Arc::new(data.bytes().to_vec());
+        let mut cache = lock(&self.cached_rows);
+        // Bounded: only interfaces with objects are worth keeping.
+        if cache.len() < 16 {
+            cache.insert(iface.to_owned(), body.clone());
+        }
+        drop(objects);
+        Ok(body)
+    }
+
+    fn rows_of(
+        objects: &BTreeMap<String, (InterfaceName<'static>, Arc<Props>)>,
+        iface: &str,
+    ) -> zbus::Result<(Vec<String>, OwnedVariant)> {
         let mut names: Option<Vec<String>> = None;
         let mut rows = Vec::new();
         for (path, (i, props)) in objects.iter() {
@@ -170,6 +200,142 @@ pub async fn registry(server: &ObjectServer) -> Option<Arc<Registry>> {
     let iface = server.interface::<_, ObjectManager>(ROOT_PATH).await.ok()?;
     let r = iface.get().await.registry.clone();
     Some(r)
+}
+
+/// The root's `org.vapor.Virtualization.Manager`: the Manager's methods,
+/// with EnumerateObjects answered from the registry's serialised rows.
+pub struct Root {
+    pub manager: super::manager::Manager,
+    pub registry: Arc<Registry>,
+}
+
+async fn enumerate(
+    root: &Root,
+    connection: &Connection,
+    msg: &Message,
+) -> Result<(), BoxDBusError> {
+    let hdr = msg.header();
+    let answer = async {
+        let iface: String = msg
+            .body()
+            .deserialize()
+            .map_err(|e| super::Error::InvalidArgument(format!("interface: {e}")))?;
+        super::options::text("interface", &iface, crate::text::TextRule::NAME)?;
+        root.manager
+            .auth
+            .check(
+                &hdr,
+                super::polkit::Action::Read,
+                &super::polkit::Host,
+                "enumerate objects",
+            )
+            .await?;
+        root.registry
+            .rows_body(&iface)
+            .map_err(|e| super::Error::Failed(format!("cannot enumerate {iface}: {e}")))
+    }
+    .await;
+    match answer {
+        Ok(body) => {
+            // SAFETY: `asv` serialised little endian at position 0 by zbus.
+            let reply = unsafe {
+                Message::method_return(&hdr)
+                    .endian(Endian::Little)
+                    .build_raw_body(&body, "asv", Vec::new())
+            }?;
+            connection.send(&reply).await?;
+        }
+        Err(e) => {
+            connection.reply_dbus_error(&hdr, e).await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Interface for Root {
+    fn name() -> InterfaceName<'static> {
+        <super::manager::Manager as Interface>::name()
+    }
+
+    async fn get(
+        &self,
+        property_name: &str,
+        server: &ObjectServer,
+        connection: &Connection,
+        header: Option<&Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> Option<Result<OwnedVariant, BoxDBusError>> {
+        self.manager
+            .get(property_name, server, connection, header, emitter)
+            .await
+    }
+
+    async fn get_all(
+        &self,
+        server: &ObjectServer,
+        connection: &Connection,
+        header: Option<&Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> zbus::fdo::Result<HashMap<String, OwnedVariant>> {
+        self.manager
+            .get_all(server, connection, header, emitter)
+            .await
+    }
+
+    fn set<'call>(
+        &'call self,
+        property_name: &'call str,
+        value: &'call Variant<'_>,
+        server: &'call ObjectServer,
+        connection: &'call Connection,
+        header: Option<&'call Header<'_>>,
+        emitter: &'call SignalEmitter<'_>,
+    ) -> DispatchResult<'call> {
+        self.manager
+            .set(property_name, value, server, connection, header, emitter)
+    }
+
+    async fn set_mut(
+        &mut self,
+        property_name: &str,
+        value: &Variant<'_>,
+        server: &ObjectServer,
+        connection: &Connection,
+        header: Option<&Header<'_>>,
+        emitter: &SignalEmitter<'_>,
+    ) -> Option<Result<(), BoxDBusError>> {
+        self.manager
+            .set_mut(property_name, value, server, connection, header, emitter)
+            .await
+    }
+
+    fn call<'call>(
+        &'call self,
+        server: &'call ObjectServer,
+        connection: &'call Connection,
+        msg: &'call Message,
+        name: MemberName<'call>,
+    ) -> DispatchResult<'call> {
+        match name.as_str() {
+            "EnumerateObjects" => DispatchResult::Async(Box::pin(enumerate(self, connection, msg))),
+            _ => self.manager.call(server, connection, msg, name),
+        }
+    }
+
+    fn call_mut<'call>(
+        &'call mut self,
+        server: &'call ObjectServer,
+        connection: &'call Connection,
+        msg: &'call Message,
+        name: MemberName<'call>,
+    ) -> DispatchResult<'call> {
+        self.manager.call_mut(server, connection, msg, name)
+    }
+
+    fn introspect_to_writer(&self, writer: &mut dyn Write, level: usize) {
+        self.manager.introspect_to_writer(writer, level)
+    }
 }
 
 /// The root's `org.freedesktop.DBus.ObjectManager`.

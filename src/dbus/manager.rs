@@ -470,12 +470,13 @@ pub async fn follow_connected(
     while connected.changed().await.is_ok() {
         if let Ok(iface) = conn
             .object_server()
-            .interface::<_, Manager>(super::ROOT_PATH)
+            .interface::<_, super::managed::Root>(super::ROOT_PATH)
             .await
         {
             let _ = iface
                 .get()
                 .await
+                .manager
                 .connected_changed(iface.signal_emitter())
                 .await;
         }
