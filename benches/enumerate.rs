@@ -470,9 +470,9 @@ async fn run(a: Args) -> Res<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     setup_domains(&conn, a.domains)?;
-    if a.volumes > 0 {
-        volumes::setup(&conn, a.volumes)?;
-    }
+    // The volume pool is active only while its own table is measured, so
+    // the VM enumeration carries VMs (and the host's few other objects).
+    volumes::park(&conn);
     let bus = Connection::system().await?;
     let started = ensure_libvirt_dbus(&bus).await?;
     let vapor_up = has_owner(&bus, VAPOR).await?;
@@ -490,7 +490,12 @@ async fn run(a: Args) -> Res<ExitCode> {
 
     let vols = match a.volumes {
         0 => None,
-        n => Some(volumes::measure(&bus, a.rounds, n, vapor_up).await?),
+        n => {
+            volumes::setup(&conn, n)?;
+            let v = volumes::measure(&bus, a.rounds, n, vapor_up).await?;
+            volumes::park(&conn);
+            Some(v)
+        }
     };
 
     stop_live(&conn);

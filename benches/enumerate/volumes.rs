@@ -36,7 +36,6 @@ pub fn setup(conn: &Connect, n: usize) -> Res<()> {
     if !pool.is_active()? {
         pool.create(0)?;
     }
-    pool.refresh(0)?;
     let have = pool.list_volumes()?.len();
     if have < n {
         eprintln!("creating {} volumes in {POOL}", n - have);
@@ -109,6 +108,15 @@ pub async fn measure(c: &Connection, rounds: usize, n: usize, vapor_up: bool) ->
         vapor: vapor_err.map_or_else(|| Ok(median(vap)), Err),
         seen,
     })
+}
+
+/// Deactivate the pool (its files stay for the next run).
+pub fn park(conn: &Connect) {
+    if let Ok(pool) = conn.lookup_storage_pool_by_name(POOL) {
+        if pool.is_active().unwrap_or(false) {
+            let _ = pool.destroy();
+        }
+    }
 }
 
 /// Remove the pool and its volumes.
