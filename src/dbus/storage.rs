@@ -217,18 +217,36 @@ fn caller_file(fd: OwnedFd, write: bool) -> Result<std::fs::File, Error> {
     let meta = file
         .metadata()
         .map_err(|e| Error::InvalidArgument(format!("fd: {e}")))?;
-    let kind = meta.file_type();
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_dir()
-        || kind.is_block_device()
-        || kind.is_char_device()
-        || kind.is_socket() && !write
-    {
+    if !transferable(meta.file_type()) {
         return Err(Error::InvalidArgument(
-            "fd: must be a regular file or a pipe".into(),
+            "fd: must be a regular file or a pipe (FIFO); not a socket, device or directory".into(),
         ));
     }
     Ok(file)
+}
+
+/// The kinds of file a transfer moves data through: regular files and
+/// pipes only. A device or socket could block a daemon thread in ways
+/// poll(2) does not show (or act on hardware); a directory holds no data.
+fn transferable(kind: std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    kind.is_file() || kind.is_fifo()
+}
+
+/// A `backing_volume` given as a volume's object path, as the volume's id
+/// (what the storage service takes); a name stays as it is. `NotFound`
+/// naming `backing_volume` when no volume has that path.
+fn backing_volume_id(backing: &str, volumes: &[Arc<VolumeView>]) -> Result<String, Error> {
+    if !backing.starts_with('/') {
+        return Ok(backing.to_owned());
+    }
+    volumes
+        .iter()
+        .find(|v| volume_path(&v.rec.pool_uuid, &v.rec.name) == backing)
+        .map(|v| v.id.clone())
+        .ok_or_else(|| {
+            Error::NotFound(format!("backing_volume: no volume at {}", for_bus(backing)))
+        })
 }
 
 /// How many bytes an upload reads: what is left of a regular file, or the
@@ -299,13 +317,22 @@ impl StoragePool {
     fn sync(&self, uuid: &str) {
         refresh_shown(&self.shown, self.ctx.storage.pool(uuid));
     }
+}
 
-    fn volume_object(&self, id: &str) -> Result<OwnedObjectPath, Error> {
-        let v = self.ctx.storage.volume(id).ok_or_else(|| {
-            Error::Failed(format!("volume {id} vanished right after it was made"))
-        })?;
-        Ok(object_path(volume_path(&v.rec.pool_uuid, &v.rec.name)))
-    }
+/// The object of a volume just made, exported now (before the publisher
+/// gets to it) so the path returned works at once.
+async fn export_volume(
+    ctx: &Arc<StorageContext>,
+    server: &ObjectServer,
+    id: &str,
+) -> Result<OwnedObjectPath, Error> {
+    let v = ctx
+        .storage
+        .volume(id)
+        .ok_or_else(|| Error::Failed(format!("volume {id} vanished right after it was made")))?;
+    let path = object_path(volume_path(&v.rec.pool_uuid, &v.rec.name));
+    super::object::export(server, &Arc::new(Volumes(ctx.clone())), v).await;
+    Ok(path)
 }
 
 #[interface(name = "org.vapor.Virtualization.StoragePool")]
@@ -396,7 +423,11 @@ impl StoragePool {
         #[zbus(object_server)] server: &ObjectServer,
         spec: &str,
     ) -> Result<OwnedObjectPath, Error> {
-        let spec = spec::parse_volume_spec(spec)?;
+        let mut spec = spec::parse_volume_spec(spec)?;
+        if let Some(b) = &spec.backing_volume {
+            let id = backing_volume_id(b, &self.ctx.storage.volumes())?;
+            spec.backing_volume = Some(id);
+        }
         let p = self
             .authorize_with(
                 &header,
@@ -422,7 +453,7 @@ impl StoragePool {
         )
         .await?;
         self.sync(&p.rec.uuid);
-        self.volume_object(&id)
+        export_volume(&self.ctx, server, &id).await
     }
 
     /// Create volume `name` filled from the caller's `fd`, as a Job.
@@ -470,7 +501,7 @@ impl StoragePool {
         )
         .await?;
         self.sync(&p.rec.uuid);
-        self.volume_object(&id)
+        export_volume(&self.ctx, server, &id).await
     }
 }
 
@@ -533,13 +564,7 @@ impl Volume {
             },
         )
         .await?;
-        let made = self.ctx.storage.volume(&new).ok_or_else(|| {
-            Error::Failed(format!("volume {new} vanished right after it was made"))
-        })?;
-        Ok(object_path(volume_path(
-            &made.rec.pool_uuid,
-            &made.rec.name,
-        )))
+        export_volume(&self.ctx, server, &new).await
     }
 
     /// Change the capacity. Options: `shrink` (b).
@@ -611,7 +636,7 @@ impl Volume {
             uid,
             |job| async move {
                 storage
-                    .upload(&id, file, length, job as Arc<dyn Progress>)
+                    .upload(&id, file, length, uid, job as Arc<dyn Progress>)
                     .await
             },
         )
@@ -641,7 +666,11 @@ impl Volume {
             "volume-download",
             objects,
             uid,
-            |job| async move { storage.download(&id, file, job as Arc<dyn Progress>).await },
+            |job| async move {
+                storage
+                    .download(&id, file, uid, job as Arc<dyn Progress>)
+                    .await
+            },
         )
         .await?;
         Ok(())
@@ -677,14 +706,10 @@ pub async fn create_pool(
     ctx.auth
         .check(header, Action::StorageManage, &spec, verb)
         .await?;
-    let roots = crate::services::storage::POOL_ROOTS;
-    let host = {
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || crate::services::storage::pool_host_paths(&spec, roots))
-            .await
-            .map_err(|e| Error::Failed(format!("path check failed: {e}")))?
-    };
-    if let Some(why) = host {
+    // A target no pool may have (vapord's state, libvirt's own files) is
+    // refused whoever asks; one outside the pool roots, host devices and
+    // remote storage need storage-host-path.
+    if let Some(why) = ctx.storage.pool_host_paths(&spec).await? {
         let mut details = spec.details();
         details.push(("storage.path", spec.target.clone()));
         let details: Vec<(&str, &str)> = details.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -723,5 +748,96 @@ mod tests {
         assert_eq!(escape_path_element("disk.qcow2"), "disk_2eqcow2");
         // Escaping is one-to-one: different names never share a path.
         assert_ne!(escape_path_element("a_2e"), escape_path_element("a."));
+    }
+
+    fn bus_fd(fd: impl Into<std::os::fd::OwnedFd>) -> OwnedFd {
+        OwnedFd::from(fd.into())
+    }
+
+    fn refused(r: Result<std::fs::File, Error>) -> String {
+        match r {
+            Err(Error::InvalidArgument(m)) => m,
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn transfers_take_only_regular_files_and_pipes() {
+        let file = tempfile::tempfile().unwrap();
+        let dup = file.try_clone().unwrap();
+        assert!(caller_file(bus_fd(file), false).is_ok());
+        assert!(caller_file(bus_fd(dup), true).is_ok());
+        let (r, w) = std::io::pipe().unwrap();
+        assert!(caller_file(bus_fd(r), false).is_ok());
+        assert!(caller_file(bus_fd(w), true).is_ok());
+        // Sockets, devices and directories are refused, for either side.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let m = refused(caller_file(bus_fd(a), false));
+        assert!(m.contains("regular file or a pipe"), "{m}");
+        let m = refused(caller_file(bus_fd(b), true));
+        assert!(m.starts_with("fd: "), "{m}");
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let null2 = null.try_clone().unwrap();
+        refused(caller_file(bus_fd(null), true));
+        refused(caller_file(bus_fd(null2), false));
+        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+        refused(caller_file(bus_fd(dir), false));
+    }
+
+    #[test]
+    fn transfers_check_the_access_mode() {
+        let (r, w) = std::io::pipe().unwrap();
+        assert!(refused(caller_file(bus_fd(r), true)).contains("not open for writing"));
+        assert!(refused(caller_file(bus_fd(w), false)).contains("not open for reading"));
+    }
+
+    fn view(pool: &str, name: &str) -> Arc<VolumeView> {
+        use crate::libvirt::storage::VolumeRecord;
+        Arc::new(VolumeView {
+            id: format!("{pool}/{name}"),
+            rec: VolumeRecord {
+                pool_uuid: pool.into(),
+                name: name.into(),
+                key: String::new(),
+                path: String::new(),
+                format: "qcow2".into(),
+                kind: "file".into(),
+                capacity: 1,
+                allocation: 1,
+                backing_store: String::new(),
+            },
+            pool_name: "p".into(),
+            real_path: String::new(),
+            label: String::new(),
+            used_by: Vec::new(),
+            owned_by: None,
+        })
+    }
+
+    #[test]
+    fn a_backing_volume_object_path_becomes_the_volumes_id() {
+        let p1 = "0b7f5a2e-0000-4000-8000-000000000001";
+        let p2 = "0b7f5a2e-0000-4000-8000-000000000002";
+        let vols = [view(p1, "base.qcow2"), view(p2, "base.qcow2")];
+        let path = volume_path(p2, "base.qcow2");
+        assert_eq!(
+            backing_volume_id(&path, &vols).unwrap(),
+            format!("{p2}/base.qcow2")
+        );
+        // A name (or an id) is left for the service to resolve.
+        assert_eq!(
+            backing_volume_id("base.qcow2", &vols).unwrap(),
+            "base.qcow2"
+        );
+        let e = backing_volume_id(&volume_path(p1, "nope"), &vols).unwrap_err();
+        assert!(
+            matches!(&e, Error::NotFound(m) if m.starts_with("backing_volume: ")),
+            "{e:?}"
+        );
     }
 }

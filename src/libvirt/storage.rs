@@ -9,8 +9,11 @@
 //! libvirt's XML back ([`parse_pool_xml`], [`parse_volume_xml`], both pure).
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virt::connect::Connect;
 use virt::error::ErrorNumber as N;
@@ -26,6 +29,14 @@ use crate::{Error, Result};
 
 /// Bytes moved per stream call in uploads and downloads.
 const CHUNK: usize = 256 * 1024;
+
+/// How long a caller's descriptor may move nothing before a transfer gives
+/// up (a caller must not pin a daemon thread forever).
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How often a transfer waiting on a caller's descriptor looks at its
+/// cancel flag.
+const WAIT_TICK: Duration = Duration::from_secs(1);
 
 type VirtResult = std::result::Result<(), virt::error::Error>;
 
@@ -85,6 +96,10 @@ pub struct VolumeRecord {
 pub struct StorageListing {
     pub pools: Vec<PoolRecord>,
     pub volumes: Vec<VolumeRecord>,
+    /// UUIDs of pools whose record or volumes could not be read (a
+    /// transient libvirt error): neither they nor their volumes are in
+    /// `pools` and `volumes`, and what was known of them should stay.
+    pub skipped: Vec<String>,
 }
 
 fn malformed(what: &str) -> Error {
@@ -240,22 +255,36 @@ pub(super) fn volume_record_of(vol: &StorageVol, pool_uuid: &str) -> Result<Volu
     Ok(rec)
 }
 
+/// How [`volumes_of`] treats a volume it cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    /// Leave it out.
+    Skip,
+    /// Fail the whole listing, unless the volume is gone (`NotFound`): a
+    /// cache must not forget a volume over a transient error.
+    Fail,
+}
+
+/// Whether a volume that could not be read fails a listing: only a
+/// `Fail` listing, and never for a volume that is gone. Pure.
+fn fails_listing(mode: Unreadable, e: &Error) -> bool {
+    mode == Unreadable::Fail && !matches!(e, Error::NotFound(_))
+}
+
 /// The volumes of an active pool, sorted by name; one that cannot be read is
-/// left out.
-fn volumes_of(pool: &StoragePool, pool_uuid: &str) -> Result<Vec<VolumeRecord>> {
+/// left out or fails the listing, as `mode` says.
+fn volumes_of(pool: &StoragePool, pool_uuid: &str, mode: Unreadable) -> Result<Vec<VolumeRecord>> {
     let vols = pool
         .list_all_volumes(0)
         .map_err(|e| from_virt(e, format!("cannot list the volumes of pool {pool_uuid}")))?;
-    let mut out: Vec<VolumeRecord> = vols
-        .iter()
-        .filter_map(|v| match volume_record_of(v, pool_uuid) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                log::debug!("skipping a volume of pool {pool_uuid}: {e}");
-                None
-            }
-        })
-        .collect();
+    let mut out = Vec::with_capacity(vols.len());
+    for v in &vols {
+        match volume_record_of(v, pool_uuid) {
+            Ok(r) => out.push(r),
+            Err(e) if fails_listing(mode, &e) => return Err(e),
+            Err(e) => log::debug!("skipping a volume of pool {pool_uuid}: {e}"),
+        }
+    }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
@@ -362,31 +391,187 @@ fn with_stream(
     }
 }
 
+/// Wait until the caller's `fd` is ready for `events` (`POLLIN` or
+/// `POLLOUT`), looking at `cancel` at least every second. `Timeout` ("<idle>
+/// for 60 s") once `limit` has passed since `since` without the descriptor
+/// getting ready. An error or hang-up counts as ready: the read or write
+/// then says what it is. A regular file is ready at once.
+fn wait_ready(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    cancel: &AtomicBool,
+    since: Instant,
+    limit: Duration,
+    idle: &str,
+) -> Result<()> {
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(cancelled());
+        }
+        let waited = since.elapsed();
+        if waited >= limit {
+            let secs = limit.as_secs();
+            return Err(Error::Timeout(format!("{idle} for {secs} s")));
+        }
+        let tick = (limit - waited).min(WAIT_TICK);
+        let ms = libc::c_int::try_from(tick.as_millis().max(1)).unwrap_or(1000);
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, on a descriptor `fd` keeps open.
+        match unsafe { libc::poll(&mut p, 1, ms) } {
+            0 => {}
+            n if n > 0 => return Ok(()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(Error::Failed(format!(
+                        "cannot wait for the caller's file: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// A caller's descriptor as a transfer moves bytes through it, never
+/// blocking on a pipe the caller stopped serving: a pipe is read and
+/// written with `RWF_NOWAIT` (its own file status flags, which the caller
+/// shares and could change, are left alone); where the kernel lacks that,
+/// only after [`wait_ready`], and a write then takes at most `PIPE_BUF`
+/// bytes (what a ready pipe always has room for). A regular file is read
+/// and written as it is.
+struct CallerIo {
+    file: std::fs::File,
+    pipe: bool,
+    nowait: bool,
+}
+
+/// Whether a `preadv2`/`pwritev2` error means "no `RWF_NOWAIT` here".
+fn nowait_unsupported(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EPERM)
+    )
+}
+
+impl CallerIo {
+    fn new(file: std::fs::File) -> Self {
+        let pipe = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
+        CallerIo {
+            file,
+            pipe,
+            nowait: pipe,
+        }
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.file.as_fd()
+    }
+
+    /// One non-blocking attempt (`RWF_NOWAIT`) of a read (`write` false)
+    /// or write; `None`: the kernel cannot do it so.
+    fn try_nowait(
+        &mut self,
+        ptr: *mut u8,
+        len: usize,
+        write: bool,
+    ) -> Option<std::io::Result<Option<usize>>> {
+        let iov = libc::iovec {
+            iov_base: ptr.cast(),
+            iov_len: len,
+        };
+        let fd = self.file.as_raw_fd();
+        // SAFETY: one iovec over a live buffer of `len` bytes (written to
+        // only for a read, which passed it mutably); offset -1 is the
+        // pipe's own position.
+        let n = unsafe {
+            if write {
+                libc::pwritev2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            } else {
+                libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            }
+        };
+        if n >= 0 {
+            return Some(Ok(Some(n as usize)));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::Interrupted => Some(Ok(None)),
+            _ if nowait_unsupported(&e) => {
+                self.nowait = false;
+                None
+            }
+            _ => Some(Err(e)),
+        }
+    }
+
+    /// Read what is there; `Ok(None)`: nothing yet (wait and try again).
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        if self.nowait {
+            if let Some(r) = self.try_nowait(buf.as_mut_ptr(), buf.len(), false) {
+                return r;
+            }
+        }
+        match self.file.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write what fits; `Ok(None)`: nothing fits yet (wait and try again).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>> {
+        if self.nowait {
+            // The pointer is only read from for a write.
+            if let Some(r) = self.try_nowait(buf.as_ptr().cast_mut(), buf.len(), true) {
+                return r;
+            }
+        }
+        let len = if self.pipe {
+            buf.len().min(libc::PIPE_BUF)
+        } else {
+            buf.len()
+        };
+        match self.file.write(&buf[..len]) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 fn upload_blocking(
     c: &Connect,
     key: &str,
-    mut src: std::fs::File,
+    src: std::fs::File,
     length: u64,
     progress: Progress,
     cancel: Arc<AtomicBool>,
 ) -> Result<u64> {
     let start = |v: &StorageVol, s: &Stream| v.upload(s, 0, length, 0);
+    let mut src = CallerIo::new(src);
     with_stream(c, key, start, |stream| {
         let mut buf = vec![0u8; CHUNK];
         let mut done: u64 = 0;
         while done < length {
-            if cancel.load(Ordering::SeqCst) {
-                return Err(cancelled());
-            }
             let want = usize::try_from(length - done).map_or(CHUNK, |r| r.min(CHUNK));
-            let n = match src.read(&mut buf[..want]) {
-                Ok(0) => {
-                    let why = format!("the source ended after {done} of {length} bytes");
-                    return Err(Error::Failed(why));
+            let since = Instant::now();
+            let n = loop {
+                let idle = "the source sent nothing";
+                wait_ready(src.fd(), libc::POLLIN, &cancel, since, IDLE_LIMIT, idle)?;
+                match src.read(&mut buf[..want]) {
+                    Ok(None) => continue,
+                    Ok(Some(0)) => {
+                        let why = format!("the source ended after {done} of {length} bytes");
+                        return Err(Error::Failed(why));
+                    }
+                    Ok(Some(n)) => break n,
+                    Err(e) => return Err(Error::Failed(format!("cannot read the source: {e}"))),
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::Failed(format!("cannot read the source: {e}"))),
             };
             let mut sent = 0;
             while sent < n {
@@ -406,16 +591,37 @@ fn upload_blocking(
     })
 }
 
+/// Write all of `buf` to the caller's `dst`, waiting while it takes
+/// nothing (see [`wait_ready`]).
+fn write_out(dst: &mut CallerIo, buf: &[u8], cancel: &AtomicBool) -> Result<()> {
+    let write_error =
+        |e: std::io::Error| Error::Failed(format!("cannot write the destination: {e}"));
+    let mut off = 0;
+    let mut since = Instant::now();
+    while off < buf.len() {
+        let idle = "the destination took nothing";
+        wait_ready(dst.fd(), libc::POLLOUT, cancel, since, IDLE_LIMIT, idle)?;
+        match dst.write(&buf[off..]).map_err(write_error)? {
+            None => {}
+            Some(0) => return Err(Error::Failed("the destination took no data".into())),
+            Some(k) => {
+                off += k;
+                since = Instant::now();
+            }
+        }
+    }
+    Ok(())
+}
+
 fn download_blocking(
     c: &Connect,
     key: &str,
-    mut dst: std::fs::File,
+    dst: std::fs::File,
     progress: Progress,
     cancel: Arc<AtomicBool>,
 ) -> Result<u64> {
-    let write_error =
-        |e: std::io::Error| Error::Failed(format!("cannot write the destination: {e}"));
     let start = |v: &StorageVol, s: &Stream| v.download(s, 0, 0, 0);
+    let mut dst = CallerIo::new(dst);
     with_stream(c, key, start, |stream| {
         let mut buf = vec![0u8; CHUNK];
         let mut done: u64 = 0;
@@ -429,11 +635,10 @@ fn download_blocking(
                 Ok(_) => return Err(Error::Failed(format!("volume {key} gave no data"))),
                 Err(e) => return Err(from_virt(e, format!("cannot download volume {key}"))),
             };
-            dst.write_all(&buf[..n]).map_err(write_error)?;
+            write_out(&mut dst, &buf[..n], &cancel)?;
             done += n as u64;
             progress(done);
         }
-        dst.flush().map_err(write_error)?;
         Ok(done)
     })
 }
@@ -516,7 +721,8 @@ fn undefine_blocking(c: &Connect, uuid: &str, delete_directory: bool) -> Result<
 
 impl Hypervisor {
     /// Every pool and the volumes of the active ones, sorted by name. A pool
-    /// or volume that cannot be read is left out (and logged).
+    /// gone meanwhile is left out; one whose record or volumes cannot be
+    /// read is left out too, and named in `skipped` (and logged).
     pub async fn storage_listing(&self) -> Result<StorageListing> {
         self.run(|c| {
             let pools = c
@@ -524,20 +730,28 @@ impl Hypervisor {
                 .map_err(|e| from_virt(e, "cannot list storage pools"))?;
             let mut out = StorageListing::default();
             for pool in &pools {
-                let rec = match pool_record(pool) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        log::debug!("skipping a storage pool: {e}");
-                        continue;
+                let read = pool_record(pool).and_then(|rec| {
+                    let vols = if lists_volumes(rec.state) {
+                        volumes_of(pool, &rec.uuid, Unreadable::Fail)?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok((rec, vols))
+                });
+                match read {
+                    Ok((rec, vols)) => {
+                        out.volumes.extend(vols);
+                        out.pools.push(rec);
                     }
-                };
-                if lists_volumes(rec.state) {
-                    match volumes_of(pool, &rec.uuid) {
-                        Ok(v) => out.volumes.extend(v),
-                        Err(e) => log::debug!("skipping the volumes of {}: {e}", rec.name),
-                    }
+                    Err(Error::NotFound(_)) => {} // gone meanwhile
+                    Err(e) => match pool.uuid_string() {
+                        Ok(uuid) => {
+                            log::debug!("cannot read storage pool {uuid} now: {e}");
+                            out.skipped.push(uuid);
+                        }
+                        Err(u) => log::debug!("skipping a storage pool: {e} ({u})"),
+                    },
                 }
-                out.pools.push(rec);
             }
             out.pools.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -546,6 +760,8 @@ impl Hypervisor {
     }
 
     /// One pool and its volumes (none when inactive); `None` if it is gone.
+    /// Volumes that cannot be read (other than gone) are an error, never an
+    /// empty list.
     pub async fn pool_listing(
         &self,
         uuid: &str,
@@ -559,13 +775,10 @@ impl Hypervisor {
                 Err(e) => return Err(e),
             };
             let volumes = if lists_volumes(rec.state) {
-                match volumes_of(&pool, &uuid) {
+                match volumes_of(&pool, &uuid, Unreadable::Fail) {
                     Ok(v) => v,
                     Err(Error::NotFound(_)) => return Ok(None),
-                    Err(e) => {
-                        log::debug!("cannot list the volumes of {}: {e}", rec.name);
-                        Vec::new()
-                    }
+                    Err(e) => return Err(e),
                 }
             } else {
                 Vec::new()
@@ -775,7 +988,7 @@ impl Session<'_> {
             let Ok(uuid) = pool.uuid_string() else {
                 continue;
             };
-            out.extend(volumes_of(&pool, &uuid).unwrap_or_default());
+            out.extend(volumes_of(&pool, &uuid, Unreadable::Skip).unwrap_or_default());
         }
         out
     }

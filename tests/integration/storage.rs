@@ -240,7 +240,17 @@ async fn alice_manages_pools_and_volumes_bob_only_reads() {
 #[tokio::test]
 async fn bad_pool_specs_name_the_field_and_leave_nothing() {
     let _conn = bus().await;
+    // No pool, whoever asks, in vapord's state or among libvirt's own files.
+    let in_state = format!(
+        r#"{{"name":"ok","type":"dir","target":"{}/ok"}}"#,
+        state_dir()
+    );
     for (spec, field) in [
+        (in_state.as_str(), "target"),
+        (
+            r#"{"name":"ok","type":"dir","target":"/var/lib/libvirt/qemu/ok"}"#,
+            "target",
+        ),
         (
             r#"{"name":"../x","type":"dir","target":"/var/lib/vapor/pools/x"}"#,
             "name",
@@ -527,4 +537,66 @@ async fn a_cancelled_upload_leaves_no_volume_behind() {
     pool.refresh();
     assert!(pool.files().is_empty(), "left behind: {:?}", pool.files());
     assert!(!object_exists(&conn, &target, VOLUME).await);
+}
+
+#[tokio::test]
+async fn volume_operations_never_follow_a_symlink_out_of_the_pool() {
+    let conn = bus().await;
+    let pool = TestPool::new("links");
+    let outside = format!(
+        "{}/{}.outside",
+        env!("CARGO_TARGET_TMPDIR"),
+        unique_name("outside")
+    );
+    std::fs::write(&outside, b"not a volume").unwrap();
+    let link = format!("{}/link.raw", pool.dir);
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    pool.refresh();
+    let uuid = virsh(&["pool-uuid", &pool.name]).trim().to_owned();
+    let vol = format!("{}/link_2eraw", pool_object(&uuid));
+    eventually("the linked volume appears", || {
+        object_exists(&conn, &vol, VOLUME)
+    })
+    .await;
+    let v = proxy(&conn, &vol, VOLUME).await;
+    let no = || HashMap::<&str, zbus::Variant<'_>>::new();
+    let fd = |f: std::fs::File| zbus::OwnedFd::from(std::os::fd::OwnedFd::from(f));
+    let src = format!("{outside}.src");
+    std::fs::write(&src, b"new contents").unwrap();
+    let dst = format!("{outside}.dst");
+    // As root: no polkit rule stands in the way, only the path check.
+    let mut errors = vec![
+        v.call::<_, _, ()>("Wipe", &()).await.unwrap_err(),
+        v.call::<_, _, ()>("Resize", &(1u64 << 20, no()))
+            .await
+            .unwrap_err(),
+        v.call::<_, _, ()>("Upload", &(fd(std::fs::File::open(&src).unwrap()), no()))
+            .await
+            .unwrap_err(),
+        v.call::<_, _, ()>(
+            "Download",
+            &(fd(std::fs::File::create(&dst).unwrap()), no()),
+        )
+        .await
+        .unwrap_err(),
+        v.call::<_, _, OwnedObjectPath>("Clone", &("copy.raw", no()))
+            .await
+            .unwrap_err(),
+    ];
+    errors.push(v.call::<_, _, ()>("Delete", &()).await.unwrap_err());
+    for e in errors {
+        let msg = error_name(e);
+        assert!(
+            msg.starts_with("org.vapor.Virtualization.Error.InvalidState")
+                && msg.contains("symbolic link"),
+            "{msg}"
+        );
+    }
+    assert_eq!(std::fs::read(&outside).unwrap(), b"not a volume");
+    assert_eq!(std::fs::read(&dst).unwrap(), b"");
+    assert!(std::fs::symlink_metadata(&link).is_ok());
+    assert_eq!(pool.files(), ["link.raw"]);
+    for f in [&outside, &src, &dst] {
+        let _ = std::fs::remove_file(f);
+    }
 }
