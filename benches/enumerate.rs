@@ -581,6 +581,7 @@ async fn run(a: Args) -> Res<ExitCode> {
         vol_json = serde_json::json!({
             "operation": label, "ratio": ratio, "libvirt_dbus_ms": ms(v.lvd),
             "vapord_ms": v.vapor.as_ref().ok().map(|d| ms(*d)),
+            "vapord_enumerate_objects_ms": v.compact.as_ref().ok().map(|d| ms(*d)),
             "volumes_seen": {"libvirt_dbus": ls, "vapord": vs},
         });
     }

@@ -56,10 +56,29 @@ pub fn setup(conn: &Connect, n: usize) -> Res<()> {
     Ok(())
 }
 
-/// The volume table's medians: libvirt-dbus, vapord; and the volumes each saw.
+/// vapord: one Manager.EnumerateObjects(Volume), decoded whole.
+pub async fn vapor_enumerate_compact(c: &Connection) -> Res<(Duration, usize)> {
+    let t = Instant::now();
+    let reply = call(
+        c,
+        "org.vapor.Virtualization",
+        "/org/vapor/Virtualization",
+        "org.vapor.Virtualization.Manager",
+        "EnumerateObjects",
+        &(VOL_IFACE,),
+    )
+    .await?;
+    let (_names, rows): (Vec<String>, OwnedVariant) = reply.body().deserialize()?;
+    let n = zbus::wire::Array::try_from(rows)?.len();
+    Ok((t.elapsed(), n))
+}
+
+/// The volume table's medians: libvirt-dbus, vapord (GetManagedObjects and
+/// EnumerateObjects); and the volumes each saw.
 pub struct Volumes {
     pub lvd: Duration,
     pub vapor: Result<Duration, String>,
+    pub compact: Result<Duration, String>,
     pub seen: [usize; 2],
 }
 
@@ -77,7 +96,7 @@ pub async fn measure(c: &Connection, rounds: usize, n: usize, vapor_up: bool) ->
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let (mut lvd, mut vap) = (vec![], vec![]);
+    let (mut lvd, mut vap, mut compact) = (vec![], vec![], vec![]);
     let mut seen = [0; 2];
     let mut vapor_err = (!vapor_up).then(|| "vapord is not on the bus".to_string());
     for round in 0..=rounds {
@@ -85,6 +104,13 @@ pub async fn measure(c: &Connection, rounds: usize, n: usize, vapor_up: bool) ->
         let mut v = None;
         if vapor_err.is_none() {
             v = vapor_enumerate(c)
+                .await
+                .map_err(|e| vapor_err = Some(e.to_string()))
+                .ok();
+        }
+        let mut vc = None;
+        if vapor_err.is_none() {
+            vc = vapor_enumerate_compact(c)
                 .await
                 .map_err(|e| vapor_err = Some(e.to_string()))
                 .ok();
@@ -101,11 +127,13 @@ pub async fn measure(c: &Connection, rounds: usize, n: usize, vapor_up: bool) ->
         if round > 0 {
             lvd.push(l.0);
             vap.extend(v.map(|v| v.0));
+            compact.extend(vc.map(|v| v.0));
         }
     }
     Ok(Volumes {
         lvd: median(lvd),
-        vapor: vapor_err.map_or_else(|| Ok(median(vap)), Err),
+        vapor: vapor_err.clone().map_or_else(|| Ok(median(vap)), Err),
+        compact: vapor_err.map_or_else(|| Ok(median(compact)), Err),
         seen,
     })
 }
