@@ -578,6 +578,23 @@ async fn run(a: Args) -> Res<ExitCode> {
             "{label:<44} | {:>12} | {vc:>12} | {r:>6}",
             format!("{:.3} ms", ms(v.lvd))
         );
+        let cc = v
+            .compact
+            .as_ref()
+            .map_or("n/a".into(), |d| format!("{:.3} ms", ms(*d)));
+        let cr = v
+            .compact
+            .as_ref()
+            .ok()
+            .filter(|d| !d.is_zero())
+            .map_or("n/a".into(), |d| {
+                format!("{:.1}x", v.lvd.as_secs_f64() / d.as_secs_f64())
+            });
+        let clabel = "  same, vapord EnumerateObjects";
+        println!(
+            "{clabel:<44} | {:>12} | {cc:>12} | {cr:>6}",
+            format!("{:.3} ms", ms(v.lvd))
+        );
         vol_json = serde_json::json!({
             "operation": label, "ratio": ratio, "libvirt_dbus_ms": ms(v.lvd),
             "vapord_ms": v.vapor.as_ref().ok().map(|d| ms(*d)),
