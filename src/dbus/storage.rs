@@ -1,9 +1,11 @@
-//! `org.vapor.Virtualization.StoragePool` and `…Volume`: one object per
-//! libvirt storage pool at `/org/vapor/Virtualization/pool/<uuid>`, and one
-//! per volume of an active pool below it. Properties come from the storage
-//! service's records (one table per kind); every change is polkit
-//! `storage-manage` with the pool's (and volume's) details; long work runs
-//! as a Job.
+//! `org.vapor.Virtualization.StoragePool`: one object per libvirt storage
+//! pool at `/org/vapor/Virtualization/pool/<uuid>`. Properties come from
+//! the storage service's records; every change is polkit `storage-manage`
+//! with the pool's details; long work runs as a Job. Also Manager's
+//! `CreateStoragePool`/`PlanStoragePool` ([`create_pool`]), the context
+//! pools and volumes share ([`StorageContext`]), the object paths of pools
+//! and volumes, and the helpers both use to take a caller's file and
+//! transfer options. The volume objects live in [`super::volume`].
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -16,11 +18,14 @@ use zbus::{interface, OwnedFd, OwnedObjectPath, OwnedVariant, Variant};
 use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
-use super::{vm_path, Error, ROOT_PATH};
+use super::volume::export_volume;
+use super::{Error, ROOT_PATH};
 use crate::progress::Progress;
 use crate::services::storage::{PoolView, StorageService, VolumeView};
 use crate::storage::spec::{self, VolumeFormat};
 use crate::text::for_bus;
+
+pub use super::volume::{Volume, Volumes};
 
 /// Object path of a pool.
 pub fn pool_path(uuid: &str) -> String {
@@ -49,20 +54,12 @@ pub fn escape_path_element(s: &str) -> String {
     out
 }
 
-fn object_path(p: String) -> OwnedObjectPath {
+pub(super) fn object_path(p: String) -> OwnedObjectPath {
     OwnedObjectPath::try_from(p)
         .unwrap_or_else(|_| OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked("/")))
 }
 
-fn vm_paths(vms: &[(String, String)]) -> Variant<'static> {
-    Variant::from(
-        vms.iter()
-            .map(|(uuid, _)| object_path(vm_path(uuid)))
-            .collect::<Vec<_>>(),
-    )
-}
-
-fn text(s: &str) -> Variant<'static> {
+pub(super) fn text(s: &str) -> Variant<'static> {
     Variant::from(for_bus(s).into_owned())
 }
 
@@ -79,23 +76,6 @@ impl Target for PoolView {
     }
 }
 
-impl Target for VolumeView {
-    fn describe(&self) -> String {
-        format!(
-            "the volume '{}' of the storage pool '{}'",
-            self.rec.name, self.pool_name
-        )
-    }
-    fn details(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("volume.name", self.rec.name.clone()),
-            ("volume.path", self.rec.path.clone()),
-            ("pool.name", self.pool_name.clone()),
-            ("pool.uuid", self.rec.pool_uuid.clone()),
-        ]
-    }
-}
-
 /// What every pool and volume object shares.
 pub struct StorageContext {
     pub storage: Arc<StorageService>,
@@ -104,8 +84,6 @@ pub struct StorageContext {
 
 /// The pool kind (its record: [`PoolView`]).
 pub struct Pools(pub Arc<StorageContext>);
-/// The volume kind (its record: [`VolumeView`]).
-pub struct Volumes(pub Arc<StorageContext>);
 
 impl Kind for Pools {
     type Record = PoolView;
@@ -150,51 +128,9 @@ impl Kind for Pools {
     }
 }
 
-impl Kind for Volumes {
-    type Record = VolumeView;
-    type Methods = Volume;
-    const PROPERTIES: &'static [Prop<VolumeView>] = &[
-        fixed("Name", |v| text(&v.rec.name)),
-        fixed("Pool", |v| {
-            Variant::from(object_path(pool_path(&v.rec.pool_uuid)))
-        }),
-        fixed("Path", |v| text(&v.rec.path)),
-        fixed("Key", |v| text(&v.rec.key)),
-        prop("Format", |v| text(&v.rec.format)),
-        prop("CapacityBytes", |v| Variant::from(v.rec.capacity)),
-        prop("AllocationBytes", |v| Variant::from(v.rec.allocation)),
-        prop("BackingStore", |v| text(&v.rec.backing_store)),
-        prop("Label", |v| text(&v.label)),
-        prop("UsedBy", |v| vm_paths(&v.used_by)),
-        prop("OwnedBy", |v| {
-            Variant::from(object_path(
-                v.owned_by
-                    .as_deref()
-                    .map(vm_path)
-                    .unwrap_or_else(|| "/".into()),
-            ))
-        }),
-    ];
-
-    fn path(v: &VolumeView) -> String {
-        volume_path(&v.rec.pool_uuid, &v.rec.name)
-    }
-
-    fn methods(self: &Arc<Self>, shown: Shown<VolumeView>) -> Volume {
-        Volume {
-            shown,
-            ctx: self.0.clone(),
-        }
-    }
-
-    fn current(&self, v: &VolumeView) -> Option<Arc<VolumeView>> {
-        self.0.storage.volume(&v.id)
-    }
-}
-
 /// A caller's file descriptor as a file vapord reads or writes (never a
 /// path vapord opens), with the access the call needs.
-fn caller_file(fd: OwnedFd, write: bool) -> Result<std::fs::File, Error> {
+pub(super) fn caller_file(fd: OwnedFd, write: bool) -> Result<std::fs::File, Error> {
     let fd: std::os::fd::OwnedFd = fd.into();
     // SAFETY: F_GETFL on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -251,7 +187,7 @@ fn backing_volume_id(backing: &str, volumes: &[Arc<VolumeView>]) -> Result<Strin
 
 /// How many bytes an upload reads: what is left of a regular file, or the
 /// `size` option (required for pipes; never more than a file holds).
-fn upload_length(file: &std::fs::File, size: Option<u64>) -> Result<u64, Error> {
+pub(super) fn upload_length(file: &std::fs::File, size: Option<u64>) -> Result<u64, Error> {
     use std::io::Seek;
     let meta = file
         .metadata()
@@ -278,7 +214,10 @@ fn upload_length(file: &std::fs::File, size: Option<u64>) -> Result<u64, Error> 
     }
 }
 
-fn format_option(opts: &options::Options, default: VolumeFormat) -> Result<VolumeFormat, Error> {
+pub(super) fn format_option(
+    opts: &options::Options,
+    default: VolumeFormat,
+) -> Result<VolumeFormat, Error> {
     match options::string(opts, "format")? {
         None => Ok(default),
         Some(f) => VolumeFormat::from_name(&f).ok_or_else(|| {
@@ -317,22 +256,6 @@ impl StoragePool {
     fn sync(&self, uuid: &str) {
         refresh_shown(&self.shown, self.ctx.storage.pool(uuid));
     }
-}
-
-/// The object of a volume just made, exported now (before the publisher
-/// gets to it) so the path returned works at once.
-async fn export_volume(
-    ctx: &Arc<StorageContext>,
-    server: &ObjectServer,
-    id: &str,
-) -> Result<OwnedObjectPath, Error> {
-    let v = ctx
-        .storage
-        .volume(id)
-        .ok_or_else(|| Error::Failed(format!("volume {id} vanished right after it was made")))?;
-    let path = object_path(volume_path(&v.rec.pool_uuid, &v.rec.name));
-    super::object::export(server, &Arc::new(Volumes(ctx.clone())), v).await;
-    Ok(path)
 }
 
 #[interface(name = "org.vapor.Virtualization.StoragePool")]
@@ -505,178 +428,6 @@ impl StoragePool {
     }
 }
 
-/// The methods of one volume object.
-pub struct Volume {
-    shown: Shown<VolumeView>,
-    ctx: Arc<StorageContext>,
-}
-
-impl Volume {
-    async fn authorize(&self, header: &Header<'_>, verb: &str) -> Result<Arc<VolumeView>, Error> {
-        let v = shown(&self.shown);
-        self.ctx
-            .auth
-            .check(header, Action::StorageManage, &*v, verb)
-            .await?;
-        Ok(v)
-    }
-
-    fn sync(&self, id: &str) {
-        refresh_shown(&self.shown, self.ctx.storage.volume(id));
-    }
-}
-
-#[interface(name = "org.vapor.Virtualization.Volume")]
-impl Volume {
-    /// Copy into a new volume `name` in the same pool, as a Job. Options: `format` (s).
-    #[zbus(out_args("volume"))]
-    async fn clone(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(object_server)] server: &ObjectServer,
-        name: &str,
-        options: HashMap<String, OwnedVariant>,
-    ) -> Result<OwnedObjectPath, Error> {
-        options::known(&options, &["format"])?;
-        spec::check_object_name("name", name)?;
-        let format = match options::string(&options, "format")? {
-            None => None,
-            Some(_) => Some(format_option(&options, VolumeFormat::Raw)?),
-        };
-        let v = self.authorize(&header, "copy").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let objects = vec![
-            volume_path(&v.rec.pool_uuid, &v.rec.name),
-            volume_path(&v.rec.pool_uuid, name),
-        ];
-        let storage = self.ctx.storage.clone();
-        let (id, name) = (v.id.clone(), name.to_owned());
-        let new = super::job::run(
-            server,
-            &self.ctx.auth,
-            "volume-clone",
-            objects,
-            uid,
-            |job| async move {
-                storage
-                    .clone_volume(&id, &name, format, uid, job as Arc<dyn Progress>)
-                    .await
-            },
-        )
-        .await?;
-        export_volume(&self.ctx, server, &new).await
-    }
-
-    /// Change the capacity. Options: `shrink` (b).
-    async fn resize(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        capacity: u64,
-        options: HashMap<String, OwnedVariant>,
-    ) -> Result<(), Error> {
-        options::known(&options, &["shrink"])?;
-        let shrink = options::flag(&options, "shrink")?;
-        let v = self.authorize(&header, "resize").await?;
-        let r = self.ctx.storage.resize(&v.id, capacity, shrink).await;
-        self.sync(&v.id);
-        Ok(r?)
-    }
-
-    /// Overwrite with zeros, as a Job (refused while any VM uses it).
-    async fn wipe(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(object_server)] server: &ObjectServer,
-    ) -> Result<(), Error> {
-        let v = self.authorize(&header, "wipe").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
-        let storage = self.ctx.storage.clone();
-        let id = v.id.clone();
-        super::job::run(
-            server,
-            &self.ctx.auth,
-            "volume-wipe",
-            objects,
-            uid,
-            |job| async move { storage.wipe(&id, job as Arc<dyn Progress>).await },
-        )
-        .await?;
-        self.sync(&v.id);
-        Ok(())
-    }
-
-    /// Delete the volume (refused while any VM uses it, naming them).
-    async fn delete(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
-        let v = self.authorize(&header, "delete").await?;
-        Ok(self.ctx.storage.delete_volume(&v.id).await?)
-    }
-
-    /// Replace the contents with what `fd` holds, as a Job. Options: `size` (t).
-    async fn upload(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(object_server)] server: &ObjectServer,
-        fd: OwnedFd,
-        options: HashMap<String, OwnedVariant>,
-    ) -> Result<(), Error> {
-        options::known(&options, &["size"])?;
-        let file = caller_file(fd, false)?;
-        let length = upload_length(&file, options::uint(&options, "size")?)?;
-        let v = self.authorize(&header, "overwrite").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
-        let storage = self.ctx.storage.clone();
-        let id = v.id.clone();
-        super::job::run(
-            server,
-            &self.ctx.auth,
-            "volume-upload",
-            objects,
-            uid,
-            |job| async move {
-                storage
-                    .upload(&id, file, length, uid, job as Arc<dyn Progress>)
-                    .await
-            },
-        )
-        .await?;
-        self.sync(&v.id);
-        Ok(())
-    }
-
-    /// Write the contents to `fd`, as a Job.
-    async fn download(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(object_server)] server: &ObjectServer,
-        fd: OwnedFd,
-        options: HashMap<String, OwnedVariant>,
-    ) -> Result<(), Error> {
-        options::known(&options, &[])?;
-        let file = caller_file(fd, true)?;
-        let v = self.authorize(&header, "download").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
-        let storage = self.ctx.storage.clone();
-        let id = v.id.clone();
-        super::job::run(
-            server,
-            &self.ctx.auth,
-            "volume-download",
-            objects,
-            uid,
-            |job| async move {
-                storage
-                    .download(&id, file, uid, job as Arc<dyn Progress>)
-                    .await
-            },
-        )
-        .await?;
-        Ok(())
-    }
-}
-
 impl Target for spec::PoolSpec {
     fn describe(&self) -> String {
         format!("the storage pool '{}'", self.name)
@@ -736,108 +487,5 @@ pub async fn create_pool(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn volume_names_become_valid_path_elements() {
-        for name in ["disk.qcow2", "a b", "ünï", "", "../x", "_"] {
-            let p = volume_path("0b7f5a2e-0000-4000-8000-000000000001", name);
-            assert!(zbus::ObjectPath::try_from(p.as_str()).is_ok(), "{p}");
-        }
-        assert_eq!(escape_path_element("disk.qcow2"), "disk_2eqcow2");
-        // Escaping is one-to-one: different names never share a path.
-        assert_ne!(escape_path_element("a_2e"), escape_path_element("a."));
-    }
-
-    fn bus_fd(fd: impl Into<std::os::fd::OwnedFd>) -> OwnedFd {
-        OwnedFd::from(fd.into())
-    }
-
-    fn refused(r: Result<std::fs::File, Error>) -> String {
-        match r {
-            Err(Error::InvalidArgument(m)) => m,
-            Err(e) => panic!("wrong error: {e}"),
-            Ok(_) => panic!("accepted"),
-        }
-    }
-
-    #[test]
-    fn transfers_take_only_regular_files_and_pipes() {
-        let file = tempfile::tempfile().unwrap();
-        let dup = file.try_clone().unwrap();
-        assert!(caller_file(bus_fd(file), false).is_ok());
-        assert!(caller_file(bus_fd(dup), true).is_ok());
-        let (r, w) = std::io::pipe().unwrap();
-        assert!(caller_file(bus_fd(r), false).is_ok());
-        assert!(caller_file(bus_fd(w), true).is_ok());
-        // Sockets, devices and directories are refused, for either side.
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let m = refused(caller_file(bus_fd(a), false));
-        assert!(m.contains("regular file or a pipe"), "{m}");
-        let m = refused(caller_file(bus_fd(b), true));
-        assert!(m.starts_with("fd: "), "{m}");
-        let null = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .unwrap();
-        let null2 = null.try_clone().unwrap();
-        refused(caller_file(bus_fd(null), true));
-        refused(caller_file(bus_fd(null2), false));
-        let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
-        refused(caller_file(bus_fd(dir), false));
-    }
-
-    #[test]
-    fn transfers_check_the_access_mode() {
-        let (r, w) = std::io::pipe().unwrap();
-        assert!(refused(caller_file(bus_fd(r), true)).contains("not open for writing"));
-        assert!(refused(caller_file(bus_fd(w), false)).contains("not open for reading"));
-    }
-
-    fn view(pool: &str, name: &str) -> Arc<VolumeView> {
-        use crate::libvirt::storage::VolumeRecord;
-        Arc::new(VolumeView {
-            id: format!("{pool}/{name}"),
-            rec: VolumeRecord {
-                pool_uuid: pool.into(),
-                name: name.into(),
-                key: String::new(),
-                path: String::new(),
-                format: "qcow2".into(),
-                kind: "file".into(),
-                capacity: 1,
-                allocation: 1,
-                backing_store: String::new(),
-            },
-            pool_name: "p".into(),
-            real_path: String::new(),
-            label: String::new(),
-            used_by: Vec::new(),
-            owned_by: None,
-        })
-    }
-
-    #[test]
-    fn a_backing_volume_object_path_becomes_the_volumes_id() {
-        let p1 = "0b7f5a2e-0000-4000-8000-000000000001";
-        let p2 = "0b7f5a2e-0000-4000-8000-000000000002";
-        let vols = [view(p1, "base.qcow2"), view(p2, "base.qcow2")];
-        let path = volume_path(p2, "base.qcow2");
-        assert_eq!(
-            backing_volume_id(&path, &vols).unwrap(),
-            format!("{p2}/base.qcow2")
-        );
-        // A name (or an id) is left for the service to resolve.
-        assert_eq!(
-            backing_volume_id("base.qcow2", &vols).unwrap(),
-            "base.qcow2"
-        );
-        let e = backing_volume_id(&volume_path(p1, "nope"), &vols).unwrap_err();
-        assert!(
-            matches!(&e, Error::NotFound(m) if m.starts_with("backing_volume: ")),
-            "{e:?}"
-        );
-    }
-}
+#[path = "storage_tests.rs"]
+mod tests;

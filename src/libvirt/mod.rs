@@ -1,6 +1,7 @@
 //! Adapter over libvirt: the one connection, its event callbacks, bulk stats and
 //! domain XML, and the typed port services use: operations on domains
-//! ([`domain`]), storage pools and volumes ([`storage`], [`volume`]),
+//! ([`domain`]), storage pools and volumes ([`storage`], their records in
+//! [`storage_records`], volume data streams in [`stream`], [`volume`]),
 //! networks ([`network`]) and the host ([`node`]) that hide libvirt's flags
 //! and hand back plain data. Everything here is blocking C underneath; the
 //! async operations on [`Hypervisor`] move the work off the async runtime,
@@ -18,6 +19,8 @@ pub mod network;
 pub mod node;
 pub mod records;
 pub mod storage;
+pub mod storage_records;
+pub mod stream;
 pub mod volume;
 pub mod xml;
 

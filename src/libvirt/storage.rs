@@ -1,44 +1,31 @@
-//! The typed libvirt port for storage: pools and volumes read into records
-//! ([`PoolRecord`], [`VolumeRecord`]), and the blocking calls that define,
-//! build, start, stop, refresh and remove pools and create, clone, resize,
-//! wipe, delete, upload and download volumes. Pools are named by UUID,
-//! volumes by key; a missing one is `Error::NotFound` ("… no longer exists").
+//! The typed libvirt port for storage: the blocking calls that list,
+//! define, build, start, stop, refresh and remove pools and create, clone,
+//! resize, wipe and delete volumes. Pools are named by UUID, volumes by key;
+//! a missing one is `Error::NotFound` ("… no longer exists").
 //!
 //! Everything runs through [`Hypervisor::run`], on the blocking pool. XML
-//! comes in ready made (see `crate::storage::spec`); this layer only reads
-//! libvirt's XML back ([`parse_pool_xml`], [`parse_volume_xml`], both pure).
-
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::FileTypeExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! comes in ready made (see `crate::storage::spec`); the records and the
+//! reading of libvirt's XML back live in [`super::storage_records`], the
+//! upload and download streams in [`super::stream`].
 
 use virt::connect::Connect;
 use virt::error::ErrorNumber as N;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
-use virt::stream::Stream;
 use virt_sys as sys;
 
 use super::errors::{bare, from_virt, is_not_found};
+use super::storage_records::{lists_volumes, size_of, state_name};
 use super::xml::Element;
 use super::{Hypervisor, Session};
 use crate::{Error, Result};
 
-/// Bytes moved per stream call in uploads and downloads.
-const CHUNK: usize = 256 * 1024;
+pub use super::storage_records::{
+    parse_pool_xml, parse_volume_xml, PoolRecord, StorageListing, VolumeRecord,
+};
+pub use super::stream::IDLE_LIMIT;
 
-/// How long a caller's descriptor may move nothing before a transfer gives
-/// up (a caller must not pin a daemon thread forever).
-pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
-
-/// How often a transfer waiting on a caller's descriptor looks at its
-/// cancel flag.
-const WAIT_TICK: Duration = Duration::from_secs(1);
-
-type VirtResult = std::result::Result<(), virt::error::Error>;
+pub(super) type VirtResult = std::result::Result<(), virt::error::Error>;
 
 /// `value` when `on`, else no flags.
 fn flag(on: bool, value: u32) -> u32 {
@@ -47,149 +34,6 @@ fn flag(on: bool, value: u32) -> u32 {
     } else {
         0
     }
-}
-
-/// One storage pool as libvirt reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolRecord {
-    pub uuid: String,
-    pub name: String,
-    /// The pool type: "dir", "fs", "netfs", "logical", "iscsi", "disk", …
-    pub kind: String,
-    /// "inactive", "building", "running", "degraded" or "inaccessible".
-    pub state: &'static str,
-    pub autostart: bool,
-    pub persistent: bool,
-    /// `<target><path>`, "" if none.
-    pub target_path: String,
-    pub capacity: u64,
-    pub allocation: u64,
-    pub available: u64,
-}
-
-impl PoolRecord {
-    /// Whether the pool is started (running, degraded or inaccessible).
-    pub fn is_active(&self) -> bool {
-        lists_volumes(self.state)
-    }
-}
-
-/// One volume of a pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeRecord {
-    pub pool_uuid: String,
-    pub name: String,
-    pub key: String,
-    pub path: String,
-    /// `<target><format type=…>`, "" if none.
-    pub format: String,
-    /// "file", "block", "dir", "network", "netdir" or "ploop".
-    pub kind: String,
-    pub capacity: u64,
-    pub allocation: u64,
-    /// `<backingStore><path>`, "" if none.
-    pub backing_store: String,
-}
-
-/// Every pool, and the volumes of the active ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StorageListing {
-    pub pools: Vec<PoolRecord>,
-    pub volumes: Vec<VolumeRecord>,
-    /// UUIDs of pools whose record or volumes could not be read (a
-    /// transient libvirt error): neither they nor their volumes are in
-    /// `pools` and `volumes`, and what was known of them should stay.
-    pub skipped: Vec<String>,
-}
-
-fn malformed(what: &str) -> Error {
-    Error::Failed(format!("malformed {what} XML from libvirt"))
-}
-
-/// The pool's type and target path, from its XML.
-pub fn parse_pool_xml(xml: &str) -> Result<(String, String)> {
-    let root = Element::parse(xml)?;
-    if root.local_name() != "pool" {
-        return Err(malformed("storage pool"));
-    }
-    let kind = root.attr("type").ok_or_else(|| malformed("storage pool"))?;
-    let target = root.child("target").and_then(|t| t.child_text("path"));
-    Ok((kind.to_owned(), target.unwrap_or("").to_owned()))
-}
-
-/// A size element (`<capacity unit='bytes'>…`) in bytes; absent is 0.
-fn size_of(el: Option<&Element>) -> Result<u64> {
-    let Some(el) = el else { return Ok(0) };
-    let n: u64 = el.text.trim().parse().map_err(|_| malformed("volume"))?;
-    // libvirt's units: bytes, or K…E alone or with "iB" (powers of 1024)
-    // or with "B" (powers of 1000).
-    let unit = el.attr("unit").unwrap_or("bytes");
-    let scale = match unit {
-        "b" | "B" | "byte" | "bytes" => Some(1),
-        _ => {
-            let prefix = unit.get(..1).filter(|p| !p.is_empty()).unwrap_or("?");
-            let rest = unit.get(1..).unwrap_or("?");
-            let power = "KMGTPE"
-                .find(&prefix.to_ascii_uppercase())
-                .map(|i| i as u32 + 1);
-            match (power, rest) {
-                (Some(p), "" | "iB") => 1024u64.checked_pow(p),
-                (Some(p), "B") => 1000u64.checked_pow(p),
-                _ => None,
-            }
-        }
-    };
-    let scale = scale.ok_or_else(|| malformed("volume"))?;
-    n.checked_mul(scale).ok_or_else(|| malformed("volume"))
-}
-
-/// A volume's record from its XML (`virStorageVolGetXMLDesc`); the pool is
-/// the caller's to say.
-pub fn parse_volume_xml(xml: &str, pool_uuid: &str) -> Result<VolumeRecord> {
-    let root = Element::parse(xml)?;
-    if root.local_name() != "volume" {
-        return Err(malformed("volume"));
-    }
-    let name = root
-        .child_text("name")
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| malformed("volume"))?;
-    let target = root.child("target");
-    let path = target.and_then(|t| t.child_text("path")).unwrap_or("");
-    let format = target
-        .and_then(|t| t.child("format"))
-        .and_then(|f| f.attr("type"))
-        .unwrap_or("");
-    let backing = root
-        .child("backingStore")
-        .and_then(|b| b.child_text("path"))
-        .unwrap_or("");
-    Ok(VolumeRecord {
-        pool_uuid: pool_uuid.to_owned(),
-        name: name.to_owned(),
-        key: root.child_text("key").unwrap_or("").to_owned(),
-        path: path.to_owned(),
-        format: format.to_owned(),
-        kind: root.attr("type").unwrap_or("file").to_owned(),
-        capacity: size_of(root.child("capacity"))?,
-        allocation: size_of(root.child("allocation"))?,
-        backing_store: backing.to_owned(),
-    })
-}
-
-fn state_name(state: u32) -> &'static str {
-    match state {
-        sys::VIR_STORAGE_POOL_INACTIVE => "inactive",
-        sys::VIR_STORAGE_POOL_BUILDING => "building",
-        sys::VIR_STORAGE_POOL_RUNNING => "running",
-        sys::VIR_STORAGE_POOL_DEGRADED => "degraded",
-        _ => "inaccessible",
-    }
-}
-
-/// Whether a pool in this state may have volumes to list.
-fn lists_volumes(state: &str) -> bool {
-    matches!(state, "running" | "degraded" | "inaccessible")
 }
 
 fn pool_by_uuid(c: &Connect, uuid: &str) -> Result<StoragePool> {
@@ -358,289 +202,6 @@ impl Preallocation {
             Self::RawOnly => 0,
         }
     }
-}
-
-fn cancelled() -> Error {
-    Error::Failed("cancelled".into())
-}
-
-type Progress = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// Open a stream on volume `key`, hand it to `start` (upload or download)
-/// and then to `pump`; finish it when `pump` succeeds, abort it otherwise.
-fn with_stream(
-    c: &Connect,
-    key: &str,
-    start: impl FnOnce(&StorageVol, &Stream) -> VirtResult,
-    pump: impl FnOnce(&Stream) -> Result<u64>,
-) -> Result<u64> {
-    let vol = volume_by_key(c, key)?;
-    let stream = Stream::new(c, 0).map_err(|e| from_virt(e, "cannot open a stream"))?;
-    start(&vol, &stream).map_err(|e| from_virt(e, format!("cannot open volume {key}")))?;
-    match pump(&stream) {
-        Ok(n) => stream
-            .finish()
-            .map(|()| n)
-            .map_err(|e| from_virt(e, format!("cannot finish streaming volume {key}"))),
-        Err(e) => {
-            if let Err(a) = stream.abort() {
-                log::debug!("aborting the stream of volume {key}: {a}");
-            }
-            Err(e)
-        }
-    }
-}
-
-/// Wait until the caller's `fd` is ready for `events` (`POLLIN` or
-/// `POLLOUT`), looking at `cancel` at least every second. `Timeout` ("<idle>
-/// for 60 s") once `limit` has passed since `since` without the descriptor
-/// getting ready. An error or hang-up counts as ready: the read or write
-/// then says what it is. A regular file is ready at once.
-fn wait_ready(
-    fd: BorrowedFd<'_>,
-    events: libc::c_short,
-    cancel: &AtomicBool,
-    since: Instant,
-    limit: Duration,
-    idle: &str,
-) -> Result<()> {
-    loop {
-        if cancel.load(Ordering::SeqCst) {
-            return Err(cancelled());
-        }
-        let waited = since.elapsed();
-        if waited >= limit {
-            let secs = limit.as_secs();
-            return Err(Error::Timeout(format!("{idle} for {secs} s")));
-        }
-        let tick = (limit - waited).min(WAIT_TICK);
-        let ms = libc::c_int::try_from(tick.as_millis().max(1)).unwrap_or(1000);
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, on a descriptor `fd` keeps open.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
-            0 => {}
-            n if n > 0 => return Ok(()),
-            _ => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != ErrorKind::Interrupted {
-                    return Err(Error::Failed(format!(
-                        "cannot wait for the caller's file: {e}"
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// A caller's descriptor as a transfer moves bytes through it, never
-/// blocking on a pipe the caller stopped serving: a pipe is read and
-/// written with `RWF_NOWAIT` (its own file status flags, which the caller
-/// shares and could change, are left alone); where the kernel lacks that,
-/// only after [`wait_ready`], and a write then takes at most `PIPE_BUF`
-/// bytes (what a ready pipe always has room for). A regular file is read
-/// and written as it is.
-struct CallerIo {
-    file: std::fs::File,
-    pipe: bool,
-    nowait: bool,
-}
-
-/// Whether a `preadv2`/`pwritev2` error means "no `RWF_NOWAIT` here".
-fn nowait_unsupported(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EPERM)
-    )
-}
-
-impl CallerIo {
-    fn new(file: std::fs::File) -> Self {
-        let pipe = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
-        CallerIo {
-            file,
-            pipe,
-            nowait: pipe,
-        }
-    }
-
-    fn fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.file.as_fd()
-    }
-
-    /// One non-blocking attempt (`RWF_NOWAIT`) of a read (`write` false)
-    /// or write; `None`: the kernel cannot do it so.
-    fn try_nowait(
-        &mut self,
-        ptr: *mut u8,
-        len: usize,
-        write: bool,
-    ) -> Option<std::io::Result<Option<usize>>> {
-        let iov = libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        };
-        let fd = self.file.as_raw_fd();
-        // SAFETY: one iovec over a live buffer of `len` bytes (written to
-        // only for a read, which passed it mutably); offset -1 is the
-        // pipe's own position.
-        let n = unsafe {
-            if write {
-                libc::pwritev2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
-            } else {
-                libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
-            }
-        };
-        if n >= 0 {
-            return Some(Ok(Some(n as usize)));
-        }
-        let e = std::io::Error::last_os_error();
-        match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::Interrupted => Some(Ok(None)),
-            _ if nowait_unsupported(&e) => {
-                self.nowait = false;
-                None
-            }
-            _ => Some(Err(e)),
-        }
-    }
-
-    /// Read what is there; `Ok(None)`: nothing yet (wait and try again).
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        if self.nowait {
-            if let Some(r) = self.try_nowait(buf.as_mut_ptr(), buf.len(), false) {
-                return r;
-            }
-        }
-        match self.file.read(buf) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Write what fits; `Ok(None)`: nothing fits yet (wait and try again).
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>> {
-        if self.nowait {
-            // The pointer is only read from for a write.
-            if let Some(r) = self.try_nowait(buf.as_ptr().cast_mut(), buf.len(), true) {
-                return r;
-            }
-        }
-        let len = if self.pipe {
-            buf.len().min(libc::PIPE_BUF)
-        } else {
-            buf.len()
-        };
-        match self.file.write(&buf[..len]) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.kind() == ErrorKind::Interrupted => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-fn upload_blocking(
-    c: &Connect,
-    key: &str,
-    src: std::fs::File,
-    length: u64,
-    progress: Progress,
-    cancel: Arc<AtomicBool>,
-) -> Result<u64> {
-    let start = |v: &StorageVol, s: &Stream| v.upload(s, 0, length, 0);
-    let mut src = CallerIo::new(src);
-    with_stream(c, key, start, |stream| {
-        let mut buf = vec![0u8; CHUNK];
-        let mut done: u64 = 0;
-        while done < length {
-            let want = usize::try_from(length - done).map_or(CHUNK, |r| r.min(CHUNK));
-            let since = Instant::now();
-            let n = loop {
-                let idle = "the source sent nothing";
-                wait_ready(src.fd(), libc::POLLIN, &cancel, since, IDLE_LIMIT, idle)?;
-                match src.read(&mut buf[..want]) {
-                    Ok(None) => continue,
-                    Ok(Some(0)) => {
-                        let why = format!("the source ended after {done} of {length} bytes");
-                        return Err(Error::Failed(why));
-                    }
-                    Ok(Some(n)) => break n,
-                    Err(e) => return Err(Error::Failed(format!("cannot read the source: {e}"))),
-                }
-            };
-            let mut sent = 0;
-            while sent < n {
-                match stream.send(&buf[sent..n]) {
-                    Ok(k) if k > 0 => sent += k as usize,
-                    Ok(_) => return Err(Error::Failed(format!("volume {key} took no data"))),
-                    Err(e) => return Err(from_virt(e, format!("cannot upload to volume {key}"))),
-                }
-            }
-            done += n as u64;
-            progress(done);
-        }
-        if cancel.load(Ordering::SeqCst) {
-            return Err(cancelled());
-        }
-        Ok(done)
-    })
-}
-
-/// Write all of `buf` to the caller's `dst`, waiting while it takes
-/// nothing (see [`wait_ready`]).
-fn write_out(dst: &mut CallerIo, buf: &[u8], cancel: &AtomicBool) -> Result<()> {
-    let write_error =
-        |e: std::io::Error| Error::Failed(format!("cannot write the destination: {e}"));
-    let mut off = 0;
-    let mut since = Instant::now();
-    while off < buf.len() {
-        let idle = "the destination took nothing";
-        wait_ready(dst.fd(), libc::POLLOUT, cancel, since, IDLE_LIMIT, idle)?;
-        match dst.write(&buf[off..]).map_err(write_error)? {
-            None => {}
-            Some(0) => return Err(Error::Failed("the destination took no data".into())),
-            Some(k) => {
-                off += k;
-                since = Instant::now();
-            }
-        }
-    }
-    Ok(())
-}
-
-fn download_blocking(
-    c: &Connect,
-    key: &str,
-    dst: std::fs::File,
-    progress: Progress,
-    cancel: Arc<AtomicBool>,
-) -> Result<u64> {
-    let start = |v: &StorageVol, s: &Stream| v.download(s, 0, 0, 0);
-    let mut dst = CallerIo::new(dst);
-    with_stream(c, key, start, |stream| {
-        let mut buf = vec![0u8; CHUNK];
-        let mut done: u64 = 0;
-        loop {
-            if cancel.load(Ordering::SeqCst) {
-                return Err(cancelled());
-            }
-            let n = match stream.recv(&mut buf) {
-                Ok(0) => break,
-                Ok(n) if n > 0 => n as usize,
-                Ok(_) => return Err(Error::Failed(format!("volume {key} gave no data"))),
-                Err(e) => return Err(from_virt(e, format!("cannot download volume {key}"))),
-            };
-            write_out(&mut dst, &buf[..n], &cancel)?;
-            done += n as u64;
-            progress(done);
-        }
-        Ok(done)
-    })
 }
 
 /// Define `xml`, then build, start and mark autostart as asked; any failure
@@ -909,37 +470,6 @@ impl Hypervisor {
     pub async fn delete_volume(&self, key: &str) -> Result<()> {
         self.storage_vol_op(key, "delete", |v| v.delete(0)).await
     }
-
-    /// Stream `length` bytes from `src` into the volume (from its start),
-    /// calling `progress(bytes so far)` after each chunk. Setting `cancel`
-    /// aborts the stream (`Failed("cancelled")`); so does a source that ends
-    /// early. Returns the bytes sent.
-    pub async fn upload_volume(
-        &self,
-        key: &str,
-        src: std::fs::File,
-        length: u64,
-        progress: Arc<dyn Fn(u64) + Send + Sync>,
-        cancel: Arc<AtomicBool>,
-    ) -> Result<u64> {
-        let key = key.to_owned();
-        self.run(move |c| upload_blocking(c, &key, src, length, progress, cancel))
-            .await
-    }
-
-    /// Stream the whole volume into `dst`, with the progress and cancel rules
-    /// of [`Self::upload_volume`]. Returns the bytes written.
-    pub async fn download_volume(
-        &self,
-        key: &str,
-        dst: std::fs::File,
-        progress: Arc<dyn Fn(u64) + Send + Sync>,
-        cancel: Arc<AtomicBool>,
-    ) -> Result<u64> {
-        let key = key.to_owned();
-        self.run(move |c| download_blocking(c, &key, dst, progress, cancel))
-            .await
-    }
 }
 
 /// The storage operations for one blocking section (see [`Session`]); the
@@ -1029,18 +559,6 @@ impl Session<'_> {
         volume_by_key(self.conn, key)?
             .resize(capacity, flags)
             .map_err(|e| from_virt(e, format!("cannot resize volume {key}")))
-    }
-
-    /// [`Hypervisor::upload_volume`] inside a blocking section.
-    pub fn upload_volume(
-        &self,
-        key: &str,
-        src: std::fs::File,
-        length: u64,
-        progress: Arc<dyn Fn(u64) + Send + Sync>,
-        cancel: Arc<AtomicBool>,
-    ) -> Result<u64> {
-        upload_blocking(self.conn, key, src, length, progress, cancel)
     }
 }
 

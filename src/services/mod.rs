@@ -14,6 +14,8 @@ pub mod references;
 pub mod rollback;
 pub mod storage;
 pub mod storage_ownership;
+pub mod storage_rules;
+pub mod storage_transfers;
 pub mod vm;
 
 pub use vm::{DeleteOptions, DeleteReport, LifecycleAction, VmService};
