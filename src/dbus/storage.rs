@@ -362,12 +362,16 @@ impl StoragePool {
         let objects = vec![volume_path(&p.rec.uuid, &spec.name)];
         let storage = self.ctx.storage.clone();
         let uuid = p.rec.uuid.clone();
-        let id = super::job::run(
+        let id = super::job::run_job(
             server,
             &self.ctx.auth,
-            "volume-create",
-            objects,
-            uid,
+            super::job::JobSpec {
+                operation: "volume-create",
+                objects,
+                uid,
+                // One libvirt call: it cannot stop part way.
+                cancelable: false,
+            },
             |job| async move {
                 storage
                     .create_volume(&uuid, &spec, uid, job as Arc<dyn Progress>)

@@ -158,12 +158,16 @@ impl Volume {
         ];
         let storage = self.ctx.storage.clone();
         let (id, name) = (v.id.clone(), name.to_owned());
-        let new = super::job::run(
+        let new = super::job::run_job(
             server,
             &self.ctx.auth,
-            "volume-clone",
-            objects,
-            uid,
+            super::job::JobSpec {
+                operation: "volume-clone",
+                objects,
+                uid,
+                // One libvirt call: it cannot stop part way.
+                cancelable: false,
+            },
             |job| async move {
                 storage
                     .clone_volume(&id, &name, format, uid, job as Arc<dyn Progress>)
@@ -200,12 +204,16 @@ impl Volume {
         let objects = vec![volume_path(&v.rec.pool_uuid, &v.rec.name)];
         let storage = self.ctx.storage.clone();
         let id = v.id.clone();
-        super::job::run(
+        super::job::run_job(
             server,
             &self.ctx.auth,
-            "volume-wipe",
-            objects,
-            uid,
+            super::job::JobSpec {
+                operation: "volume-wipe",
+                objects,
+                uid,
+                // One libvirt call: it cannot stop part way.
+                cancelable: false,
+            },
             |job| async move { storage.wipe(&id, job as Arc<dyn Progress>).await },
         )
         .await?;
