@@ -282,6 +282,7 @@ pub async fn apply<K: Kind>(
             let object = Object::new(kind, rec.clone());
             if server.at(path.as_str(), object).await?.is_some() {
                 // Exported already (by the method that made it): update it.
+                shown(&path, &rec);
                 return Box::pin(apply(
                     server,
                     kind,
@@ -344,9 +345,28 @@ pub async fn apply<K: Kind>(
 /// Put a record's object on the bus now if it is not there yet: a method
 /// that made the object returns its path, which must work at once.
 pub async fn export<K: Kind>(server: &ObjectServer, kind: &Arc<K>, rec: Arc<K::Record>) {
-    let _ = server
-        .at(K::path(&rec).as_str(), Object::new(kind, rec))
-        .await;
+    let path = K::path(&rec);
+    if let Ok(None) = server
+        .at(path.as_str(), Object::new(kind, rec.clone()))
+        .await
+    {
+        let registry = super::managed::registry(server).await;
+        if let Some(r) = &registry {
+            r.set(
+                &path,
+                <Object<K> as Interface>::name(),
+                property_values::<K>(&rec),
+            );
+        }
+        // Gone meanwhile (the publisher already handled its removal)? Then
+        // take it down again rather than leave an object nothing removes.
+        if kind.current(&rec).is_none() {
+            if let Some(r) = &registry {
+                r.remove(&path);
+            }
+            let _ = server.remove::<Object<K>, _>(path.as_str()).await;
+        }
+    }
 }
 
 /// Apply every change already queued (before the bus name is taken, so the

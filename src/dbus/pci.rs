@@ -10,7 +10,7 @@ use zbus::interface;
 use zbus::message::Header;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
-use super::object::{fixed, prop, Kind, Prop, Shown};
+use super::object::{fixed, prop, refresh_shown, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
 use super::{vm_path, Error, ROOT_PATH};
@@ -251,8 +251,13 @@ impl PciDevice {
                 options::flag(&options, "group")?,
                 options::flag(&options, "persistent")?,
             )
-            .await?;
-        Ok(moved.into_iter().map(|(a, d)| (a.to_string(), d)).collect())
+            .await;
+        // A property read right after the reply already sees the change.
+        refresh_shown(&self.shown, self.ctx.pci.record(&self.addr));
+        Ok(moved?
+            .into_iter()
+            .map(|(a, d)| (a.to_string(), d))
+            .collect())
     }
 
     /// Give the device back to its own driver (clears any persistent
@@ -261,6 +266,8 @@ impl PciDevice {
     async fn restore_driver(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
         self.authorize_assign(&header, "restore the driver of", false)
             .await?;
-        Ok(self.ctx.pci.restore_driver(self.addr).await?)
+        let driver = self.ctx.pci.restore_driver(self.addr).await;
+        refresh_shown(&self.shown, self.ctx.pci.record(&self.addr));
+        Ok(driver?)
     }
 }
