@@ -72,6 +72,11 @@ async fn alice_creates_an_isolated_network_with_static_hosts_bob_is_refused() {
     let out = manager_as(ALICE, "CreateNetwork", &spec);
     let _net = Net(name.clone());
     let path = created_path(&out);
+    // The path a method returns is already in GetManagedObjects.
+    assert!(
+        crate::storage::managed_paths(&conn).await.contains(&path),
+        "{path} missing from GetManagedObjects"
+    );
     let p = props(&conn, &path, NETWORK).await;
     assert!(bool::try_from(p["Active"].clone()).unwrap());
     assert_eq!(String::try_from(p["Mode"].clone()).unwrap(), "isolated");

@@ -60,6 +60,17 @@ pub async fn object_exists(conn: &Connection, path: &str, iface: &str) -> bool {
         .is_ok()
 }
 
+/// The object paths GetManagedObjects lists now.
+pub async fn managed_paths(conn: &Connection) -> Vec<String> {
+    let m: HashMap<OwnedObjectPath, HashMap<String, HashMap<String, OwnedVariant>>> =
+        proxy(conn, ROOT, "org.freedesktop.DBus.ObjectManager")
+            .await
+            .call("GetManagedObjects", &())
+            .await
+            .unwrap();
+    m.keys().map(|k| k.to_string()).collect()
+}
+
 fn pool_object(uuid: &str) -> String {
     format!("{ROOT}/pool/{}", uuid.replace('-', "_"))
 }
@@ -184,6 +195,12 @@ async fn alice_manages_pools_and_volumes_bob_only_reads() {
         "CreateVolume",
         &["s", spec],
     ));
+    // The paths methods return are already in GetManagedObjects.
+    let listed = managed_paths(&conn).await;
+    assert!(
+        listed.contains(&vol) && listed.contains(&pool.path),
+        "{vol}"
+    );
     let v = props(&conn, &vol, VOLUME).await;
     assert_eq!(String::try_from(v["Format"].clone()).unwrap(), "qcow2");
     assert_eq!(u64::try_from(v["CapacityBytes"].clone()).unwrap(), 64 << 20);
