@@ -26,9 +26,15 @@ pub const MANAGER_IFACE: &str = "org.vapor.Virtualization.Manager";
 pub const VM_IFACE: &str = "org.vapor.Virtualization.VirtualMachine";
 pub const PCI_IFACE: &str = "org.vapor.Virtualization.PciDevice";
 
-/// Object path of the VM with this UUID (`-` is not allowed in paths).
+/// Object path of the object of `kind` (`vm`, `pool`, `network`) with
+/// this UUID (`-` is not allowed in paths).
+pub fn uuid_path(kind: &str, uuid: &str) -> String {
+    format!("{ROOT_PATH}/{kind}/{}", uuid.replace('-', "_"))
+}
+
+/// Object path of the VM with this UUID.
 pub fn vm_path(uuid: &str) -> String {
-    format!("{ROOT_PATH}/vm/{}", uuid.replace('-', "_"))
+    uuid_path("vm", uuid)
 }
 
 #[cfg(test)]

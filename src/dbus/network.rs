@@ -8,20 +8,16 @@ use std::sync::Arc;
 use zbus::message::Header;
 use zbus::{interface, OwnedObjectPath, Variant};
 
-use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
+use super::object::{fixed, prop, refresh_shown, shown, text, vm_paths, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
-use super::{vm_path, Error, ROOT_PATH};
+use super::Error;
 use crate::services::network::{NetworkService, NetworkView};
 use crate::text::{for_bus, TextRule};
 
 /// Object path of a network.
 pub fn network_path(uuid: &str) -> String {
-    format!("{ROOT_PATH}/network/{}", uuid.replace('-', "_"))
-}
-
-fn text(s: &str) -> Variant<'static> {
-    Variant::from(for_bus(s).into_owned())
+    super::uuid_path("network", uuid)
 }
 
 impl Target for NetworkView {
@@ -76,14 +72,7 @@ impl Kind for NetworkContext {
                     .collect::<Vec<_>>(),
             )
         }),
-        prop("UsedBy", |n| {
-            Variant::from(
-                n.used_by
-                    .iter()
-                    .filter_map(|(uuid, _)| OwnedObjectPath::try_from(vm_path(uuid)).ok())
-                    .collect::<Vec<_>>(),
-            )
-        }),
+        prop("UsedBy", |n| vm_paths(&n.used_by)),
     ];
 
     fn path(n: &NetworkView) -> String {

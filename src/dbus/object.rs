@@ -57,6 +57,27 @@ pub const fn fixed<R>(name: &'static str, get: fn(&R) -> Variant<'static>) -> Pr
     }
 }
 
+/// A property value from text libvirt or a caller gave: made bus-safe.
+pub fn text(s: &str) -> Variant<'static> {
+    Variant::from(crate::text::for_bus(s).into_owned())
+}
+
+/// An object path as a value (`/` for one that cannot be a path).
+pub fn object_path(p: String) -> zbus::OwnedObjectPath {
+    zbus::OwnedObjectPath::try_from(p).unwrap_or_else(|_| {
+        zbus::OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked("/"))
+    })
+}
+
+/// The object paths of VMs given as (uuid, name), as a property value.
+pub fn vm_paths(vms: &[(String, String)]) -> Variant<'static> {
+    Variant::from(
+        vms.iter()
+            .map(|(uuid, _)| object_path(super::vm_path(uuid)))
+            .collect::<Vec<_>>(),
+    )
+}
+
 /// The record an object shows, shared by its properties and its methods.
 pub type Shown<R> = Arc<RwLock<Arc<R>>>;
 

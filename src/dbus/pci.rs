@@ -8,12 +8,12 @@ use std::sync::Arc;
 
 use zbus::interface;
 use zbus::message::Header;
-use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+use zbus::{OwnedVariant, Variant};
 
-use super::object::{fixed, prop, refresh_shown, Kind, Prop, Shown};
+use super::object::{fixed, prop, refresh_shown, vm_paths, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
-use super::{vm_path, Error, ROOT_PATH};
+use super::{Error, ROOT_PATH};
 use crate::model::Model;
 use crate::pci::PciAddress;
 use crate::services::pci::{PciRecord, PciService};
@@ -35,14 +35,6 @@ pub struct PciDevice {
     addr: PciAddress,
     shown: Shown<PciRecord>,
     ctx: Arc<PciContext>,
-}
-
-fn paths_of(vms: &[(String, String)]) -> Variant<'static> {
-    let paths: Vec<OwnedObjectPath> = vms
-        .iter()
-        .filter_map(|(uuid, _)| OwnedObjectPath::try_from(vm_path(uuid)).ok())
-        .collect();
-    Variant::from(paths)
 }
 
 fn addresses(v: &[PciAddress]) -> Variant<'static> {
@@ -92,7 +84,7 @@ impl Kind for PciContext {
             Variant::from(r.info.reset_methods.clone())
         }),
         // VMs whose definitions reference this device, running or not, and their names.
-        prop("AssignedTo", |r| paths_of(&r.assigned_to)),
+        prop("AssignedTo", |r| vm_paths(&r.assigned_to)),
         prop("AssignedToNames", |r| {
             Variant::from(
                 r.assigned_to

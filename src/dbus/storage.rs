@@ -15,11 +15,11 @@ use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 use zbus::{interface, OwnedFd, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
+use super::object::{fixed, object_path, prop, refresh_shown, shown, text, Kind, Prop, Shown};
 use super::options;
 use super::polkit::{Action, Authorizer, Target};
 use super::volume::export_volume;
-use super::{Error, ROOT_PATH};
+use super::Error;
 use crate::progress::Progress;
 use crate::services::storage::{PoolView, StorageService, VolumeView};
 use crate::storage::spec::{self, VolumeFormat};
@@ -29,7 +29,7 @@ pub use super::volume::{Volume, Volumes};
 
 /// Object path of a pool.
 pub fn pool_path(uuid: &str) -> String {
-    format!("{ROOT_PATH}/pool/{}", uuid.replace('-', "_"))
+    super::uuid_path("pool", uuid)
 }
 
 /// Object path of a volume: below its pool, its name escaped (every byte
@@ -52,15 +52,6 @@ pub fn escape_path_element(s: &str) -> String {
         }
     }
     out
-}
-
-pub(super) fn object_path(p: String) -> OwnedObjectPath {
-    OwnedObjectPath::try_from(p)
-        .unwrap_or_else(|_| OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked("/")))
-}
-
-pub(super) fn text(s: &str) -> Variant<'static> {
-    Variant::from(for_bus(s).into_owned())
 }
 
 impl Target for PoolView {

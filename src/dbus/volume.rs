@@ -14,25 +14,18 @@ use zbus::message::Header;
 use zbus::object_server::ObjectServer;
 use zbus::{interface, OwnedFd, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::object::{fixed, prop, refresh_shown, shown, Kind, Prop, Shown};
+use super::object::{
+    fixed, object_path, prop, refresh_shown, shown, text, vm_paths, Kind, Prop, Shown,
+};
 use super::options;
 use super::polkit::{Action, Target};
 use super::storage::{
-    caller_file, format_option, object_path, pool_path, text, upload_length, volume_path,
-    StorageContext,
+    caller_file, format_option, pool_path, upload_length, volume_path, StorageContext,
 };
 use super::{vm_path, Error};
 use crate::progress::Progress;
 use crate::services::storage::VolumeView;
 use crate::storage::spec::{self, VolumeFormat};
-
-fn vm_paths(vms: &[(String, String)]) -> Variant<'static> {
-    Variant::from(
-        vms.iter()
-            .map(|(uuid, _)| object_path(vm_path(uuid)))
-            .collect::<Vec<_>>(),
-    )
-}
 
 impl Target for VolumeView {
     fn describe(&self) -> String {
