@@ -224,6 +224,19 @@ pub unsafe fn register(
             generation,
         })) as *mut c_void
     };
+    // Register one callback with its own boxed sender; on failure free it
+    // and undo every registration made so far.
+    let attach = |ids: &Registrations, call: &dyn Fn(*mut c_void) -> c_int| {
+        let opaque = boxed();
+        let rc = call(opaque);
+        if rc < 0 {
+            let err = virt::error::Error::last_error();
+            free_sender(opaque);
+            unregister(conn, ids, false);
+            return Err(err);
+        }
+        Ok(rc)
+    };
 
     type Lifecycle = unsafe extern "C" fn(
         sys::virConnectPtr,
@@ -269,21 +282,16 @@ pub unsafe fn register(
     ];
     let mut ids = Registrations::default();
     for (id, cb) in events {
-        let opaque = boxed();
-        let rc = sys::virConnectDomainEventRegisterAny(
-            conn,
-            std::ptr::null_mut(),
-            id as c_int,
-            Some(cb),
-            opaque,
-            Some(free_sender),
-        );
-        if rc < 0 {
-            let err = virt::error::Error::last_error();
-            free_sender(opaque);
-            unregister(conn, &ids, false);
-            return Err(err);
-        }
+        let rc = attach(&ids, &|opaque| {
+            sys::virConnectDomainEventRegisterAny(
+                conn,
+                std::ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                opaque,
+                Some(free_sender),
+            )
+        })?;
         ids.domain.push(rc);
     }
     // Pools (lifecycle and refresh) and networks (lifecycle): created or
@@ -300,51 +308,36 @@ pub unsafe fn register(
         (sys::VIR_STORAGE_POOL_EVENT_ID_REFRESH, on_pool),
     ];
     for (id, cb) in pool_events {
-        let opaque = boxed();
-        let rc = sys::virConnectStoragePoolEventRegisterAny(
-            conn,
-            std::ptr::null_mut(),
-            id as c_int,
-            Some(cb),
-            opaque,
-            Some(free_sender),
-        );
-        if rc < 0 {
-            let err = virt::error::Error::last_error();
-            free_sender(opaque);
-            unregister(conn, &ids, false);
-            return Err(err);
-        }
+        let rc = attach(&ids, &|opaque| {
+            sys::virConnectStoragePoolEventRegisterAny(
+                conn,
+                std::ptr::null_mut(),
+                id as c_int,
+                Some(cb),
+                opaque,
+                Some(free_sender),
+            )
+        })?;
         ids.pool.push(rc);
     }
     type NetLifecycle =
         unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, c_int, c_int, *mut c_void);
     type NetGeneric = unsafe extern "C" fn(sys::virConnectPtr, sys::virNetworkPtr, *mut c_void);
-    let opaque = boxed();
-    let rc = sys::virConnectNetworkEventRegisterAny(
-        conn,
-        std::ptr::null_mut(),
-        sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
-        Some(std::mem::transmute::<NetLifecycle, NetGeneric>(
-            on_network_lifecycle,
-        )),
-        opaque,
-        Some(free_sender),
-    );
-    if rc < 0 {
-        let err = virt::error::Error::last_error();
-        free_sender(opaque);
-        unregister(conn, &ids, false);
-        return Err(err);
-    }
+    let network_lifecycle = std::mem::transmute::<NetLifecycle, NetGeneric>(on_network_lifecycle);
+    let rc = attach(&ids, &|opaque| {
+        sys::virConnectNetworkEventRegisterAny(
+            conn,
+            std::ptr::null_mut(),
+            sys::VIR_NETWORK_EVENT_ID_LIFECYCLE as c_int,
+            Some(network_lifecycle),
+            opaque,
+            Some(free_sender),
+        )
+    })?;
     ids.network.push(rc);
-    let opaque = boxed();
-    if sys::virConnectRegisterCloseCallback(conn, Some(on_close), opaque, Some(free_sender)) < 0 {
-        let err = virt::error::Error::last_error();
-        free_sender(opaque);
-        unregister(conn, &ids, false);
-        return Err(err);
-    }
+    attach(&ids, &|opaque| {
+        sys::virConnectRegisterCloseCallback(conn, Some(on_close), opaque, Some(free_sender))
+    })?;
     Ok(ids)
 }
 
