@@ -71,6 +71,21 @@ disk=$(findmnt -n -o SOURCE / | xargs basename || true)
 addr=$(readlink -f "/sys/class/block/$disk" 2>/dev/null | grep -o '[0-9a-f]\{4\}:[0-9a-f]\{2\}:[0-9a-f]\{2\}\.[0-7]' | tail -1 || true)
 if [ -n "$addr" ]; then run vaporctl pci check "$addr" --vm vapor-demo-2; fi
 
+say "storage and networks: everyone reads, vapor-alice manages, vapor-bob is refused"
+run runuser -u vapor-bob -- vaporctl pool list
+run runuser -u vapor-bob -- vaporctl network list
+truncate -s 1M /tmp/vapor-demo.iso && chmod 644 /tmp/vapor-demo.iso
+run runuser -u vapor-bob -- vaporctl --no-ask-password iso upload /tmp/vapor-demo.iso --pool default
+run runuser -u vapor-alice -- vaporctl iso upload /tmp/vapor-demo.iso --pool default
+run runuser -u vapor-bob -- vaporctl iso list
+run runuser -u vapor-alice -- vaporctl volume delete default/vapor-demo.iso
+printf '{"name":"vapor-demo-net","mode":"isolated","start":false,"ipv4":{"address":"10.254.0.1","prefix":24}}' >/tmp/vapor-demo-net.json
+chmod 644 /tmp/vapor-demo-net.json
+run runuser -u vapor-alice -- vaporctl network create --dry-run /tmp/vapor-demo-net.json
+run runuser -u vapor-alice -- vaporctl network create /tmp/vapor-demo-net.json
+run runuser -u vapor-alice -- vaporctl network show vapor-demo-net
+run runuser -u vapor-alice -- vaporctl network delete vapor-demo-net
+
 say "done"
 echo "vapord is still running (log: /var/log/vapord.log). Try: vaporctl --help"
 echo "Remove the demo VMs with: vaporctl delete vapor-demo-1; vaporctl delete vapor-demo-2"
