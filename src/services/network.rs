@@ -36,29 +36,6 @@ impl Keyed for NetworkView {
 
 pub type NetworkChange = Change<NetworkView>;
 
-/// The running VMs among a network's users (what stopping it would cut off).
-pub fn running_users(used_by: &[(String, String)], running: &[String]) -> Vec<String> {
-    used_by
-        .iter()
-        .filter(|(uuid, _)| running.contains(uuid))
-        .map(|(_, name)| name.clone())
-        .collect()
-}
-
-/// Which of these domains run now, asked of libvirt (not the cache, which
-/// may not have seen a start made a moment ago with virsh).
-pub async fn running_now(hv: &Hypervisor, vms: &[(String, String)]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (uuid, _) in vms {
-        if let Ok(Some((state, _))) = hv.state(uuid).await {
-            if state.is_active() {
-                out.push(uuid.clone());
-            }
-        }
-    }
-    out
-}
-
 pub struct NetworkService {
     hv: Arc<Hypervisor>,
     refs: Arc<References>,
@@ -178,7 +155,7 @@ impl NetworkService {
     }
 
     async fn refuse_while_running_vms(&self, n: &NetworkView, what: &str) -> Result<()> {
-        let running = running_users(&n.used_by, &running_now(&self.hv, &n.used_by).await);
+        let running = super::vm::running_among(&self.hv, &n.used_by).await;
         if running.is_empty() {
             Ok(())
         } else {
@@ -271,20 +248,5 @@ impl NetworkService {
         let r = self.hv.remove_dhcp_host(uuid, &mac).await;
         self.settle(uuid).await;
         r
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_running_users_keep_a_network_up() {
-        let users = vec![
-            ("u1".to_string(), "web".to_string()),
-            ("u2".to_string(), "db".to_string()),
-        ];
-        assert_eq!(running_users(&users, &["u2".to_string()]), ["db"]);
-        assert!(running_users(&users, &[]).is_empty());
     }
 }

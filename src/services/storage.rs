@@ -392,8 +392,7 @@ impl StorageService {
             .collect();
         users.sort();
         users.dedup();
-        let running = super::network::running_now(&self.hv, &users).await;
-        super::network::running_users(&users, &running)
+        super::vm::running_among(&self.hv, &users).await
     }
 
     pub async fn stop_pool(&self, uuid: &str) -> Result<()> {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::storage_ownership;
 use crate::libvirt::xml::{domain_disks, nvram_path, DiskSource};
+use crate::libvirt::Hypervisor;
 use crate::libvirt::{DomainAction, DomainRecord, DomainRef, DomainState, Session, Undefine};
 use crate::model::Model;
 use crate::{Error, Result};
@@ -393,10 +394,49 @@ fn delete_blocking(
     Ok(report)
 }
 
+/// The names of the VMs in `used_by` (uuid, name) that are in `running`.
+pub fn running_users(used_by: &[(String, String)], running: &[String]) -> Vec<String> {
+    used_by
+        .iter()
+        .filter(|(uuid, _)| running.contains(uuid))
+        .map(|(_, name)| name.clone())
+        .collect()
+}
+
+/// Which of these domains run now, asked of libvirt (not the cache, which
+/// may not have seen a start made a moment ago with virsh).
+pub async fn running_now(hv: &Hypervisor, vms: &[(String, String)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (uuid, _) in vms {
+        if let Ok(Some((state, _))) = hv.state(uuid).await {
+            if state.is_active() {
+                out.push(uuid.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The names of the VMs among `vms` (uuid, name) that run now: what
+/// stopping a network or a pool they use would cut off.
+pub async fn running_among(hv: &Hypervisor, vms: &[(String, String)]) -> Vec<String> {
+    running_users(vms, &running_now(hv, vms).await)
+}
+
 #[cfg(test)]
 mod tests {
     use super::LifecycleAction as A;
     use crate::libvirt::DomainState as S;
+
+    #[test]
+    fn only_running_users_keep_a_network_up() {
+        let users = vec![
+            ("u1".to_string(), "web".to_string()),
+            ("u2".to_string(), "db".to_string()),
+        ];
+        assert_eq!(super::running_users(&users, &["u2".to_string()]), ["db"]);
+        assert!(super::running_users(&users, &[]).is_empty());
+    }
 
     #[test]
     fn outcomes_recorded_without_a_round_trip_are_libvirts() {
