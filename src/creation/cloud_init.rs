@@ -74,6 +74,55 @@ pub fn build_seed_iso(spec: &CloudInitSpec, vm_name: &str, out: &Path) -> Result
     })
 }
 
+/// The cloud-init data of an existing seed ISO, extracted into `dir` (a
+/// private scratch directory), for a new seed of a clone: the meta-data
+/// loses its `instance-id` and `local-hostname`, which the new seed makes
+/// anew.
+pub fn read_seed_iso(iso: &Path, dir: &Path) -> Result<CloudInitSpec> {
+    let Some(xorriso) = crate::process::find_program("xorriso") else {
+        return Err(Error::NotSupported(
+            "cloud-init needs xorriso: apt-get install xorriso".into(),
+        ));
+    };
+    let mut cmd = Command::new(xorriso);
+    cmd.args(["-osirrox", "on", "-indev"])
+        .arg(iso)
+        .args(["-extract", "/"])
+        .arg(dir);
+    let output = crate::process::run(
+        cmd,
+        std::time::Duration::from_secs(60),
+        "reading the cloud-init seed ISO with xorriso",
+    )?;
+    if !output.status.success() {
+        return Err(Error::Failed(format!(
+            "cannot read the cloud-init seed {} ({})",
+            iso.display(),
+            output.status
+        )));
+    }
+    let read = |name: &str| fs::read_to_string(dir.join(name)).ok();
+    let meta_data = read("meta-data").map(|m| {
+        if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&m) {
+            obj.remove("instance-id");
+            obj.remove("local-hostname");
+            return Value::Object(obj).to_string();
+        }
+        m.lines()
+            .filter(|l| {
+                let key = l.trim_start();
+                !(key.starts_with("instance-id:") || key.starts_with("local-hostname:"))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    });
+    Ok(CloudInitSpec {
+        user_data: read("user-data"),
+        meta_data: meta_data.filter(|m| !m.trim().is_empty()),
+        network_config: read("network-config"),
+    })
+}
+
 /// The first lines cloud-init recognises user data by; anything else it
 /// ignores without a word, so it is refused when the request is planned.
 const USER_DATA_HEADERS: &[&str] = &[

@@ -9,6 +9,11 @@ pub use crate::libvirt::xml::escape as esc;
 use super::resolve::{Resolved, ResolvedDisk};
 use crate::libvirt::xml::{METADATA_NS, METADATA_PREFIX};
 
+/// PCIe root ports defined for a new q35 VM: its own devices take some
+/// (libvirt puts them there), the rest are free for hotplugged disks and
+/// NICs. virt-install defines 14 as well.
+pub const HOTPLUG_ROOT_PORTS: usize = 14;
+
 /// Who asked, and the identity the new domain gets.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -118,6 +123,15 @@ pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
             "    <firmware>\n      <feature enabled='{sb}' name='enrolled-keys'/>\n      <feature enabled='{sb}' name='secure-boot'/>\n    </firmware>"
         );
     }
+    if let Some(b) = &r.kernel_boot {
+        let _ = writeln!(x, "    <kernel>{}</kernel>", esc(&b.kernel));
+        if let Some(initrd) = &b.initrd {
+            let _ = writeln!(x, "    <initrd>{}</initrd>", esc(initrd));
+        }
+        if let Some(cmdline) = &b.cmdline {
+            let _ = writeln!(x, "    <cmdline>{}</cmdline>", esc(cmdline));
+        }
+    }
     x.push_str("  </os>\n  <features>\n    <acpi/>\n    <apic/>\n");
     if r.secure_boot {
         x.push_str("    <smm state='on'/>\n");
@@ -128,6 +142,25 @@ pub fn domain_xml(r: &Resolved, origin: Origin<'_>) -> String {
     x.push_str("  </features>\n");
     x.push_str(&cpu_xml(&r.cpu_mode));
     x.push_str("  <clock offset='utc'/>\n  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n  <devices>\n");
+    // One virtio-scsi controller for every disk and cdrom on bus scsi
+    // (else libvirt would add a controller of its own choosing).
+    let scsi = r.disks.iter().any(|d| d.bus == "scsi")
+        || r.cloud_init_seed.as_ref().is_some_and(|s| s.bus == "scsi");
+    if scsi {
+        x.push_str("    <controller type='scsi' index='0' model='virtio-scsi'/>\n");
+    }
+    // On q35 every hotplugged PCIe device needs an empty root port; libvirt
+    // adds ports only for the devices defined (and one more), so ports are
+    // defined up front, as virt-install does, for disks and NICs added later.
+    if !super::boot::is_i440fx(&r.machine) {
+        x.push_str("    <controller type='pci' index='0' model='pcie-root'/>\n");
+        for _ in 0..HOTPLUG_ROOT_PORTS {
+            x.push_str(
+                "    <controller type='pci' model='pcie-root-port'/>
+",
+            );
+        }
+    }
     for d in &r.disks {
         disk_xml(&mut x, d);
     }

@@ -5,6 +5,7 @@
 //! (`services::creation`). Knows nothing about D-Bus, and uses no service
 //! (see the `layering` test in `src/layering_tests.rs`).
 
+pub mod boot;
 pub mod cloud_init;
 pub mod domain_xml;
 pub mod legacy;

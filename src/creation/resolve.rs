@@ -13,7 +13,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::spec::{CloudInitSpec, DiskAction, DiskSpec, GraphicsSpec, NetworkSpec, VmSpec};
+use super::boot::{self, is_i440fx, ResolvedBoot};
+use super::spec::{Accel, CloudInitSpec, DiskAction, DiskSpec, GraphicsSpec, NetworkSpec, VmSpec};
 use crate::{Error, Result};
 
 /// What resolution needs to know about one storage pool.
@@ -133,6 +134,11 @@ pub struct Resolved {
     pub secure_boot: bool,
     pub tpm: bool,
     pub cpu_mode: String,
+    /// Asked-for acceleration; the domain type follows from it and the
+    /// host ([`boot::domain_type`]).
+    pub accel: Accel,
+    /// Direct kernel boot, if asked for.
+    pub kernel_boot: Option<ResolvedBoot>,
     pub os_variant: Option<String>,
     pub autostart: bool,
     pub start: bool,
@@ -158,20 +164,6 @@ pub struct Resolved {
 
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 pub const DEFAULT_VCPUS: u32 = 1;
-
-fn is_i440fx(machine: &str) -> bool {
-    machine == "pc" || machine.starts_with("pc-i440fx")
-}
-
-/// The default bus for a cdrom on this machine type: SATA (AHCI) on q35,
-/// IDE on i440fx (q35 has no IDE controller).
-pub fn cdrom_bus(machine: &str) -> &'static str {
-    if is_i440fx(machine) {
-        "ide"
-    } else {
-        "sata"
-    }
-}
 
 fn target_prefix(bus: &str) -> &'static str {
     match bus {
@@ -294,7 +286,7 @@ fn spelled_path(
 /// exactly as if the caller had written its path (so outside the pools it
 /// needs `storage-host-path`). Returns the resolved absolute path and the
 /// pool whose directory holds it (if any).
-fn resolve_path(
+pub(super) fn resolve_path(
     view: &dyn StorageView,
     field: &str,
     path: &str,
@@ -331,6 +323,7 @@ fn resolve_disk(
     d: &DiskSpec,
     default_pool: Option<&str>,
     machine: &str,
+    cdrom_bus: &str,
 ) -> Result<ResolvedDisk> {
     let field = format!("storage.disks[{index}]");
     let pool_name = d.storage_pool.as_deref().or(default_pool);
@@ -496,7 +489,7 @@ fn resolve_disk(
     }
     let bus = d.bus.clone().unwrap_or_else(|| {
         if device == "cdrom" {
-            cdrom_bus(machine).into()
+            cdrom_bus.into()
         } else {
             "virtio".into()
         }
@@ -510,7 +503,7 @@ fn resolve_disk(
     if bus == "ide" && !is_i440fx(machine) {
         return Err(invalid(
             &format!("{field}.bus"),
-            format!("machine {machine} has no IDE controller (use sata)"),
+            format!("machine {machine} has no IDE controller (use scsi or sata)"),
         ));
     }
     Ok(ResolvedDisk {
@@ -602,9 +595,22 @@ pub fn resolve(
     if let Some(p) = default_pool {
         checked_pool(view, "storage.default_pool", p)?;
     }
+    let cdrom_bus = boot::cdrom_bus(
+        &machine,
+        spec.os_variant.as_deref(),
+        storage.cdrom_bus.as_deref(),
+    )?;
     let mut disks = Vec::new();
     for (i, d) in storage.disks.iter().flatten().enumerate() {
-        disks.push(resolve_disk(view, name, i, d, default_pool, &machine)?);
+        disks.push(resolve_disk(
+            view,
+            name,
+            i,
+            d,
+            default_pool,
+            &machine,
+            cdrom_bus,
+        )?);
     }
     let mut seen = HashSet::new();
     for d in &disks {
@@ -644,7 +650,7 @@ pub fn resolve(
             size_gib: None,
             format: "raw".into(),
             device: "cdrom".into(),
-            bus: cdrom_bus(&machine).into(),
+            bus: cdrom_bus.into(),
             target: String::new(),
             readonly: true,
             preallocate: false,
@@ -702,7 +708,7 @@ pub fn resolve(
                     "cloud_init: {path} already exists"
                 )));
             }
-            let bus = cdrom_bus(&machine).to_owned();
+            let bus = cdrom_bus.to_owned();
             let target = next_target(&bus, &taken).ok_or_else(|| {
                 invalid("cloud_init", format!("no free target left on bus {bus}"))
             })?;
@@ -749,6 +755,14 @@ pub fn resolve(
             }
         }
     }
+    let kernel_boot = spec
+        .boot
+        .as_ref()
+        .map(|b| boot::resolve_boot(view, b, default_pool))
+        .transpose()?;
+    for (_, p) in kernel_boot.iter().flat_map(ResolvedBoot::files) {
+        note(p);
+    }
     pools_read.sort();
     pools_read.dedup();
     host_paths.sort();
@@ -767,6 +781,8 @@ pub fn resolve(
             .cpu_mode
             .clone()
             .unwrap_or_else(|| defaults.cpu_mode.clone()),
+        accel: spec.accel.unwrap_or_default(),
+        kernel_boot,
         os_variant: spec.os_variant.clone(),
         autostart: spec.autostart.unwrap_or(false),
         start: spec.start.unwrap_or(false),

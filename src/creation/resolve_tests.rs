@@ -213,7 +213,7 @@ fn path_traversal_in_a_relative_path_is_refused() {
 }
 
 #[test]
-fn boot_iso_becomes_readonly_cdrom_on_sata_for_q35() {
+fn boot_iso_becomes_readonly_cdrom_on_virtio_scsi_for_q35() {
     let r = run(
         serde_json::json!({"storage": {"default_pool": "fast-nvme", "boot_iso": "ubuntu.iso",
         "disks": [{"action": "create", "size": 10}]}}),
@@ -224,7 +224,7 @@ fn boot_iso_becomes_readonly_cdrom_on_sata_for_q35() {
     assert_eq!(cd.path, "/srv/nvme/ubuntu.iso");
     assert_eq!(
         (cd.device.as_str(), cd.bus.as_str(), cd.target.as_str()),
-        ("cdrom", "sata", "sda")
+        ("cdrom", "scsi", "sda")
     );
     assert!(cd.readonly);
     assert_eq!(cd.format, "raw");

@@ -62,6 +62,41 @@ pub struct VmSpec {
     /// (default from the daemon configuration).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_mode: Option<String>,
+    /// Hardware acceleration (default `auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<Accel>,
+    /// Direct kernel boot: the host's kernel (and initrd) instead of firmware
+    /// booting a disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootSpec>,
+}
+
+/// How the guest's CPU runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where the host offers it, else TCG.
+    #[default]
+    Auto,
+    /// KVM; refused where the host does not offer it.
+    Kvm,
+    /// QEMU's software emulation (`<domain type='qemu'>`), everywhere.
+    Tcg,
+}
+
+/// Direct kernel boot (`<os><kernel>`, `<initrd>`, `<cmdline>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSpec {
+    /// The kernel image: absolute, or relative to `storage.default_pool`
+    /// (the same path rules and authorization as an attached disk).
+    pub kernel: String,
+    /// The initial ramdisk (same rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// The kernel command line (one line, at most 4 KiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -75,6 +110,10 @@ pub struct StorageSpec {
     pub boot_iso: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<DiskSpec>>,
+    /// Bus of cdroms that name none (boot ISO, cloud-init seed): `ide`,
+    /// `sata`, `scsi` or `usb`; default from machine and OS variant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdrom_bus: Option<String>,
 }
 
 /// What to do for one disk.

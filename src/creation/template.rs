@@ -34,12 +34,14 @@ pub const DEFAULT_SHIPPED_DIR: &str = "/etc/vapor/templates.d";
 ///    chaining, nothing is looked up recursively).
 /// 2. A JSON `null` in the request counts as absent, at every level: it never
 ///    erases what the template gives.
-/// 3. Scalars (`memory`, `vcpus`, `uefi`, `machine`, …, and the request's own
-///    `name` and `template`, which records provenance) override when present.
+/// 3. Scalars (`memory`, `vcpus`, `uefi`, `machine`, `accel`, …, and the
+///    request's own `name` and `template`, which records provenance) override
+///    when present; so does `boot` (direct kernel boot), as a whole.
 /// 4. Arrays replace entirely, never append: `networks`, `graphics`,
 ///    `pci_devices`, and `storage.disks`.
 /// 5. `storage` merges at its level: each of the request's `default_pool`,
-///    `boot_iso` and `disks` overrides the template's; the others are kept.
+///    `boot_iso`, `disks` and `cdrom_bus` overrides the template's; the
+///    others are kept.
 /// 6. `cloud_init` deep-merges: key by key, recursively for objects.
 /// 7. `metadata` merges keys; the request wins on conflict.
 ///

@@ -65,6 +65,28 @@ fn cloud_init_deep_merges() {
 }
 
 #[test]
+fn boot_settings_come_from_templates_and_boot_replaces_whole() {
+    let t = json!({"accel": "tcg", "os_variant": "debian12",
+        "boot": {"kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "root=/dev/vda"},
+        "storage": {"default_pool": "guests", "cdrom_bus": "scsi"}});
+    let r = json!({"name": "vm", "storage": {"default_pool": "fast"}});
+    let m = merge(&t, &r);
+    assert_eq!(m["accel"], "tcg");
+    assert_eq!(m["boot"], t["boot"]);
+    assert_eq!(
+        m["storage"],
+        json!({"default_pool": "fast", "cdrom_bus": "scsi"})
+    );
+    let r = json!({"accel": "auto", "boot": {"kernel": "other"},
+        "storage": {"cdrom_bus": "sata"}});
+    let m = merge(&t, &r);
+    assert_eq!(m["accel"], "auto");
+    assert_eq!(m["boot"], json!({"kernel": "other"}));
+    assert_eq!(m["storage"]["cdrom_bus"], "sata");
+    assert!(crate::creation::validate::validate_spec(&m).is_ok());
+}
+
+#[test]
 fn metadata_merges_keys_request_wins() {
     let t = json!({"metadata": {"owner": "ops", "tier": "gold"}});
     let r = json!({"metadata": {"tier": "silver", "app": "web"}});

@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{JsonType, ValidationError, Validator};
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::spec::VmSpec;
@@ -28,19 +27,61 @@ struct Compiled {
     validator: Validator,
 }
 
+fn compile(text: &str) -> Compiled {
+    let schema: Value = serde_json::from_str(text).expect("a shipped schema is valid JSON");
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .offline()
+        .build(&schema)
+        .expect("a shipped schema is a valid JSON Schema");
+    Compiled { schema, validator }
+}
+
 fn compiled() -> &'static Compiled {
     static COMPILED: OnceLock<Compiled> = OnceLock::new();
-    COMPILED.get_or_init(|| {
-        let schema: Value =
-            serde_json::from_str(SCHEMA_TEXT).expect("vm-spec.schema.json is valid JSON");
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .offline()
-            .build(&schema)
-            .expect("vm-spec.schema.json is a valid JSON Schema");
-        Compiled { schema, validator }
-    })
+    COMPILED.get_or_init(|| compile(SCHEMA_TEXT))
+}
+
+const UPDATE_SCHEMA_TEXT: &str = include_str!("../../dbus/schemas/vm-update.schema.json");
+
+fn update_compiled() -> &'static Compiled {
+    static COMPILED: OnceLock<Compiled> = OnceLock::new();
+    COMPILED.get_or_init(|| compile(UPDATE_SCHEMA_TEXT))
+}
+
+/// Validate a VM update document (`dbus/schemas/vm-update.schema.json`,
+/// already parsed with [`parse_json`]) and turn it into `T`, with every
+/// problem named by its field, as for creation specs.
+pub fn validate_update<T: serde::de::DeserializeOwned>(doc: &Value) -> Result<T, Error> {
+    validate_against(update_compiled(), "changes", doc)
+}
+
+/// Validate `doc` against `compiled` and turn it into `T`; on failure, one
+/// `InvalidArgument` listing every problem (sorted, deduplicated, joined
+/// with `; `), the document itself called `root`.
+fn validate_against<T: serde::de::DeserializeOwned>(
+    compiled: &Compiled,
+    root: &str,
+    doc: &Value,
+) -> Result<T, Error> {
+    let mut problems: Vec<String> = compiled
+        .validator
+        .iter_errors(doc)
+        .flat_map(|e| describe(&e, doc, &compiled.schema))
+        .map(|p| match p.strip_prefix("spec:") {
+            Some(rest) => format!("{root}:{rest}"),
+            None => p,
+        })
+        .collect();
+    if problems.is_empty() {
+        // The schema's `integer` accepts 16.0; the types do not.
+        integral_floats(doc, &mut Vec::new(), &mut problems);
+    }
+    if !problems.is_empty() {
+        return Err(Error::InvalidArgument(join_problems(problems)));
+    }
+    T::deserialize(doc).map_err(|e| Error::InvalidArgument(format!("{root}: {e}")))
 }
 
 /// The shipped schema, parsed.
@@ -82,20 +123,7 @@ fn text_rule(path: &str) -> TextRule {
 /// failure, one `InvalidArgument` listing every problem (sorted, deduplicated,
 /// joined with `; `).
 pub fn validate_spec(doc: &Value) -> Result<VmSpec, Error> {
-    let compiled = compiled();
-    let mut problems: Vec<String> = compiled
-        .validator
-        .iter_errors(doc)
-        .flat_map(|e| describe(&e, doc, &compiled.schema))
-        .collect();
-    if problems.is_empty() {
-        // The schema's `integer` accepts 16.0; the types do not.
-        integral_floats(doc, &mut Vec::new(), &mut problems);
-    }
-    if !problems.is_empty() {
-        return Err(Error::InvalidArgument(join_problems(problems)));
-    }
-    VmSpec::deserialize(doc).map_err(|e| Error::InvalidArgument(format!("spec: {e}")))
+    validate_against(compiled(), "spec", doc)
 }
 
 /// The spec's name, which a creation (unlike a template) must have.
@@ -489,7 +517,8 @@ mod tests {
     #[test]
     fn unknown_root_field_names_itself() {
         let msg = errors_of(json!({"colour": "red"}));
-        let want = "colour: unknown field (known: autostart, cloud_init, cpu_mode, graphics, ";
+        let want =
+            "colour: unknown field (known: accel, autostart, boot, cloud_init, cpu_mode, graphics, ";
         assert!(msg.starts_with(want), "{msg}");
         assert_messages(
             r#"{"iso_path": "x.iso"} => iso_path: unknown field (now storage.boot_iso)"#,

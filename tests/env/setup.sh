@@ -115,4 +115,8 @@ virsh -q -c qemu:///system pool-start default >/dev/null 2>&1 || true
 # Tests read VAPOR_TEST_DOMAIN_TYPE to pick kvm or qemu (TCG).
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then echo kvm >/run/vapor-test-domain-type
 else echo qemu >/run/vapor-test-domain-type; fi
+
+# The Debian 12 test guest (built once, then cached): tests find it in
+# /var/cache/vapor-tests/guest/current/ (base.qcow2, vmlinuz, initrd.img).
+"$here/guest-image.sh" >/dev/null
 log "ready (domain type $(cat /run/vapor-test-domain-type))"
