@@ -460,6 +460,25 @@ impl Manager {
     fn connected(&self) -> bool {
         *self.model.connected().borrow()
     }
+
+    /// The host's CPU use over the last statistics interval, in percent of
+    /// all its CPUs (0–100).
+    #[zbus(property(emits_changed_signal = "true"), name = "HostCpuPercent")]
+    fn host_cpu_percent(&self) -> f64 {
+        self.model.host_load().borrow().cpu_percent()
+    }
+
+    /// The host's physical memory.
+    #[zbus(property(emits_changed_signal = "true"), name = "HostMemoryTotalKiB")]
+    fn host_memory_total_kib(&self) -> u64 {
+        self.model.host_load().borrow().memory_total_kib
+    }
+
+    /// The host's memory in use: neither free nor page cache nor buffers.
+    #[zbus(property(emits_changed_signal = "true"), name = "HostMemoryUsedKiB")]
+    fn host_memory_used_kib(&self) -> u64 {
+        self.model.host_load().borrow().memory_used_kib
+    }
 }
 
 /// Announce the Connected property whenever the libvirt connection comes or goes.
@@ -480,5 +499,41 @@ pub async fn follow_connected(
                 .connected_changed(iface.signal_emitter())
                 .await;
         }
+    }
+}
+
+/// Announce the host's load properties that changed, in one
+/// PropertiesChanged, whenever the model reads a new load.
+pub async fn follow_host_load(
+    conn: zbus::Connection,
+    mut load: tokio::sync::watch::Receiver<crate::metrics::HostLoad>,
+) {
+    let mut shown = *load.borrow_and_update();
+    while load.changed().await.is_ok() {
+        let now = *load.borrow_and_update();
+        let mut changed: std::collections::HashMap<&str, zbus::Variant<'_>> = Default::default();
+        if now.cpu_hundredths != shown.cpu_hundredths {
+            changed.insert("HostCpuPercent", now.cpu_percent().into());
+        }
+        if now.memory_total_kib != shown.memory_total_kib {
+            changed.insert("HostMemoryTotalKiB", now.memory_total_kib.into());
+        }
+        if now.memory_used_kib != shown.memory_used_kib {
+            changed.insert("HostMemoryUsedKiB", now.memory_used_kib.into());
+        }
+        shown = now;
+        if changed.is_empty() {
+            continue;
+        }
+        let Ok(emitter) = zbus::object_server::SignalEmitter::new(&conn, super::ROOT_PATH) else {
+            continue;
+        };
+        let _ = zbus::fdo::Properties::properties_changed(
+            &emitter,
+            zbus::names::InterfaceName::from_static_str_unchecked(super::MANAGER_IFACE),
+            changed,
+            std::borrow::Cow::Borrowed(&[]),
+        )
+        .await;
     }
 }

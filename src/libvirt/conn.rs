@@ -11,6 +11,7 @@ use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use virt::connect::Connect;
@@ -71,13 +72,17 @@ impl Drop for Conn {
 }
 
 /// A full or partial reading of every domain, taken with bulk calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub records: Vec<DomainRecord>,
     /// UUIDs of every domain marked autostart (always complete).
     pub autostart: HashSet<String>,
     /// True when `records` covers every domain (so absent ones are gone).
     pub complete: bool,
+    /// When the statistics were read (monotonic, for rates) …
+    pub read_at: Instant,
+    /// … and the same moment in milliseconds since the Unix epoch.
+    pub read_unix_ms: u64,
 }
 
 /// Typed access to the current connection for one blocking section: for a
@@ -269,7 +274,8 @@ impl Hypervisor {
             .map_err(|e| Error::Failed(format!("libvirt task failed: {e}")))?
     }
 
-    /// Every domain (or only the running ones) with its statistics, in three bulk calls.
+    /// Every domain (or only the running ones) with its statistics, in three
+    /// bulk calls; the reading of running ones includes their I/O counters.
     pub async fn snapshot(&self, active_only: bool) -> Result<Snapshot> {
         self.run(move |c| snapshot_blocking(c, active_only)).await
     }
@@ -298,11 +304,20 @@ fn snapshot_blocking(conn: &Connect, active_only: bool) -> Result<Snapshot> {
         } else {
             0
         };
+    // I/O counters only when reading running domains (see LIVE_STATS); the
+    // rates of a full reading's I/O carry over (see crate::metrics).
+    let groups = if active_only {
+        records::LIVE_STATS
+    } else {
+        records::STATS
+    };
     let mut recs: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
     // SAFETY: standard out-parameter call; the list is freed below.
-    let n = unsafe {
-        sys::virConnectGetAllDomainStats(conn.as_ptr(), records::STATS, &mut recs, flags)
-    };
+    let n = unsafe { sys::virConnectGetAllDomainStats(conn.as_ptr(), groups, &mut recs, flags) };
+    let read_at = Instant::now();
+    let read_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     if n < 0 {
         return Err(from_virt(
             virt::error::Error::last_error(),
@@ -324,6 +339,8 @@ fn snapshot_blocking(conn: &Connect, active_only: bool) -> Result<Snapshot> {
         records: out,
         autostart,
         complete: !active_only,
+        read_at,
+        read_unix_ms,
     })
 }
 
