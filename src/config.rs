@@ -20,6 +20,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// How often live CPU time / memory use of running VMs is refreshed with one
     /// bulk statistics call; 0 turns it off (state changes are event-driven anyway).
+    /// The VMs' rates (CPU %, disk and network bytes per second), their
+    /// hour of metrics samples and the host's load follow this interval.
     pub stats_interval_secs: u64,
     /// error, warn, info, debug or trace.
     pub log_level: String,
@@ -43,6 +45,12 @@ pub struct Config {
     /// password prompt) before that one call fails with `Timeout`; below the
     /// 25 s most D-Bus clients wait for a reply.
     pub polkit_timeout_secs: u64,
+    /// Where the console sockets of `GetConsoleSocket` are made (emptied
+    /// at start: sockets of an earlier run are stale).
+    pub console_dir: PathBuf,
+    /// How long a console socket may go without a connection before it is
+    /// removed.
+    pub console_idle_secs: u64,
     /// Upper bounds on what one creation request may ask for.
     pub limits: Limits,
 }
@@ -94,6 +102,8 @@ impl Default for Config {
             procfs_root: PathBuf::from("/"),
             pci_ids: None,
             polkit_timeout_secs: 15,
+            console_dir: PathBuf::from("/run/vapor/console"),
+            console_idle_secs: 300,
             limits: Limits::default(),
         }
     }
@@ -191,6 +201,12 @@ impl Config {
         if !(1..=120).contains(&self.polkit_timeout_secs) {
             return Err(("polkit_timeout_secs", "must be between 1 and 120".into()));
         }
+        if !self.console_dir.is_absolute() {
+            return Err(("console_dir", "must be an absolute path".into()));
+        }
+        if !(1..=86_400).contains(&self.console_idle_secs) {
+            return Err(("console_idle_secs", "must be between 1 and 86400".into()));
+        }
         self.limits.validate()?;
         Ok(())
     }
@@ -241,6 +257,18 @@ mod tests {
         let cfg = Config::parse("[limits]\nmax_disks = 0\n").unwrap();
         assert_eq!(cfg.validate().unwrap_err().0, "limits.max_disks");
         assert!(Config::parse("[limits]\nmax_gpus = 1\n").is_err());
+    }
+
+    #[test]
+    fn console_settings_are_read_and_checked() {
+        let cfg = Config::parse("console_dir = \"/run/x\"\nconsole_idle_secs = 5\n").unwrap();
+        assert_eq!(cfg.console_dir, PathBuf::from("/run/x"));
+        assert_eq!(cfg.console_idle_secs, 5);
+        assert!(cfg.validate().is_ok());
+        let cfg = Config::parse("console_idle_secs = 0\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().0, "console_idle_secs");
+        let cfg = Config::parse("console_dir = \"run/x\"\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().0, "console_dir");
     }
 
     #[test]

@@ -78,6 +78,12 @@ fn main() -> ExitCode {
             cfg.state_dir = base.join("vapor");
         }
     }
+    if args.session && cfg.console_dir == Config::default().console_dir {
+        // One user's daemon makes its console sockets in their runtime dir.
+        if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
+            cfg.console_dir = PathBuf::from(run).join("vapor/console");
+        }
+    }
     if let Some(u) = args.uri {
         cfg.libvirt_uri = u;
     }

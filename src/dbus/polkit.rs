@@ -36,6 +36,8 @@ pub enum Action {
     VmLifecycle,
     VmModify,
     VmDelete,
+    /// Using a VM's serial console or graphical display.
+    VmConsole,
     /// Deleting storage a VM uses that vapord did not create for it.
     VmDeleteForeignStorage,
     VmCreate,
@@ -60,6 +62,7 @@ impl Action {
             Action::VmLifecycle => "org.vapor.virtualization.vm-lifecycle",
             Action::VmModify => "org.vapor.virtualization.vm-modify",
             Action::VmDelete => "org.vapor.virtualization.vm-delete",
+            Action::VmConsole => "org.vapor.virtualization.vm-console",
             Action::VmDeleteForeignStorage => "org.vapor.virtualization.vm-delete-foreign-storage",
             Action::VmCreate => "org.vapor.virtualization.vm-create",
             Action::TemplateManage => "org.vapor.virtualization.template-manage",

@@ -76,6 +76,25 @@ fn wait_ready(
     limit: Duration,
     idle: &str,
 ) -> Result<()> {
+    let mut p = [libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    }];
+    wait_any(&mut p, cancel, since, limit, idle)
+}
+
+/// [`wait_ready`] on several descriptors at once (each `pollfd` names its
+/// descriptor and events): returns when one is ready, its `revents` set.
+/// The console bridge waits on its caller's socket and its wake-up
+/// descriptor so.
+pub(super) fn wait_any(
+    fds: &mut [libc::pollfd],
+    cancel: &AtomicBool,
+    since: Instant,
+    limit: Duration,
+    idle: &str,
+) -> Result<()> {
     loop {
         if cancel.load(Ordering::SeqCst) {
             return Err(cancelled());
@@ -87,13 +106,12 @@ fn wait_ready(
         }
         let tick = (limit - waited).min(WAIT_TICK);
         let ms = libc::c_int::try_from(tick.as_millis().max(1)).unwrap_or(1000);
-        let mut p = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, on a descriptor `fd` keeps open.
-        match unsafe { libc::poll(&mut p, 1, ms) } {
+        for p in fds.iter_mut() {
+            p.revents = 0;
+        }
+        // SAFETY: `fds` is a valid array of pollfds on descriptors the
+        // callers keep open.
+        match unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) } {
             0 => {}
             n if n > 0 => return Ok(()),
             _ => {
