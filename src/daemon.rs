@@ -26,12 +26,15 @@ use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::recovery;
+use crate::services::console::ConsoleService;
 use crate::services::creation::CreationService;
 use crate::services::follow::Followers;
 use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
 use crate::services::references::References;
 use crate::services::storage::StorageService;
+use crate::services::vm_clone::CloneService;
+use crate::services::vm_devices::DeviceService;
 use crate::services::VmService;
 
 /// Give memory freed after a burst back to the system. Enumerating 1000 VMs
@@ -132,11 +135,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     )
     .map_err(|e| format!("PCI: {e}"))?;
     pci.load().map_err(|e| format!("PCI: {e}"))?;
-    let ctx = Arc::new(VmContext {
-        vms: VmService::new(model.clone()),
-        auth: auth.clone(),
-        pci: pci.clone(),
-    });
+    // Console sockets of an earlier run are stale: emptied before serving.
+    let consoles = ConsoleService::new(
+        model.clone(),
+        cfg.console_dir.clone(),
+        Duration::from_secs(cfg.console_idle_secs),
+    );
+    consoles.prepare();
+    consoles.follow();
     let pci_ctx = Arc::new(PciContext {
         pci: pci.clone(),
         model: model.clone(),
@@ -159,6 +165,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         storage: storage.clone(),
         networks: networks.clone(),
     };
+    let ctx = Arc::new(VmContext {
+        vms: VmService::new(model.clone()),
+        auth: auth.clone(),
+        pci: pci.clone(),
+        consoles,
+        devices: Arc::new(DeviceService::new(model.clone(), storage.clone())),
+        clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
+    });
     let storage_ctx = Arc::new(StorageContext {
         storage,
         auth: auth.clone(),
@@ -261,6 +275,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
 
     published.follow(&conn);
     tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
+    tokio::spawn(manager::follow_host_load(conn.clone(), model.host_load()));
 
     if let Some(monitor) = monitor {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -6,7 +6,7 @@
 //!   deletion, description, storage, networks, PCI devices);
 //! - [`creation`] (pure planning of a VM), [`storage`] and [`network`]
 //!   (specs turned into XML), and [`model`], the event-fed cache of every
-//!   domain;
+//!   domain, with [`metrics`] (rates and sample rings of running VMs);
 //! - [`libvirt`]: the typed port over the libvirt C library.
 //!
 //! Beside them, [`text`] holds the rules for caller-supplied text: what may
@@ -23,6 +23,7 @@ pub mod image;
 pub mod intent;
 pub mod libvirt;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod network;
 pub mod pci;

@@ -3,21 +3,31 @@
 //! Reads (properties, enumeration, lookups) are answered from here and never
 //! reach libvirt. The cache is kept current by libvirt's domain events, by a
 //! refresh after every operation vapord performs, by a periodic bulk statistics
-//! call for running domains (live CPU time and memory), and by a full resync
-//! after (re)connecting. Every difference is published as a [`Change`], which
-//! the bus layer turns into InterfacesAdded/Removed and PropertiesChanged.
+//! call for running domains (live CPU time, memory, disk and network
+//! counters), and by a full resync after (re)connecting. Every difference is
+//! published as a [`Change`], which the bus layer turns into
+//! InterfacesAdded/Removed and PropertiesChanged.
+//!
+//! The rates of running VMs (CPU %, bytes per second) are derived here, in
+//! one place: when a periodic statistics reading is applied, from it and the
+//! reading before ([`crate::metrics`]); the same reading gives the record's
+//! rates and the sample in the VM's ring. Readings in between (after an
+//! event or an operation) keep the last rates. The host's load is read on
+//! the same interval.
 //!
 //! This module knows nothing about D-Bus.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Mutex};
 
 use crate::libvirt::conn::Snapshot;
+use crate::libvirt::records::Rates;
 use crate::libvirt::{DomainRecord, DomainState, Hypervisor, HypervisorEvent};
+use crate::metrics::{HostLoad, HostTracker, Metrics, Reading, Sample};
 use crate::store::Store;
 use crate::Result;
 
@@ -44,6 +54,13 @@ pub struct Model {
     pools_touched: tokio::sync::broadcast::Sender<String>,
     /// UUIDs of networks libvirt reported an event for.
     networks_touched: tokio::sync::broadcast::Sender<String>,
+    /// Rates and sample rings of running VMs.
+    metrics: std::sync::Mutex<Metrics>,
+    /// The host's load, as of the last statistics interval.
+    host: watch::Sender<HostLoad>,
+    host_tracker: std::sync::Mutex<HostTracker>,
+    /// Changes waiting for the next start, by running domain.
+    pending: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
 
 impl Model {
@@ -59,6 +76,11 @@ impl Model {
             touched,
             pools_touched: tokio::sync::broadcast::channel(1024).0,
             networks_touched: tokio::sync::broadcast::channel(1024).0,
+            // Resized to the configured interval by `run`.
+            metrics: std::sync::Mutex::new(Metrics::new(Duration::from_secs(5))),
+            host: watch::channel(HostLoad::default()).0,
+            host_tracker: std::sync::Mutex::new(HostTracker::default()),
+            pending: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         (m, rx)
     }
@@ -87,6 +109,25 @@ impl Model {
         self.connected.subscribe()
     }
 
+    /// The host's load now, and a way to follow it (it changes at most once
+    /// per statistics interval, and only when a value does).
+    pub fn host_load(&self) -> watch::Receiver<HostLoad> {
+        self.host.subscribe()
+    }
+
+    /// A VM's samples of the last `seconds` (0: all its ring holds),
+    /// oldest first.
+    pub fn metrics(&self, uuid: &str, seconds: u32) -> Vec<Sample> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.lock_metrics().samples(uuid, seconds, now_ms)
+    }
+
+    fn lock_metrics(&self) -> std::sync::MutexGuard<'_, Metrics> {
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn get(&self, uuid: &str) -> Option<Arc<DomainRecord>> {
         self.domains.get(uuid)
     }
@@ -110,13 +151,90 @@ impl Model {
         v
     }
 
+    /// Apply a reading that is not a periodic statistics reading (an event,
+    /// an operation): it keeps the rates of the last one while the VM runs.
     fn apply(
         &self,
         uuid: &str,
         new: Option<DomainRecord>,
         ticket: u64,
     ) -> Option<Arc<DomainRecord>> {
+        let new = new.map(|mut rec| {
+            self.carry_pending(&mut rec);
+            rec.rates = match self.get(uuid) {
+                Some(cur) if rec.state.is_active() && cur.state.is_active() => cur.rates,
+                _ => Rates::default(),
+            };
+            rec
+        });
+        {
+            let mut metrics = self.lock_metrics();
+            match &new {
+                None => metrics.forget(uuid),
+                Some(rec) if !rec.state.is_active() => metrics.stopped(uuid),
+                Some(_) => {}
+            }
+        }
         self.domains.apply(uuid, new, ticket)
+    }
+
+    /// Give a reading of a running domain the changes it has waiting for
+    /// its next start; a domain that stopped has none left.
+    fn carry_pending(&self, rec: &mut DomainRecord) {
+        let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if rec.state.is_active() {
+            rec.pending_changes = table.get(&rec.uuid).cloned().unwrap_or_default();
+        } else {
+            table.remove(&rec.uuid);
+            rec.pending_changes.clear();
+        }
+    }
+
+    /// Set the changes a running domain has waiting for its next start (as
+    /// vapord made them, or as recorded in the domain) and publish them.
+    pub fn set_pending(&self, uuid: &str, fields: Vec<String>) {
+        let Some(cur) = self.get(uuid) else {
+            return;
+        };
+        if !cur.state.is_active() {
+            return;
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uuid.to_owned(), fields);
+        let ticket = self.ticket();
+        self.apply(uuid, Some((*cur).clone()), ticket);
+    }
+
+    /// Read back the pending changes recorded in every running domain (after
+    /// vapord restarted, say).
+    async fn load_pending(&self) {
+        for rec in self.domains.all() {
+            if !rec.state.is_active() {
+                continue;
+            }
+            if let Ok(fields) = self.hv.on_domain(&rec.uuid, |_, d| Ok(d.pending())).await {
+                if !fields.is_empty() {
+                    self.set_pending(&rec.uuid, fields);
+                }
+            }
+        }
+    }
+
+    /// Derive the rates of every running VM in a statistics reading (and
+    /// record their samples); stopped ones start over.
+    fn measure(&self, snap: &mut Snapshot) {
+        let mut metrics = self.lock_metrics();
+        for rec in &mut snap.records {
+            if rec.state.is_active() {
+                let reading = Reading::of(rec, snap.read_at);
+                rec.rates =
+                    metrics.observe(&rec.uuid, &reading, rec.memory_rss_kib, snap.read_unix_ms);
+            } else {
+                metrics.stopped(&rec.uuid);
+            }
+        }
     }
 
     /// Record a domain's state read right after vapord acted on it (one cheap
@@ -178,16 +296,23 @@ impl Model {
         Ok(())
     }
 
-    fn apply_snapshot(&self, snap: Snapshot, ticket: u64) {
+    fn apply_snapshot(&self, mut snap: Snapshot, ticket: u64) {
+        for rec in &mut snap.records {
+            self.carry_pending(rec);
+        }
+        self.measure(&mut snap);
         if snap.complete {
             self.domains.replace_scope(snap.records, |_| true, ticket);
+            self.lock_metrics()
+                .retain(|uuid| self.domains.get(uuid).is_some());
             return;
         }
         let seen: std::collections::HashSet<String> =
             snap.records.iter().map(|r| r.uuid.clone()).collect();
         for rec in snap.records {
             let uuid = rec.uuid.clone();
-            self.apply(&uuid, Some(rec), ticket);
+            // Its rates are this reading's (see `measure`).
+            self.domains.apply(&uuid, Some(rec), ticket);
         }
         // Domains not in a partial reading keep their record but may have had
         // their autostart flag changed (libvirt has no event for that).
@@ -199,7 +324,7 @@ impl Model {
             if autostart != old.autostart {
                 let mut new = (*old).clone();
                 new.autostart = autostart;
-                self.apply(&old.uuid, Some(new), ticket);
+                self.domains.apply(&old.uuid, Some(new), ticket);
             }
         }
     }
@@ -212,14 +337,42 @@ impl Model {
             self.hv.mark_disconnected();
             return Err(e);
         }
+        self.load_pending().await;
         self.connected.send_replace(true);
         log::info!(uri = self.hv.uri(), domains = self.domains.len(); "connected to libvirt");
         Ok(())
     }
 
+    /// Read the host's CPU and memory (two cheap calls) and publish its load
+    /// if it changed.
+    async fn refresh_host(&self) {
+        let reading = self
+            .hv
+            .session(|s| Ok((s.host_cpu_times(), s.host_memory())))
+            .await;
+        let (cpu, memory) = match reading {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("cannot read the host's load: {e}");
+                return;
+            }
+        };
+        let load = self
+            .host_tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(cpu, memory);
+        self.host.send_if_modified(|shown| {
+            let changed = *shown != load;
+            *shown = load;
+            changed
+        });
+    }
+
     /// Keep the model current for as long as the daemon runs: follow libvirt's
     /// events, reconnect with backoff when libvirtd goes away, refresh live
-    /// statistics every `stats_interval` (zero: never).
+    /// statistics of running VMs and of the host every `stats_interval`
+    /// (zero: never).
     pub async fn run(
         self: Arc<Self>,
         mut events: UnboundedReceiver<HypervisorEvent>,
@@ -231,6 +384,7 @@ impl Model {
         // --config`, autostart), and this keeps even those from going stale.
         const FULL_EVERY: u32 = 12;
         let mut ticks = 0u32;
+        self.lock_metrics().set_interval(stats_interval);
         let mut ticker = (!stats_interval.is_zero()).then(|| {
             let mut t = tokio::time::interval(stats_interval);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,7 +436,7 @@ impl Model {
                             self.connected.send_replace(false);
                         }
                         Err(e) => log::debug!("statistics refresh failed: {e}"),
-                        Ok(()) => {}
+                        Ok(()) => self.refresh_host().await,
                     }
                 }
             }
@@ -303,3 +457,7 @@ impl Model {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "model_metrics_tests.rs"]
+mod metrics_tests;

@@ -205,6 +205,12 @@ interfaces! {
         }
         #[zbus(property)]
         fn connected(&self) -> zbus::Result<bool>;
+        #[zbus(property)]
+        fn host_cpu_percent(&self) -> zbus::Result<f64>;
+        #[zbus(property, name = "HostMemoryTotalKiB")]
+        fn host_memory_total_kib(&self) -> zbus::Result<u64>;
+        #[zbus(property, name = "HostMemoryUsedKiB")]
+        fn host_memory_used_kib(&self) -> zbus::Result<u64>;
         #[zbus(property(emits_changed_signal = "const"))]
         fn libvirt_uri(&self) -> zbus::Result<String>;
         #[zbus(property(emits_changed_signal = "const"))]
@@ -229,13 +235,51 @@ interfaces! {
             fn detach_pci_device(&self, host_address: &str, options: Options<'_>) -> zbus::Result<()>;
             /// The whole configuration and state as JSON.
             fn describe(&self) -> zbus::Result<String>;
+            /// Change the configuration: (changed fields, fields pending
+            /// until the next start).
+            fn update(&self, changes_json: &str, options: Options<'_>) -> zbus::Result<(Vec<String>, Vec<String>)>;
+            /// Options: `live`, `config` (b).
+            fn set_vcpus(&self, count: u32, options: Options<'_>) -> zbus::Result<()>;
+            /// Options: `live`, `config` (b).
+            fn set_memory(&self, memory_mib: u64, options: Options<'_>) -> zbus::Result<()>;
+            /// Attach a disk from a JSON document; its target.
+            fn attach_disk(&self, disk_json: &str, options: Options<'_>) -> zbus::Result<String>;
+            /// Detach a disk: (removed paths, kept (path, reason)).
+            fn detach_disk(&self, target: &str, options: Options<'_>) -> zbus::Result<(Vec<String>, Vec<(String, String)>)>;
+            /// Grow a disk to `size` (bytes or 20G …).
+            fn resize_disk(&self, target: &str, size: &str, options: Options<'_>) -> zbus::Result<()>;
+            /// Insert or change a cdrom's media; "" ejects.
+            fn change_media(&self, target: &str, media_json: &str, options: Options<'_>) -> zbus::Result<()>;
+            /// Attach a network interface from a JSON document; its MAC.
+            fn attach_interface(&self, interface_json: &str, options: Options<'_>) -> zbus::Result<String>;
+            fn detach_interface(&self, mac: &str, options: Options<'_>) -> zbus::Result<()>;
+            fn set_interface_link(&self, mac: &str, up: bool, options: Options<'_>) -> zbus::Result<()>;
+            /// Clone the shut-off VM; options: `mode` (full|linked). The new VM.
+            #[dbus_name = "Clone"]
+            fn clone_vm(&self, new_name: &str, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+            /// The samples of the last `seconds` (0: all): (unix ms, CPU %,
+            /// memory used KiB, disk read, disk write, net rx, net tx B/s).
+            fn get_metrics(&self, seconds: u32) -> zbus::Result<Vec<(u64, f64, u64, u64, u64, u64, u64)>>;
+            /// The serial console as a socket; options: `force` (b).
+            fn open_console(&self, options: Options<'_>) -> zbus::Result<zbus::OwnedFd>;
+            /// The VNC or SPICE display as a socket.
+            fn open_graphics(&self, options: Options<'_>) -> zbus::Result<zbus::OwnedFd>;
+            /// The path of the caller's console socket of `kind`
+            /// (`graphics` or `serial`).
+            fn get_console_socket(&self, kind: &str) -> zbus::Result<String>;
         }
         #[zbus(property)]
         fn autostart(&self) -> zbus::Result<bool>;
         #[zbus(property)]
+        fn cpu_percent(&self) -> zbus::Result<f64>;
+        #[zbus(property)]
         fn cpu_time_ns(&self) -> zbus::Result<u64>;
         #[zbus(property, name = "CurrentMemoryMiB")]
         fn current_memory_mib(&self) -> zbus::Result<u64>;
+        #[zbus(property)]
+        fn disk_read_bytes_per_sec(&self) -> zbus::Result<u64>;
+        #[zbus(property)]
+        fn disk_write_bytes_per_sec(&self) -> zbus::Result<u64>;
         #[zbus(property)]
         fn max_vcpus(&self) -> zbus::Result<u32>;
         #[zbus(property, name = "MemoryMiB")]
@@ -244,6 +288,12 @@ interfaces! {
         fn memory_used_kib(&self) -> zbus::Result<u64>;
         #[zbus(property)]
         fn name(&self) -> zbus::Result<String>;
+        #[zbus(property)]
+        fn net_rx_bytes_per_sec(&self) -> zbus::Result<u64>;
+        #[zbus(property)]
+        fn net_tx_bytes_per_sec(&self) -> zbus::Result<u64>;
+        #[zbus(property)]
+        fn pending_changes(&self) -> zbus::Result<Vec<String>>;
         #[zbus(property)]
         fn persistent(&self) -> zbus::Result<bool>;
         #[zbus(property)]

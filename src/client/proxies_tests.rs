@@ -131,7 +131,7 @@ fn signature(ty: &str) -> String {
         "i32" => "i",
         "f64" => "d",
         "OwnedObjectPath" => "o",
-        "Fd<'_>" => "h",
+        "Fd<'_>" | "OwnedFd" => "h",
         "Options<'_>" => "a{sv}",
         "OwnedVariant" | "zbus::OwnedVariant" => "v",
         other => panic!("no signature known for {other}"),

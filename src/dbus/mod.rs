@@ -14,6 +14,7 @@ pub mod pci;
 pub mod polkit;
 pub mod storage;
 pub mod vm;
+pub mod vm_metrics;
 pub mod volume;
 
 pub use errors::Error;

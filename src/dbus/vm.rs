@@ -25,6 +25,11 @@ pub struct VmContext {
     pub vms: VmService,
     pub auth: Arc<Authorizer>,
     pub pci: Arc<crate::services::pci::PciService>,
+    /// Serial consoles, displays and console sockets.
+    pub consoles: Arc<crate::services::console::ConsoleService>,
+    /// Disks, media and interfaces, live and in the definition.
+    pub devices: Arc<crate::services::vm_devices::DeviceService>,
+    pub clones: Arc<crate::services::vm_clone::CloneService>,
 }
 
 /// The methods of one VM object; its properties come from [`VmContext`]'s table.
@@ -67,9 +72,28 @@ impl Kind for VmContext {
         prop("Autostart", |r| Variant::from(r.autostart)),
         // False for transient VMs (they vanish when stopped).
         prop("Persistent", |r| Variant::from(r.persistent)),
+        // Configuration changes made while running that wait for the next
+        // start (Update's fields: cpu, max_vcpus, …); empty when stopped.
+        prop("PendingChanges", |r| {
+            Variant::from(r.pending_changes.clone())
+        }),
         // Live counters, refreshed by the periodic bulk statistics call.
         prop("CpuTimeNs", |r| Variant::from(r.cpu_time_ns)),
         prop("MemoryUsedKiB", |r| Variant::from(r.memory_rss_kib)),
+        // Rates over the last statistics interval (0 while shut off).
+        prop("CpuPercent", |r| Variant::from(r.rates.cpu_percent())),
+        prop("DiskReadBytesPerSec", |r| {
+            Variant::from(r.rates.disk_read_bytes_per_sec)
+        }),
+        prop("DiskWriteBytesPerSec", |r| {
+            Variant::from(r.rates.disk_write_bytes_per_sec)
+        }),
+        prop("NetRxBytesPerSec", |r| {
+            Variant::from(r.rates.net_rx_bytes_per_sec)
+        }),
+        prop("NetTxBytesPerSec", |r| {
+            Variant::from(r.rates.net_tx_bytes_per_sec)
+        }),
     ];
 
     fn path(rec: &DomainRecord) -> String {
@@ -168,6 +192,14 @@ fn pci_scope(
         config: options::flag_or(opts, "config", rec.persistent)?,
     })
 }
+
+// Update, SetVcpus, SetMemory, disks, media, interfaces.
+#[path = "vm_change.rs"]
+mod change;
+
+// OpenConsole, OpenGraphics, GetConsoleSocket.
+#[path = "vm_console.rs"]
+mod console;
 
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
@@ -385,6 +417,152 @@ impl VirtualMachine {
         Ok(())
     }
 
+    /// Change the VM's configuration: `changes_json` holds only the fields
+    /// to change (dbus/schemas/vm-update.schema.json: name, title,
+    /// description, vcpus, max_vcpus, memory, max_memory, cpu, boot_order,
+    /// firmware, graphics, video, autostart, metadata). Applied to the
+    /// definition, and at once to the running VM where the hypervisor allows
+    /// it. Returns the changed fields and those waiting for the next start
+    /// (also in PendingChanges). No options yet.
+    #[zbus(out_args("changed", "pending"))]
+    async fn update(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        changes_json: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        self.update_vm(&header, changes_json, &options).await
+    }
+
+    /// Set the number of vCPUs in use. Options: `live` (b, default: when
+    /// running), `config` (b, default: when persistent). Live, within the
+    /// running maximum.
+    async fn set_vcpus(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        count: u32,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.set_vcpus_of(&header, count, &options).await
+    }
+
+    /// Set the memory in use in MiB (the balloon, within the maximum).
+    /// Options: `live`, `config` (b).
+    async fn set_memory(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        memory_mib: u64,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.set_memory_of(&header, memory_mib, &options).await
+    }
+
+    /// Attach a disk. `disk_json`: one of `{"pool","volume"}`, `{"path"}`
+    /// or `{"pool","create":{"size","name"?,"format"?}}` (a new volume
+    /// owned by this VM), and `device` (disk|cdrom), `bus`
+    /// (virtio|scsi|sata|usb), `target`, `readonly`, `shareable`. Options:
+    /// `live`, `config` (b). Returns the target (vdb, sdc …).
+    #[zbus(out_args("target"))]
+    async fn attach_disk(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        disk_json: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<String, Error> {
+        self.attach_disk_to(&header, disk_json, &options).await
+    }
+
+    /// Detach the disk at `target`. Options: `live`, `config` (b),
+    /// `remove_storage` (b: delete the volume vapord created for this VM,
+    /// unless something else uses it). Returns deleted paths and kept ones
+    /// with the reason.
+    #[zbus(out_args("removed", "kept"))]
+    async fn detach_disk(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        target: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(Vec<String>, Vec<(String, String)>), Error> {
+        self.detach_disk_from(&header, target, &options).await
+    }
+
+    /// Grow the disk at `target` to `size` (bytes, or 20G, 512M …): online
+    /// while running, else its volume. No options yet.
+    async fn resize_disk(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        target: &str,
+        size: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.resize_disk_of(&header, target, size, &options).await
+    }
+
+    /// Insert or change (`media_json`: `{"path"}` or `{"pool","volume"}`)
+    /// or eject (empty string) the media of the cdrom drive at `target`.
+    /// Options: `live`, `config` (b).
+    async fn change_media(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        target: &str,
+        media_json: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.change_media_of(&header, target, media_json, &options)
+            .await
+    }
+
+    /// Attach a network interface. `interface_json`: `network` or `bridge`,
+    /// and `model` (virtio|e1000e|e1000|rtl8139), `mac`, `link` (up|down).
+    /// Options: `live`, `config` (b). Returns its MAC address.
+    #[zbus(out_args("mac"))]
+    async fn attach_interface(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        interface_json: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<String, Error> {
+        self.attach_nic_to(&header, interface_json, &options).await
+    }
+
+    /// Detach the interface with this MAC address. Options: `live`, `config` (b).
+    async fn detach_interface(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        mac: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.detach_nic_from(&header, mac, &options).await
+    }
+
+    /// Set the link of the interface with this MAC up or down. Options:
+    /// `live`, `config` (b).
+    async fn set_interface_link(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        mac: &str,
+        up: bool,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(), Error> {
+        self.set_link_of(&header, mac, up, &options).await
+    }
+
+    /// Clone the shut-off VM as `new_name`: each disk it owns copied whole
+    /// (option `mode` "full", the default) or as a qcow2 overlay ("linked":
+    /// the source's disks must then stay unchanged), shared disks shared, a
+    /// new cloud-init seed, new UUID and MAC addresses, vapord's metadata
+    /// copied; all or nothing. Progress on a Job. Returns the new VM.
+    #[zbus(name = "Clone", out_args("vm"))]
+    async fn clone_vm(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        new_name: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<zbus::OwnedObjectPath, Error> {
+        self.clone_as(&header, server, new_name, &options).await
+    }
+
     /// The VM's whole configuration and state as a JSON document.
     #[zbus(out_args("json"))]
     async fn describe(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {
@@ -392,5 +570,60 @@ impl VirtualMachine {
         let doc = self.ctx.vms.describe(&rec.uuid).await?;
         // libvirt's names and XML can hold what sd-bus clients refuse.
         Ok(crate::text::json_for_bus(doc.to_string()))
+    }
+
+    /// The samples of the last `seconds` (0: all, at most an hour), oldest
+    /// first: (unix time ms, CPU %, memory used KiB, disk read, disk write,
+    /// network rx, network tx in bytes per second).
+    #[zbus(out_args("samples"))]
+    async fn get_metrics(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        seconds: u32,
+    ) -> Result<Vec<super::vm_metrics::Row>, Error> {
+        let rec = self
+            .authorize(&header, Action::Read, "read the metrics of")
+            .await?;
+        Ok(super::vm_metrics::rows(
+            self.ctx.vms.model(),
+            &rec.uuid,
+            seconds,
+        ))
+    }
+
+    /// Open the VM's serial console: a socket joined to it, like `virsh
+    /// console`. Options: `force` (b): take the console over from another
+    /// session (which then ends); without it, an open session is a Conflict.
+    #[zbus(out_args("fd"))]
+    async fn open_console(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<zbus::OwnedFd, Error> {
+        self.open_console_fd(&header, &options).await
+    }
+
+    /// Open the VM's graphical display (VNC or SPICE): a socket speaking
+    /// the display's protocol, past its password. No options yet.
+    #[zbus(out_args("fd"))]
+    async fn open_graphics(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<zbus::OwnedFd, Error> {
+        self.open_graphics_fd(&header, &options).await
+    }
+
+    /// A Unix socket, owned by the caller (mode 0600), that joins each
+    /// connection to the VM's `kind` of console: "graphics" or "serial".
+    /// The same caller gets the same socket again; it goes away when the
+    /// VM stops or nobody connected to it for a while.
+    #[zbus(out_args("path"))]
+    async fn get_console_socket(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        kind: &str,
+    ) -> Result<String, Error> {
+        self.console_socket_path(&header, kind).await
     }
 }

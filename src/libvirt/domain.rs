@@ -178,7 +178,7 @@ fn metadata_write_flags(persistent: bool, active: bool) -> u32 {
 /// One domain, to act on inside a blocking section.
 #[derive(Clone)]
 pub struct DomainRef {
-    dom: Domain,
+    pub(super) dom: Domain,
 }
 
 impl DomainRef {

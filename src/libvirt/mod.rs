@@ -1,7 +1,8 @@
 //! Adapter over libvirt: the one connection, its event callbacks, bulk stats and
 //! domain XML, and the typed port services use: operations on domains
-//! ([`domain`]), storage pools and volumes ([`storage`], their records in
-//! [`storage_records`], volume data streams in [`stream`], [`volume`]),
+//! ([`domain`]), their serial consoles and displays ([`console`]), storage
+//! pools and volumes ([`storage`], their records in [`storage_records`],
+//! volume data streams in [`stream`], [`volume`]),
 //! networks ([`network`]) and the host ([`node`]) that hide libvirt's flags
 //! and hand back plain data. Everything here is blocking C underneath; the
 //! async operations on [`Hypervisor`] move the work off the async runtime,
@@ -12,7 +13,10 @@
 //! (see the `layering` test in `src/layering_tests.rs`).
 
 pub mod conn;
+pub mod console;
+mod console_bridge;
 pub mod domain;
+pub mod domain_change;
 pub mod errors;
 pub mod events;
 pub mod network;
@@ -23,6 +27,7 @@ pub mod storage_records;
 pub mod stream;
 pub mod volume;
 pub mod xml;
+mod xml_edit;
 
 pub use conn::{Hypervisor, HypervisorEvent, Session};
 pub use domain::{Definition, Definitions, DeviceScope, DomainAction, DomainRef, Undefine};

@@ -253,32 +253,32 @@ pub fn domain_disks(domain: &Element) -> Vec<Disk> {
     let Some(devices) = domain.child("devices") else {
         return Vec::new();
     };
-    devices
-        .children_named("disk")
-        .map(|d| {
-            let mut backing = Vec::new();
-            backing_chain(d, &mut backing);
-            Disk {
-                device: d.attr("device").unwrap_or("disk").to_owned(),
-                source: source_of(d.attr("type").unwrap_or("file"), d.child("source")),
-                target: d
-                    .child("target")
-                    .and_then(|t| t.attr("dev"))
-                    .map(Into::into),
-                bus: d
-                    .child("target")
-                    .and_then(|t| t.attr("bus"))
-                    .map(Into::into),
-                format: d
-                    .child("driver")
-                    .and_then(|t| t.attr("type"))
-                    .map(Into::into),
-                readonly: d.child("readonly").is_some(),
-                shareable: d.child("shareable").is_some(),
-                backing,
-            }
-        })
-        .collect()
+    devices.children_named("disk").map(disk_facts).collect()
+}
+
+/// The facts of one `<disk>` element.
+pub fn disk_facts(d: &Element) -> Disk {
+    let mut backing = Vec::new();
+    backing_chain(d, &mut backing);
+    Disk {
+        device: d.attr("device").unwrap_or("disk").to_owned(),
+        source: source_of(d.attr("type").unwrap_or("file"), d.child("source")),
+        target: d
+            .child("target")
+            .and_then(|t| t.attr("dev"))
+            .map(Into::into),
+        bus: d
+            .child("target")
+            .and_then(|t| t.attr("bus"))
+            .map(Into::into),
+        format: d
+            .child("driver")
+            .and_then(|t| t.attr("type"))
+            .map(Into::into),
+        readonly: d.child("readonly").is_some(),
+        shareable: d.child("shareable").is_some(),
+        backing,
+    }
 }
 
 /// vapord's own record in a domain's `<metadata>`.

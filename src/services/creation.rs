@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use crate::creation::boot;
 use crate::creation::domain_xml::{domain_xml, Origin};
 use crate::creation::resolve::{Defaults, PciPlanner, Resolved};
 use crate::creation::spec::VmSpec;
@@ -32,7 +33,7 @@ use crate::progress::Progress;
 use crate::{Error, Result};
 
 #[path = "creation_steps.rs"]
-mod steps;
+pub(super) mod steps;
 
 /// A resolved request and the exact definition it would produce.
 #[derive(Debug, Clone)]
@@ -195,12 +196,14 @@ impl CreationService {
             .session(move |s| {
                 steps::check_name_free(s, &name)?;
                 let resolved = steps::resolve_all(s, &spec, &name, &defaults, pci.as_deref())?;
+                // `accel` against what the host offers (kvm refused without it).
+                let domain_type = boot::domain_type(resolved.accel, s.domain_type() == "kvm")?;
                 let uuid = uuid::Uuid::new_v4().to_string();
                 let xml = domain_xml(
                     &resolved,
                     Origin {
                         uid,
-                        domain_type: s.domain_type(),
+                        domain_type,
                         uuid: &uuid,
                     },
                 );

@@ -98,7 +98,7 @@ fn gib(n: u64) -> u64 {
 
 /// A volume definition. Sparse unless `preallocate`: without an
 /// `<allocation>` libvirt would allocate (and write) the whole capacity.
-fn volume_xml(
+pub(in crate::services) fn volume_xml(
     name: &str,
     capacity: u64,
     format: &str,
@@ -124,7 +124,7 @@ fn volume_xml(
 }
 
 /// Conflict when a domain of this name exists.
-pub(super) fn check_name_free(s: &Session, name: &str) -> Result<()> {
+pub(in crate::services) fn check_name_free(s: &Session, name: &str) -> Result<()> {
     match s.domain_named(name) {
         Ok(_) => Err(Error::Conflict(format!(
             "name: a VM named '{name}' already exists"
@@ -173,30 +173,7 @@ pub(super) fn create_blocking(
     // the next start rolls the creation back (services::rollback::recover).
     let mut intent = intents.begin("vm-create", &plan.resolved.name, uid)?;
     let result = create_steps(s, &plan, progress, &mut intent);
-    let result = match result {
-        Ok(uuid) => Ok(uuid),
-        Err(e) => {
-            let problems = rollback::undo(s, intent.steps(), rollback::Undoer::InProcess);
-            if problems.is_empty() {
-                Err(e)
-            } else {
-                Err(e.context(format!(
-                    "creation failed and cleaning up was incomplete ({})",
-                    problems.join("; ")
-                )))
-            }
-        }
-    };
-    // Done or undone: either way nothing is left for a later start to undo.
-    let closed = if result.is_ok() {
-        intent.complete()
-    } else {
-        intent.finish()
-    };
-    if let Err(e) = closed {
-        log::error!("{e}");
-    }
-    result
+    rollback::conclude(s, intent, result, "creation")
 }
 
 /// The volume a clone or a backing file is made from.
@@ -409,6 +386,15 @@ fn recheck_paths(s: &Session, plan: &Plan) -> Result<()> {
             }
         }
     }
+    let kernel_files = plan.resolved.kernel_boot.iter().flat_map(|b| b.files());
+    for (field, p) in kernel_files {
+        if !resolve::lands_on_itself(&view, p) {
+            return Err(Error::Conflict(format!(
+                "{field}: {p} changed (it now leads elsewhere) while the request was being \
+                 carried out; nothing was kept, try again"
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -417,7 +403,7 @@ fn plan_cloud_init(plan: &Plan) -> Option<CloudInitSpec> {
 }
 
 /// Create a raw volume and fill it with a local file through libvirt.
-fn upload_file(
+pub(in crate::services) fn upload_file(
     s: &Session,
     pool: &str,
     volume: &str,

@@ -132,6 +132,38 @@ pub fn undo(s: &Session, steps: &[Step], by: Undoer) -> Vec<String> {
     problems
 }
 
+/// End an operation that recorded its steps in `intent`: on failure undo
+/// them (saying so in the error when cleaning up was incomplete; `what`
+/// names the operation, e.g. "creation"), then close the record either way.
+pub fn conclude<T>(
+    s: &Session,
+    intent: crate::intent::Intent,
+    result: crate::Result<T>,
+    what: &str,
+) -> crate::Result<T> {
+    let result = result.map_err(|e| {
+        let problems = undo(s, intent.steps(), Undoer::InProcess);
+        if problems.is_empty() {
+            e
+        } else {
+            e.context(format!(
+                "{what} failed and cleaning up was incomplete ({})",
+                problems.join("; ")
+            ))
+        }
+    });
+    // Done or undone: either way nothing is left for a later start to undo.
+    let closed = if result.is_ok() {
+        intent.complete()
+    } else {
+        intent.finish()
+    };
+    if let Err(e) = closed {
+        log::error!("{e}");
+    }
+    result
+}
+
 /// An intent record left by an operation that did not finish, as
 /// [`IntentLog::leftovers`] lists it.
 pub type Leftover = (

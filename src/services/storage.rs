@@ -491,6 +491,12 @@ impl StorageService {
         }
     }
 
+    /// Refuse a volume that cannot be handed to a VM (a symlink, or a path
+    /// out of its pool: see [`Self::ensure_in_pool`]).
+    pub async fn check_usable(&self, v: &VolumeView) -> Result<()> {
+        self.ensure_in_pool(v).await
+    }
+
     /// Refuse a volume of a file pool whose path is a symlink or leads out
     /// of the pool's directory (see [`volume_path_problem`]); read off the
     /// async workers.

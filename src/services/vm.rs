@@ -141,7 +141,7 @@ impl VmService {
             .ok_or_else(|| Error::NotFound(format!("no virtual machine with UUID {uuid}")))
     }
 
-    async fn with_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
+    pub(super) async fn with_domain<T, F>(&self, uuid: &str, f: F) -> Result<T>
     where
         F: FnOnce(&Session<'_>, &DomainRef) -> Result<T> + Send + 'static,
         T: Send + 'static,
@@ -229,7 +229,7 @@ impl VmService {
         result
     }
 
-    async fn refresh_quietly(&self, uuid: &str) {
+    pub(super) async fn refresh_quietly(&self, uuid: &str) {
         if let Err(e) = self.model.refresh_domain(uuid).await {
             log::warn!(vm_uuid = uuid; "cannot re-read VM after an operation: {e}");
         }

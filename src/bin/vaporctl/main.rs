@@ -10,8 +10,11 @@
 //! `vapor::client::proxies` (see `bus.rs`).
 
 mod bus;
+mod change;
+mod console;
 mod iso;
 mod job;
+mod metrics;
 mod network;
 mod output;
 mod pci;
@@ -66,6 +69,18 @@ enum Cmd {
     Resume { vm: String },
     /// Press a VM's reset button.
     Reset { vm: String },
+    /// Attach to a VM's serial console (Ctrl-] leaves); with stdin not a
+    /// terminal, just copy both ways (for scripts).
+    Console {
+        vm: String,
+        /// Take the console over from another session.
+        #[arg(long)]
+        force: bool,
+        /// Print the path of a console socket of this kind instead (what
+        /// Cockpit connects to).
+        #[arg(long, value_name = "KIND", value_parser = ["graphics", "serial"])]
+        socket: Option<String>,
+    },
     /// Turn starting with the host on or off.
     Autostart {
         vm: String,
@@ -128,6 +143,19 @@ enum Cmd {
     /// Virtual networks (named by name or UUID).
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// A VM's CPU, memory, disk and network use: a live view until Ctrl-C;
+    /// with --json, every sample vapord keeps (up to an hour).
+    #[command(flatten)]
+    Change(change::ChangeCmd),
+    Metrics {
+        vm: String,
+        /// Print the current values once and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes of the live view.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        interval: u64,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -273,8 +301,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Pause { vm } => vm::action(&c, vm, vm::Action::Pause, json).await,
         Cmd::Resume { vm } => vm::action(&c, vm, vm::Action::Resume, json).await,
         Cmd::Reset { vm } => vm::action(&c, vm, vm::Action::Reset, json).await,
+        Cmd::Console { vm, force, socket } => {
+            console::run(&c, vm, *force, socket.as_deref(), json).await
+        }
         Cmd::Autostart { vm, state } => vm::autostart(&c, vm, state, json).await,
         Cmd::Create { spec, dry_run } => vm::create(&c, spec, *dry_run, json).await,
+        Cmd::Change(ch) => change::run(&c, ch, json).await,
         Cmd::Template(t) => template::run(&c, t, json).await,
         Cmd::Pci(p) => pci::run(&c, p, json).await,
         Cmd::AttachPci {
@@ -313,6 +345,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Volume(v) => volume::run(&c, v, json).await,
         Cmd::Iso(i) => iso::run(&c, i, json).await,
         Cmd::Network(n) => network::run(&c, n, json).await,
+        Cmd::Metrics { vm, once, interval } => metrics::run(&c, vm, *once, *interval, json).await,
     }
 }
 
