@@ -63,6 +63,14 @@ run runuser -u vapor-alice -- vaporctl template list
 run runuser -u vapor-alice -- vaporctl create --dry-run /tmp/vapor-demo-3.json
 run runuser -u vapor-alice -- vaporctl create /tmp/vapor-demo-3.json
 run runuser -u vapor-alice -- vaporctl show vapor-demo-3
+
+say "changing it: settings at once, a disk and a NIC hotplugged, a linked clone"
+run runuser -u vapor-alice -- vaporctl set vapor-demo-3 vcpus=2 memory=256 title="Demo VM" metadata.owner=alice
+run runuser -u vapor-bob -- vaporctl --no-ask-password set vapor-demo-3 vcpus=4
+run runuser -u vapor-alice -- vaporctl attach-disk vapor-demo-3 --create default:64M
+run runuser -u vapor-alice -- vaporctl detach-disk vapor-demo-3 vdb --remove-storage
+run runuser -u vapor-alice -- vaporctl clone vapor-demo-3 vapor-demo-3-clone --linked
+run runuser -u vapor-alice -- vaporctl delete --remove-storage vapor-demo-3-clone
 run runuser -u vapor-alice -- vaporctl delete --remove-storage vapor-demo-3
 
 say "host PCI devices: drivers, IOMMU groups, and why the host needs some of them"

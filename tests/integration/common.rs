@@ -448,7 +448,20 @@ pub fn is_about(m: &zbus::Message, path: &str) -> bool {
 }
 
 /// Wait for the first message of `stream` satisfying `pred`.
-pub async fn wait_signal<F>(stream: &mut MessageStream, what: &str, mut pred: F) -> zbus::Message
+pub async fn wait_signal<F>(stream: &mut MessageStream, what: &str, pred: F) -> zbus::Message
+where
+    F: FnMut(&zbus::Message) -> bool,
+{
+    wait_signal_within(stream, EVENT_WAIT, what, pred).await
+}
+
+/// [`wait_signal`] with its own bound.
+pub async fn wait_signal_within<F>(
+    stream: &mut MessageStream,
+    bound: Duration,
+    what: &str,
+    mut pred: F,
+) -> zbus::Message
 where
     F: FnMut(&zbus::Message) -> bool,
 {
@@ -461,7 +474,7 @@ where
         }
         panic!("signal stream ended while waiting for {what}");
     };
-    tokio::time::timeout(EVENT_WAIT, fut)
+    tokio::time::timeout(bound, fut)
         .await
         .unwrap_or_else(|_| panic!("no signal: {what}"))
 }

@@ -154,9 +154,17 @@ async fn seed_complete_example_creates_and_boots_from_a_real_iso() {
         format!("{}/data.qcow2", bulk.dir)
     );
     assert_eq!(resolved["disks"][3]["device"], "cdrom");
-    assert_eq!(resolved["disks"][3]["bus"], "sata");
+    // A Linux guest on q35: boot ISO and seed on virtio-scsi (cloud kernels
+    // have no AHCI driver), behind exactly one virtio-scsi controller.
+    assert_eq!(resolved["disks"][3]["bus"], "scsi");
     assert!(
-        xml.contains("<target dev='sda' bus='sata'/>") && xml.contains("<readonly/>"),
+        xml.contains("<target dev='sda' bus='scsi'/>") && xml.contains("<readonly/>"),
+        "{xml}"
+    );
+    assert_eq!(
+        xml.matches("<controller type='scsi' index='0' model='virtio-scsi'/>")
+            .count(),
+        1,
         "{xml}"
     );
 

@@ -2,18 +2,24 @@
 //! polkitd and real users. Run `tests/env/setup.sh` first (`.ci/run` does).
 
 mod common;
+mod guest;
 
 mod cli;
 mod cli_storage;
+mod clone;
+mod console;
 mod create;
 mod delete;
 mod escapes;
 mod events;
 mod hostile;
+mod hotplug;
 mod introspection;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod network;
 mod pci_real;
 mod polkit_access;
 mod storage;
+mod update;
