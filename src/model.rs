@@ -59,6 +59,10 @@ pub struct Model {
     /// The host's load, as of the last statistics interval.
     host: watch::Sender<HostLoad>,
     host_tracker: std::sync::Mutex<HostTracker>,
+    /// One lock per domain, held by operations that read and write its
+    /// definition (so two of them never lose each other's change) and by
+    /// Start (so a VM being cloned cannot start under the copy).
+    vm_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// Changes waiting for the next start, by running domain.
     pending: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
 }
@@ -81,6 +85,7 @@ impl Model {
             host: watch::channel(HostLoad::default()).0,
             host_tracker: std::sync::Mutex::new(HostTracker::default()),
             pending: std::sync::Mutex::new(std::collections::HashMap::new()),
+            vm_locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         (m, rx)
     }
@@ -178,6 +183,19 @@ impl Model {
         self.domains.apply(uuid, new, ticket)
     }
 
+    /// Wait for, and hold, the lock of one domain (see `vm_locks`).
+    pub async fn lock_vm(&self, uuid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.vm_locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget the locks of domains that are gone and that nobody holds.
+            if locks.len() > 64 {
+                locks.retain(|u, l| Arc::strong_count(l) > 1 || self.domains.get(u).is_some());
+            }
+            locks.entry(uuid.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     /// Give a reading of a running domain the changes it has waiting for
     /// its next start; a domain that stopped has none left.
     fn carry_pending(&self, rec: &mut DomainRecord) {
@@ -192,7 +210,10 @@ impl Model {
 
     /// Set the changes a running domain has waiting for its next start (as
     /// vapord made them, or as recorded in the domain) and publish them.
-    pub fn set_pending(&self, uuid: &str, fields: Vec<String>) {
+    pub async fn set_pending(&self, uuid: &str, fields: Vec<String>) {
+        // Serialised with the other readings, so the re-published record
+        // can never outrank a newer reading (a stop, say).
+        let _serial = self.refresh_lock.lock().await;
         let Some(cur) = self.get(uuid) else {
             return;
         };
@@ -207,17 +228,20 @@ impl Model {
         self.apply(uuid, Some((*cur).clone()), ticket);
     }
 
-    /// Read back the pending changes recorded in every running domain (after
-    /// vapord restarted, say).
+    /// Take a running domain's pending changes from the domain itself (its
+    /// live metadata, which a fresh start has not got): after a start, and
+    /// for every running domain after (re)connecting.
+    async fn reload_pending(&self, uuid: &str) {
+        if let Ok(fields) = self.hv.on_domain(uuid, |_, d| Ok(d.pending())).await {
+            self.set_pending(uuid, fields).await;
+        }
+    }
+
+    /// [`Self::reload_pending`] for every running domain.
     async fn load_pending(&self) {
         for rec in self.domains.all() {
-            if !rec.state.is_active() {
-                continue;
-            }
-            if let Ok(fields) = self.hv.on_domain(&rec.uuid, |_, d| Ok(d.pending())).await {
-                if !fields.is_empty() {
-                    self.set_pending(&rec.uuid, fields);
-                }
+            if rec.state.is_active() {
+                self.reload_pending(&rec.uuid).await;
             }
         }
     }
@@ -273,10 +297,15 @@ impl Model {
             "started" | "suspended" | "resumed" | "shutdown" | "pmsuspended" | "crashed"
                 if self.get(uuid).is_some() =>
             {
-                let _serial = self.refresh_lock.lock().await;
-                let ticket = self.ticket();
-                let state = self.hv.state(uuid).await?;
-                self.note_state(uuid, ticket, state);
+                {
+                    let _serial = self.refresh_lock.lock().await;
+                    let ticket = self.ticket();
+                    let state = self.hv.state(uuid).await?;
+                    self.note_state(uuid, ticket, state);
+                }
+                if what == "started" {
+                    self.reload_pending(uuid).await;
+                }
                 Ok(())
             }
             "undefined" | "stopped" => {

@@ -8,7 +8,7 @@
 //! then runs its per-instance modules again.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,25 +84,41 @@ pub fn read_seed_iso(iso: &Path, dir: &Path) -> Result<CloudInitSpec> {
             "cloud-init needs xorriso: apt-get install xorriso".into(),
         ));
     };
-    let mut cmd = Command::new(xorriso);
-    cmd.args(["-osirrox", "on", "-indev"])
-        .arg(iso)
-        .args(["-extract", "/"])
-        .arg(dir);
-    let output = crate::process::run(
-        cmd,
-        std::time::Duration::from_secs(60),
-        "reading the cloud-init seed ISO with xorriso",
-    )?;
-    if !output.status.success() {
-        return Err(Error::Failed(format!(
-            "cannot read the cloud-init seed {} ({})",
-            iso.display(),
-            output.status
-        )));
-    }
-    let read = |name: &str| fs::read_to_string(dir.join(name)).ok();
-    let meta_data = read("meta-data").map(|m| {
+    // The seed is the VM owner's to change: only the three files are taken,
+    // each only if it is a regular file of a sane size (never a link out).
+    let read = |name: &str| -> Result<Option<String>> {
+        let out = dir.join(name);
+        let mut cmd = Command::new(&xorriso);
+        cmd.args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .args(["-extract", &format!("/{name}")])
+            .arg(&out);
+        let done = crate::process::run(
+            cmd,
+            std::time::Duration::from_secs(60),
+            "reading the cloud-init seed ISO with xorriso",
+        )?;
+        if !done.status.success() {
+            return Ok(None);
+        }
+        let meta = fs::symlink_metadata(&out)
+            .map_err(|e| Error::Failed(format!("cannot read {name} of the seed: {e}")))?;
+        if !meta.is_file() || meta.len() > SEED_FILE_MAX {
+            return Err(Error::InvalidState(format!(
+                "the cloud-init seed's {name} is not a regular file of at most {SEED_FILE_MAX} bytes"
+            )));
+        }
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&out)
+            .map_err(|e| Error::Failed(format!("cannot read {name} of the seed: {e}")))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut f, &mut text)
+            .map_err(|e| Error::InvalidState(format!("the seed's {name} is not text: {e}")))?;
+        Ok(Some(text))
+    };
+    let meta_data = read("meta-data")?.map(|m| {
         if let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(&m) {
             obj.remove("instance-id");
             obj.remove("local-hostname");
@@ -116,12 +132,18 @@ pub fn read_seed_iso(iso: &Path, dir: &Path) -> Result<CloudInitSpec> {
             .map(|l| format!("{l}\n"))
             .collect::<String>()
     });
-    Ok(CloudInitSpec {
-        user_data: read("user-data"),
+    let spec = CloudInitSpec {
+        user_data: read("user-data")?,
         meta_data: meta_data.filter(|m| !m.trim().is_empty()),
-        network_config: read("network-config"),
-    })
+        network_config: read("network-config")?,
+    };
+    // Held to the rules a new VM's cloud-init data is held to.
+    check(&spec)?;
+    Ok(spec)
 }
+
+/// The largest seed file a clone takes over.
+const SEED_FILE_MAX: u64 = 1 << 20;
 
 /// The first lines cloud-init recognises user data by; anything else it
 /// ignores without a word, so it is refused when the request is planned.

@@ -17,7 +17,7 @@ use crate::libvirt::{DeviceScope, DomainRecord};
 use crate::services::vm_clone::CloneRequest;
 use crate::services::vm_clone_plan::CloneMode;
 use crate::services::vm_devices::{scope_for, DiskPlan};
-use crate::services::vm_devices_spec as spec;
+use crate::services::vm_devices_spec::{self as spec, DiskOrigin};
 use crate::services::vm_update::VmChanges;
 
 type Options = HashMap<String, OwnedVariant>;
@@ -128,23 +128,24 @@ impl VirtualMachine {
         Ok(r?)
     }
 
-    /// Resolve a disk document (off the async workers: paths are
-    /// resolved) and authorize it: vm-modify, and storage-host-path for a
-    /// path outside every pool.
+    /// Authorize a disk document, then resolve it: vm-modify first (with
+    /// the source as given: nothing of the caller's path is touched before
+    /// polkit agrees), then, off the async workers, the path and every image
+    /// below it; storage-host-path for each of those outside every pool.
     async fn authorized_disk(
         &self,
         header: &Header<'_>,
-        plan: DiskPlan,
+        req: spec::DiskRequest,
         verb: &str,
         sc: DeviceScope,
     ) -> Result<(std::sync::Arc<DomainRecord>, DiskPlan), Error> {
-        let source = plan.source_text();
-        let pool = plan
-            .volume
-            .as_ref()
-            .map(|v| v.pool_name.clone())
-            .or_else(|| plan.create_in.as_ref().map(|(n, _)| n.clone()))
-            .unwrap_or_default();
+        let (source, pool) = match &req.origin {
+            DiskOrigin::Volume { pool, volume } => (format!("{pool}/{volume}"), pool.clone()),
+            DiskOrigin::Path(p) => (p.clone(), String::new()),
+            DiskOrigin::Create { pool, .. } => {
+                (format!("a new volume in pool {pool}"), pool.clone())
+            }
+        };
         let rec = self
             .authorize_with(
                 header,
@@ -158,7 +159,11 @@ impl VirtualMachine {
                 ],
             )
             .await?;
-        if let Some(p) = &plan.host_path {
+        let devices = self.ctx.devices.clone();
+        let plan = tokio::task::spawn_blocking(move || devices.plan_disk(req))
+            .await
+            .map_err(|e| crate::Error::Failed(format!("resolving the disk failed: {e}")))??;
+        for p in &plan.host_paths {
             self.authorize_with(
                 header,
                 Action::StorageHostPath,
@@ -170,11 +175,6 @@ impl VirtualMachine {
         Ok((rec, plan))
     }
 
-    fn plan_disk(&self, req: spec::DiskRequest) -> Result<DiskPlan, Error> {
-        let devices = self.ctx.devices.clone();
-        Ok(tokio::task::block_in_place(|| devices.plan_disk(req))?)
-    }
-
     pub(super) async fn attach_disk_to(
         &self,
         header: &Header<'_>,
@@ -184,8 +184,7 @@ impl VirtualMachine {
         options::known(opts, &["live", "config"])?;
         let req = spec::parse_disk(disk_json)?;
         let sc = scope(opts, &self.record())?;
-        let plan = self.plan_disk(req)?;
-        let (rec, plan) = self.authorized_disk(header, plan, "attach", sc).await?;
+        let (rec, plan) = self.authorized_disk(header, req, "attach", sc).await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
         let progress = std::sync::Arc::new(crate::progress::NoProgress);
         let r = self
@@ -223,6 +222,19 @@ impl VirtualMachine {
                 ],
             )
             .await?;
+        if remove {
+            // Deleting data: the VM-delete action, as Delete asks for it.
+            self.authorize_with(
+                header,
+                Action::VmDelete,
+                &format!("delete the storage of disk {target} of"),
+                &[
+                    ("vm.device.target", target),
+                    ("vm.detach.remove_storage", "true"),
+                ],
+            )
+            .await?;
+        }
         let r = self
             .ctx
             .devices
@@ -284,8 +296,7 @@ impl VirtualMachine {
             return Ok(r?);
         }
         let req = spec::parse_media(media_json)?;
-        let plan = self.plan_disk(req)?;
-        let (rec, plan) = self.authorized_disk(header, plan, "insert", sc).await?;
+        let (rec, plan) = self.authorized_disk(header, req, "insert", sc).await?;
         let r = self
             .ctx
             .devices
@@ -316,11 +327,26 @@ impl VirtualMachine {
                 ),
                 &[
                     ("vm.device", "interface"),
+                    ("vm.interface.type", &req.kind),
                     ("network.name", &req.source),
                     ("vm.scope", scope_text(sc)),
                 ],
             )
             .await?;
+        if req.kind == "bridge" {
+            // A host bridge is the host's own network (its LAN, say): not a
+            // decision a VM's owner makes alone.
+            self.authorize_with(
+                header,
+                Action::NetworkManage,
+                &format!("put on the host bridge {} an interface of", req.source),
+                &[
+                    ("vm.interface.type", "bridge"),
+                    ("network.bridge", &req.source),
+                ],
+            )
+            .await?;
+        }
         let r = self.ctx.devices.attach_nic(&rec.uuid, req, sc).await;
         self.sync_from_model(&rec.uuid);
         Ok(r?)
@@ -414,13 +440,24 @@ impl VirtualMachine {
                 &details,
             )
             .await?;
-        self.authorize_with(
-            header,
-            Action::VmCreate,
-            &format!("create the VM '{new_name}' as a clone of"),
-            &details,
-        )
-        .await?;
+        // A new VM with volumes in these pools: vm-create for each, as for
+        // a creation (a clone of a VM with no disks of its own needs it once).
+        let pools = self.ctx.clones.pools_for(&rec.uuid, mode).await?;
+        for pool in pools
+            .iter()
+            .map(String::as_str)
+            .chain(pools.is_empty().then_some(""))
+        {
+            let mut d = details.to_vec();
+            d.push(("pool.name", pool));
+            self.authorize_with(
+                header,
+                Action::VmCreate,
+                &format!("create the VM '{new_name}' as a clone of"),
+                &d,
+            )
+            .await?;
+        }
         let uid = self.ctx.auth.caller_uid(header).await?;
         let req = CloneRequest {
             source_uuid: rec.uuid.clone(),

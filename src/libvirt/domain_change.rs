@@ -120,6 +120,14 @@ impl DomainRef {
             .map_err(bare)
     }
 
+    /// The size in bytes the guest sees of disk `target` of a running domain.
+    pub fn block_capacity(&self, target: &str) -> Result<u64> {
+        self.dom
+            .block_info(target, 0)
+            .map(|i| i.capacity)
+            .map_err(bare)
+    }
+
     /// Record the changes waiting for the next start in the running domain
     /// (empty: none).
     pub fn set_pending(&self, fields: &[String]) -> Result<()> {

@@ -25,7 +25,13 @@ impl Element {
             out.push(' ');
             out.push_str(k);
             out.push_str("='");
-            out.push_str(&escape(v));
+            // Whitespace other than a space is written as a reference, or
+            // reading the document back would turn it into spaces.
+            let value = escape(v)
+                .replace('\n', "&#10;")
+                .replace('\r', "&#13;")
+                .replace('\t', "&#9;");
+            out.push_str(&value);
             out.push('\'');
         }
         let text = if self.children.is_empty() {
@@ -217,6 +223,15 @@ lines</description>
         squeeze(&mut b);
         assert_eq!(a, b);
         assert_eq!(b.child_text("description"), Some("two\nlines"));
+    }
+
+    #[test]
+    fn attribute_line_breaks_and_tabs_survive_a_round_trip() {
+        let mut el = Element::new("arg", &[("value", "a\nb\tc\rd")]);
+        el.set_attr("other", "x'y\"z");
+        let again = Element::parse(&el.to_xml()).unwrap();
+        assert_eq!(again.attr("value"), Some("a\nb\tc\rd"));
+        assert_eq!(again.attr("other"), Some("x'y\"z"));
     }
 
     #[test]

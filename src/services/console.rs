@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -77,6 +77,14 @@ pub struct SocketKey {
 
 /// A socket's file name: its kind and 128 random bits, so nobody can guess
 /// another's. Pure.
+/// Whether a file name is one [`socket_name`] makes. Pure.
+pub fn is_socket_name(name: &str) -> bool {
+    let hex = name
+        .strip_prefix("serial-")
+        .or_else(|| name.strip_prefix("graphics-"));
+    hex.is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn socket_name(kind: ConsoleKind, random: u128) -> String {
     format!("{}-{random:032x}", kind.as_str())
 }
@@ -453,14 +461,15 @@ fn prepare_dir(dir: &Path) -> std::io::Result<usize> {
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
     let mut removed = 0;
+    // Only what vapord makes there: a wrong console_dir must not cost
+    // anyone their files.
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
+        let entry = entry?;
+        let ours = entry.file_name().to_str().is_some_and(is_socket_name);
+        if ours && entry.file_type()?.is_socket() {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
         }
-        removed += 1;
     }
     Ok(removed)
 }
@@ -471,8 +480,10 @@ fn prepare_dir(dir: &Path) -> std::io::Result<usize> {
 fn bind_socket(path: &Path, uid: u32) -> std::io::Result<std::os::unix::net::UnixListener> {
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     let finish = || -> std::io::Result<()> {
-        std::os::unix::fs::chown(path, Some(uid), None)?;
+        // Mode first, while root still owns it: changing the mode of a file
+        // owned by someone else needs CAP_FOWNER, which the unit does not keep.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        std::os::unix::fs::chown(path, Some(uid), None)?;
         listener.set_nonblocking(true)
     };
     if let Err(e) = finish() {

@@ -140,3 +140,11 @@ fn a_socket_is_bound_with_mode_0600_for_its_owner() {
     assert!(!path.exists());
     remove_socket_file(&path);
 }
+
+#[test]
+fn only_names_vapord_makes_count_as_its_sockets() {
+    assert!(is_socket_name(&socket_name(ConsoleKind::Graphics, 7)));
+    assert!(is_socket_name(&socket_name(ConsoleKind::Serial, u128::MAX)));
+    assert!(!is_socket_name("graphics-xyz"));
+    assert!(!is_socket_name("important.txt"));
+}

@@ -151,6 +151,11 @@ impl VmService {
 
     /// Perform a lifecycle action and return the VM's record afterwards.
     pub async fn lifecycle(&self, uuid: &str, action: LifecycleAction) -> Result<()> {
+        // A start waits for a clone (or a change) of this VM to finish.
+        let _locked = match action {
+            LifecycleAction::Start => Some(self.model.lock_vm(uuid).await),
+            _ => None,
+        };
         let rec = self.get(uuid)?;
         if let Some(why) = action.refuse(rec.state) {
             return Err(Error::InvalidState(format!(
@@ -238,6 +243,7 @@ impl VmService {
     /// Undefine the VM (force-stopping it first if asked) and, if asked, delete
     /// the storage that belongs to it alone (see `storage_ownership`).
     pub async fn delete(&self, uuid: &str, opts: DeleteOptions) -> Result<DeleteReport> {
+        let _locked = self.model.lock_vm(uuid).await;
         let rec = self.get(uuid)?;
         let name = rec.name.clone();
         let uuid_owned = uuid.to_owned();

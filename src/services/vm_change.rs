@@ -36,6 +36,7 @@ pub fn merge_pending(old: &[String], new: &[String]) -> Vec<String> {
 impl VmService {
     /// Apply a validated change document.
     pub async fn update(&self, uuid: &str, changes: VmChanges) -> Result<UpdateReport> {
+        let _locked = self.model().lock_vm(uuid).await;
         let rec = self.get(uuid)?;
         let name = rec.name.clone();
         if let Some(new) = &changes.name {
@@ -53,7 +54,7 @@ impl VmService {
         self.refresh_quietly(uuid).await;
         let (report, all_pending) = result?;
         if let Some(all) = all_pending {
-            self.model().set_pending(uuid, all);
+            self.model().set_pending(uuid, all).await;
         }
         log::info!(vm_name = rec.name.as_str(), vm_uuid = uuid;
             "updated {:?}; pending until the next start: {:?}", report.changed, report.pending);
@@ -62,19 +63,30 @@ impl VmService {
 
     /// Set the vCPUs in use, in `scope`.
     pub async fn set_vcpus(&self, uuid: &str, n: u32, scope: DeviceScope) -> Result<()> {
+        let _locked = self.model().lock_vm(uuid).await;
         let rec = self.get(uuid)?;
         let what = format!("cannot set the vCPUs of VM '{}' to {n}", rec.name);
         let r = self
             .with_domain(uuid, move |_, d| {
-                d.set_vcpus(n, scope).map_err(|e| e.context(&what))
+                d.set_vcpus(n, scope).map_err(|e| e.context(&what))?;
+                Ok(note_config_only(d, scope, "vcpus"))
             })
             .await;
         self.refresh_quietly(uuid).await;
-        r
+        self.publish_pending(uuid, r).await
+    }
+
+    /// Publish the pending list a change returned (when it made one).
+    async fn publish_pending(&self, uuid: &str, r: Result<Option<Vec<String>>>) -> Result<()> {
+        if let Some(all) = r? {
+            self.model().set_pending(uuid, all).await;
+        }
+        Ok(())
     }
 
     /// Set the memory in use (balloon, within the maximum), in `scope`.
     pub async fn set_memory(&self, uuid: &str, mib: u64, scope: DeviceScope) -> Result<()> {
+        let _locked = self.model().lock_vm(uuid).await;
         let rec = self.get(uuid)?;
         let what = format!("cannot set the memory of VM '{}' to {mib} MiB", rec.name);
         let r = self
@@ -88,12 +100,26 @@ impl VmService {
                         )));
                     }
                 }
-                d.set_memory(mib * 1024, scope).map_err(|e| e.context(&what))
+                d.set_memory(mib * 1024, scope).map_err(|e| e.context(&what))?;
+                Ok(note_config_only(d, scope, "memory"))
             })
             .await;
         self.refresh_quietly(uuid).await;
-        r
+        self.publish_pending(uuid, r).await
     }
+}
+
+/// A change of a running VM's definition alone waits for the next start:
+/// add `field` to its pending changes; their whole list now, if it changed.
+fn note_config_only(d: &DomainRef, scope: DeviceScope, field: &str) -> Option<Vec<String>> {
+    if scope.live || !d.is_active().unwrap_or(false) {
+        return None;
+    }
+    let all = merge_pending(&d.pending(), &[field.to_owned()]);
+    if let Err(e) = d.set_pending(&all) {
+        log::warn!("cannot record the pending changes in the domain: {e}");
+    }
+    Some(all)
 }
 
 /// Returns the report and, for a running VM, all its pending fields now.
@@ -125,6 +151,7 @@ fn update_blocking(
         live_max_memory_kib: live.max_memory_kib,
         host_max_vcpus: s.max_vcpus().unwrap_or(u32::MAX),
         host_memory_mib: s.host_memory_kib().map_or(u64::MAX, |k| k / 1024),
+        fresh_id: uuid::Uuid::new_v4().as_u128() as u32,
     };
     let plan = vm_update::plan(changes, &config, &facts)?;
     apply(s, d, &config, &plan, &what)?;

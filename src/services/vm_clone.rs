@@ -42,6 +42,38 @@ impl CloneService {
         self.model.hypervisor()
     }
 
+    /// The pools a clone of this VM would create volumes in (for the
+    /// per-pool vm-create check, as a creation has it).
+    pub async fn pools_for(&self, uuid: &str, mode: CloneMode) -> Result<Vec<String>> {
+        self.hv()
+            .on_domain(uuid, move |s, d| {
+                let def = d.editable_definition()?;
+                let owned: Vec<String> = d
+                    .vapor_metadata()
+                    .owned_volumes
+                    .iter()
+                    .map(|p| canonical(p))
+                    .collect();
+                let name = def.child_text("name").unwrap_or_default().to_owned();
+                let copies = plan::plan_disks(&def, &owned, &|p| canonical(p), &name, mode)?;
+                let mut pools: Vec<String> = copies
+                    .iter()
+                    .filter_map(|c| {
+                        let src = match c {
+                            DiskCopy::Volume { source, .. } | DiskCopy::Seed { source, .. } => {
+                                source
+                            }
+                        };
+                        s.volume_at(src).ok().and_then(|v| v.pool_name())
+                    })
+                    .collect();
+                pools.sort();
+                pools.dedup();
+                Ok(pools)
+            })
+            .await
+    }
+
     /// Make the clone; returns its UUID.
     pub async fn clone_vm(&self, req: CloneRequest, progress: Arc<dyn Progress>) -> Result<String> {
         crate::storage::spec::check_object_name("new_name", &req.new_name)?;
@@ -54,6 +86,8 @@ impl CloneService {
                 req.new_name
             )));
         }
+        // The source cannot start (or change) while it is copied.
+        let _locked = self.model.lock_vm(&req.source_uuid).await;
         let intents = self.intents.clone();
         let source = req.source_uuid.clone();
         let uuid = self
@@ -100,6 +134,39 @@ fn clone_blocking(
     rollback::conclude(s, intent, result, "cloning")
 }
 
+/// Copying runs as libvirtd (root) and reads what the image names below
+/// it: the image must be what the VM takes it for (the probe can be fooled
+/// by a header the guest wrote into a raw disk), and everything below it
+/// must be a pool volume.
+fn check_copyable(s: &Session, path: &str, probed: &str, used_as: &str) -> Result<()> {
+    let probed = if probed.is_empty() { "raw" } else { probed };
+    if probed != used_as {
+        return Err(Error::InvalidState(format!(
+            "the image looks like {probed} but the VM uses it as {used_as}; not copied"
+        )));
+    }
+    let below = crate::image::backing_chain_paths(path).map_err(Error::InvalidState)?;
+    match below.iter().find(|p| s.volume_at(p).is_err()) {
+        Some(p) => Err(Error::InvalidState(format!(
+            "its image reads {p}, which is in no storage pool; not copied"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A file name without its directory and extension.
+fn source_stem(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.rsplit_once('.').map_or(file, |(s, _)| s)
+}
+
+/// 8 hex digits that tell this clone's overlay names apart.
+fn stem_id(seed: &str) -> String {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{seed}{}", intent::now_ns()).as_bytes());
+    h.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
 fn dir_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("/", |(d, _)| d)
 }
@@ -115,6 +182,7 @@ fn clone_steps(
     let total = copies.len() as u64 + 1;
     let mut disks = Vec::new();
     let mut owned = Vec::new();
+    let mut source_tops = Vec::new();
     for (i, c) in copies.iter().enumerate() {
         if progress.cancelled() {
             return Err(Error::Failed(
@@ -131,11 +199,14 @@ fn clone_steps(
                 target,
                 source,
                 name,
+                format: src_format,
             } => {
                 let what = format!("{target}: cannot copy {source}");
                 let src = s
                     .volume_at(source)
                     .and_then(|v| v.record())
+                    .map_err(|e| e.context(&what))?;
+                check_copyable(s, &src.path, &src.format, src_format)
                     .map_err(|e| e.context(&what))?;
                 let new_path = format!("{}/{name}", dir_of(&src.path));
                 intent.record(Step::Volume {
@@ -148,17 +219,13 @@ fn clone_steps(
                         "{what}: {new_path} already exists"
                     )));
                 }
-                let src_format = if src.format.is_empty() {
-                    "raw".to_owned()
-                } else {
-                    src.format.clone()
-                };
+                let src_format = src_format.clone();
                 let (made, format) = match req.mode {
                     CloneMode::Full => {
                         let xml = volume_xml(name, src.capacity, &src_format, None, false);
                         (
                             s.clone_volume(&src.pool_uuid, &xml, &src.key, Preallocation::RawOnly),
-                            src_format,
+                            src_format.clone(),
                         )
                     }
                     CloneMode::Linked => {
@@ -185,6 +252,30 @@ fn clone_steps(
                 }
                 disks.push((target.clone(), made.path.clone(), format));
                 owned.push(made.path);
+                if req.mode == CloneMode::Linked {
+                    // The source leaves its image too: both VMs write to
+                    // overlays, and the image they share stays as it is.
+                    let stem = name.rsplit_once('.').map_or(name.as_str(), |(s, _)| s);
+                    let top_name = format!("{}-top-{}.qcow2", source_stem(source), &stem_id(stem));
+                    let top_path = format!("{}/{top_name}", dir_of(&src.path));
+                    intent.record(Step::Volume {
+                        path: top_path.clone(),
+                        not_before_ns: intent::now_ns(),
+                        made: false,
+                    })?;
+                    let xml = volume_xml(
+                        &top_name,
+                        src.capacity,
+                        "qcow2",
+                        Some((&src.path, &src_format)),
+                        false,
+                    );
+                    let top = s
+                        .create_volume(&src.pool_uuid, &xml, Preallocation::RawOnly)
+                        .map_err(|e| e.context(&what))?;
+                    intent.volume_made(&top.path)?;
+                    source_tops.push((target.clone(), top.path, "qcow2".to_owned()));
+                }
             }
             DiskCopy::Seed {
                 target,
@@ -239,6 +330,12 @@ fn clone_steps(
     })?;
     s.define_domain(&doc.to_xml())
         .map_err(|e| e.context("libvirt refused the clone's definition"))?;
+    if !source_tops.is_empty() {
+        // Last: once the source is on its overlays, the operation is done.
+        let moved = plan::source_on_overlays(def, &source_tops);
+        s.define_domain(&moved.to_xml())
+            .map_err(|e| e.context("cannot move the source VM onto its own overlays"))?;
+    }
     intent.record(Step::Domain {
         uuid: uuid.clone(),
         keep_nvram: false,

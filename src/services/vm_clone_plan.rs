@@ -20,11 +20,13 @@ pub enum CloneMode {
 /// How one disk is carried over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskCopy {
-    /// A copy (or overlay) of the volume at `source`, named `name` in its pool.
+    /// A copy (or overlay) of the volume at `source` (read as `format`),
+    /// named `name` in its pool.
     Volume {
         target: String,
         source: String,
         name: String,
+        format: String,
     },
     /// A new cloud-init seed in place of the one at `source`.
     Seed {
@@ -81,12 +83,27 @@ pub fn plan_disks(
     };
     for el in devices.children_named("disk") {
         let d = disk_facts(el);
+        let shared_ok = d.readonly || d.shareable || d.device == "cdrom";
+        let refuse = |what: &str| {
+            Error::InvalidState(format!(
+                "disk {}: {what}, and it is writable: the clone would write to the same \
+                 image as this VM; detach it (or make it read-only or shareable) first",
+                d.target.as_deref().unwrap_or("?")
+            ))
+        };
         let DiskSource::Path(path) = &d.source else {
-            continue;
+            match d.source {
+                DiskSource::Empty => continue,
+                _ if shared_ok => continue,
+                _ => return Err(refuse("it is not a file vapord made for this VM")),
+            }
         };
         let real = canonical(path);
         if !owned.iter().any(|o| *o == real || o == path) {
-            continue;
+            if shared_ok {
+                continue;
+            }
+            return Err(refuse("vapord did not make it for this VM"));
         }
         let Some(target) = d.target.clone() else {
             return Err(Error::Failed(format!("disk {path} has no target")));
@@ -108,6 +125,9 @@ pub fn plan_disks(
             target,
             source: path.clone(),
             name: new_volume_name(file_name(path), old_vm, new_vm, mode),
+            // As the VM reads it, never as probed: a guest can write any
+            // header into its own raw disk.
+            format: d.format.clone().unwrap_or_else(|| "raw".into()),
         });
     }
     Ok(out)
@@ -156,31 +176,57 @@ pub fn clone_definition(def: &Element, id: &NewIdentity<'_>) -> Element {
                     dev.remove_attr("port");
                     dev.remove_attr("tlsPort");
                 }
-                "disk" => {
-                    let target = dev
-                        .child("target")
-                        .and_then(|t| t.attr("dev"))
-                        .map(str::to_owned);
-                    if let Some((_, path, format)) = id
-                        .disks
-                        .iter()
-                        .find(|(t, _, _)| Some(t.as_str()) == target.as_deref())
-                    {
-                        dev.remove_children("backingStore");
-                        dev.set_attr("type", "file");
-                        let src = dev.ensure_child("source", &["driver"]);
-                        src.attrs = vec![("file".into(), path.clone())];
-                        src.children.clear();
-                        if let Some(drv) = dev.child_mut("driver") {
-                            drv.set_attr("type", format);
-                        }
-                    }
-                }
                 _ => {}
             }
         }
     }
+    set_disk_sources(&mut doc, id.disks);
     set_metadata(&mut doc, id);
+    doc
+}
+
+/// Point the disks at `targets` to new files: (target, path, format).
+pub fn set_disk_sources(doc: &mut Element, disks: &[(String, String, String)]) {
+    let Some(devices) = doc.child_mut("devices") else {
+        return;
+    };
+    for dev in devices
+        .children
+        .iter_mut()
+        .filter(|d| d.local_name() == "disk")
+    {
+        let target = dev
+            .child("target")
+            .and_then(|t| t.attr("dev"))
+            .map(str::to_owned);
+        let Some((_, path, format)) = disks
+            .iter()
+            .find(|(t, _, _)| Some(t.as_str()) == target.as_deref())
+        else {
+            continue;
+        };
+        dev.remove_children("backingStore");
+        dev.set_attr("type", "file");
+        let src = dev.ensure_child("source", &["driver"]);
+        src.attrs = vec![("file".into(), path.clone())];
+        src.children.clear();
+        if let Some(drv) = dev.child_mut("driver") {
+            drv.set_attr("type", format);
+        }
+    }
+}
+
+/// The source VM of a linked clone, moved onto overlays of its own so the
+/// images both now read are never written again: `disks` (target, overlay,
+/// "qcow2"), the overlays recorded as its own volumes.
+pub fn source_on_overlays(def: &Element, disks: &[(String, String, String)]) -> Element {
+    let mut doc = def.clone();
+    set_disk_sources(&mut doc, disks);
+    let vm = doc.vapor_metadata_mut();
+    for (_, path, _) in disks {
+        let volume = vm.new_child("volume", &[("path", path)]);
+        vm.children.push(volume);
+    }
     doc
 }
 

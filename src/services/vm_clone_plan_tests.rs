@@ -9,7 +9,7 @@ const DEF: &str = r#"<domain type='qemu'>
   <os><type machine='q35'>hvm</type><nvram>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os>
   <devices>
     <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/p/web-disk0.qcow2'/><target dev='vda' bus='virtio'/></disk>
-    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/shared/data.raw'/><target dev='vdb' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/shared/data.raw'/><target dev='vdb' bus='virtio'/><shareable/></disk>
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/p/web-cidata.iso'/><target dev='sda' bus='scsi'/><readonly/></disk>
     <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/iso/debian.iso'/><target dev='sdb' bus='scsi'/><readonly/></disk>
     <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/><model type='virtio'/></interface>
@@ -34,7 +34,8 @@ fn owned_disks_are_copied_seeds_renewed_and_the_rest_shared() {
             DiskCopy::Volume {
                 target: "vda".into(),
                 source: "/p/web-disk0.qcow2".into(),
-                name: "web2-disk0.qcow2".into()
+                name: "web2-disk0.qcow2".into(),
+                format: "qcow2".into(),
             },
             DiskCopy::Seed {
                 target: "sda".into(),
@@ -139,4 +140,50 @@ fn the_clone_has_a_new_identity_and_its_own_volumes() {
         "the rest of the metadata is copied"
     );
     assert_eq!(vm.child("custom").unwrap().text, "blue");
+}
+
+#[test]
+fn a_writable_disk_the_vm_does_not_own_is_refused_not_shared() {
+    let owned = vec!["/p/web-cidata.iso".to_string()];
+    let err = plan_disks(&def(), &owned, &|p| p.to_owned(), "web2", CloneMode::Full).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("disk vda: vapord did not make it for this VM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_linked_clone_moves_its_source_onto_an_overlay_of_its_own() {
+    let tops = vec![(
+        "vda".to_string(),
+        "/p/web-disk0-top-1.qcow2".to_string(),
+        "qcow2".to_string(),
+    )];
+    let doc = source_on_overlays(&def(), &tops);
+    let devices = doc.child("devices").unwrap();
+    let vda = devices.children_named("disk").next().unwrap();
+    assert_eq!(
+        vda.child("source").unwrap().attr("file"),
+        Some("/p/web-disk0-top-1.qcow2")
+    );
+    assert_eq!(vda.child("driver").unwrap().attr("type"), Some("qcow2"));
+    let vm = doc.child("metadata").unwrap().child("vm").unwrap();
+    let vols: Vec<_> = vm
+        .children_named("volume")
+        .map(|v| v.attr("path").unwrap())
+        .collect();
+    assert_eq!(
+        vols,
+        [
+            "/p/web-disk0.qcow2",
+            "/p/web-cidata.iso",
+            "/p/web-disk0-top-1.qcow2"
+        ]
+    );
+    assert_eq!(
+        doc.child_text("uuid"),
+        def().child_text("uuid"),
+        "still the same VM"
+    );
 }

@@ -26,8 +26,11 @@ pub struct DiskPlan {
     pub req: DiskRequest,
     /// An existing volume of a pool.
     pub volume: Option<Arc<VolumeView>>,
-    /// A host path outside every pool (needs storage-host-path), canonical.
+    /// A host path outside every pool, canonical.
     pub host_path: Option<String>,
+    /// Every file the guest would read that lies outside every pool (the
+    /// host path, backing files of its image): each needs storage-host-path.
+    pub host_paths: Vec<String>,
     /// The pool (name, uuid) a new volume is made in.
     pub create_in: Option<(String, String)>,
 }
@@ -107,6 +110,7 @@ impl DeviceService {
             req,
             volume: None,
             host_path: None,
+            host_paths: Vec::new(),
             create_in: None,
         };
         match &plan.req.origin {
@@ -154,6 +158,23 @@ impl DeviceService {
                 plan.create_in = Some((p.rec.name.clone(), p.rec.uuid.clone()));
             }
         }
+        // What QEMU would open below the image (a backing file written into
+        // the image by a guest, say) is read as if given directly.
+        let top = match (&plan.volume, &plan.host_path) {
+            (Some(v), _) => Some(v.rec.path.clone()),
+            (_, Some(p)) => Some(p.clone()),
+            _ => None,
+        };
+        if let Some(top) = top {
+            plan.host_paths.extend(plan.host_path.clone());
+            let below = crate::image::backing_chain_paths(&top)
+                .map_err(|e| Error::InvalidArgument(format!("disk: {top}: {e}")))?;
+            for p in below {
+                if self.storage.volume_at(&p).is_none() && !plan.host_paths.contains(&p) {
+                    plan.host_paths.push(p);
+                }
+            }
+        }
         Ok(plan)
     }
 
@@ -166,6 +187,7 @@ impl DeviceService {
         uid: u32,
         progress: Arc<dyn Progress>,
     ) -> Result<String> {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         if let Some(v) = &plan.volume {
             self.storage.check_usable(v).await?;
@@ -245,14 +267,22 @@ impl DeviceService {
                             e.context(format!("{what}: cannot add a virtio-scsi controller"))
                         })?;
                 }
-                d.attach_device(&xml, scope)
-                    .map_err(|e| hint_slots(e.context(&what)))?;
+                // Recorded as the VM's own before it is attached (so deleting
+                // the VM, or detaching with remove_storage, may remove it):
+                // a failure after this point never leaves an attached disk
+                // whose volume the rollback then deletes.
                 if let Some(p) = &owned {
-                    // Recorded as the VM's own, so deleting the VM (or
-                    // detaching with remove_storage) may remove it.
                     change_owned(d, p, true)?;
                 }
-                Ok(())
+                let attached = d
+                    .attach_device(&xml, scope)
+                    .map_err(|e| hint_slots(e.context(&what)));
+                if let (Err(_), Some(p)) = (&attached, &owned) {
+                    if let Err(e) = change_owned(d, p, false) {
+                        log::warn!("cannot forget {p} in the VM's metadata: {e}");
+                    }
+                }
+                attached
             })
             .await;
         if let Err(e) = result {
@@ -277,6 +307,7 @@ impl DeviceService {
         scope: DeviceScope,
         remove_storage: bool,
     ) -> Result<DetachReport> {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         if remove_storage && !(scope.config && (scope.live || !self.running(uuid))) {
             return Err(Error::InvalidArgument(
@@ -417,10 +448,14 @@ impl DeviceService {
     /// Grow the disk at `target` to `bytes`: online through QEMU while the VM
     /// runs, else its volume.
     pub async fn resize_disk(&self, uuid: &str, target: &str, bytes: u64) -> Result<()> {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         let t = target.to_owned();
         let what = format!("cannot resize {target} of VM '{name}'");
-        let (running, path) = hv(&self.model)
+        if bytes == 0 {
+            return Err(Error::InvalidArgument("size: must be more than 0".into()));
+        }
+        let (running, path, current) = hv(&self.model)
             .on_domain(uuid, move |s, d| {
                 let running = d.is_active()?;
                 let def = d.definition(crate::libvirt::Definition::Live)?;
@@ -433,17 +468,24 @@ impl DeviceService {
                     return Err(Error::InvalidArgument(format!("target: {t} is read-only")));
                 }
                 let path = storage_ownership::resolve_path(s, &disk_facts(disk).source);
-                Ok((running, path))
+                // What the guest sees now, as QEMU (running) or the image says.
+                let now = if running {
+                    Some(d.block_capacity(&t)?)
+                } else {
+                    None
+                };
+                Ok((running, path, now))
             })
             .await?;
         let vol = path.as_deref().and_then(|p| self.storage.volume_at(p));
-        if let Some(v) = &vol {
-            if bytes < v.rec.capacity {
+        let current = current.or(vol.as_ref().map(|v| v.rec.capacity));
+        match current {
+            Some(c) if bytes < c => {
                 return Err(Error::InvalidArgument(format!(
-                    "size: {bytes} bytes is smaller than the disk ({} bytes); disks only grow",
-                    v.rec.capacity
-                )));
+                    "size: {bytes} bytes is smaller than the disk ({c} bytes); disks only grow"
+                )))
             }
+            _ => {}
         }
         if running {
             let t = target.to_owned();
@@ -480,6 +522,7 @@ impl DeviceService {
         plan: Option<DiskPlan>,
         scope: DeviceScope,
     ) -> Result<()> {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         if let Some(v) = plan.as_ref().and_then(|p| p.volume.as_ref()) {
             self.storage.check_usable(v).await?;
@@ -524,6 +567,7 @@ impl DeviceService {
         req: NicRequest,
         scope: DeviceScope,
     ) -> Result<String> {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         let mac = match &req.mac {
             Some(m) => m.clone(),
@@ -596,6 +640,7 @@ impl DeviceService {
     where
         F: Fn(&DomainRef, &Element, DeviceScope) -> Result<()> + Send + 'static,
     {
+        let _locked = self.model.lock_vm(uuid).await;
         let name = self.name_of(uuid)?;
         let m = spec::check_mac("mac", mac)?;
         let what = format!("cannot {} VM '{name}'", verb.replace("{mac}", &m));

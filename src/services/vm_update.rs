@@ -89,6 +89,9 @@ pub struct Facts {
     /// The most vCPUs and memory (MiB) the host allows one VM.
     pub host_max_vcpus: u32,
     pub host_memory_mib: u64,
+    /// A number no earlier firmware-variables file of this VM carries
+    /// (random), for a fresh one when the firmware changes.
+    pub fresh_id: u32,
 }
 
 /// A change made to the running VM after the definition is stored.
@@ -208,7 +211,7 @@ pub fn plan(changes: &VmChanges, config: &Element, facts: &Facts) -> Result<Upda
     }
     if let Some(fw) = &changes.firmware {
         p.changed.push("firmware");
-        edit_firmware(fw, &mut doc)?;
+        edit_firmware(fw, &mut doc, facts.fresh_id)?;
         edited = true;
         pending(&mut p, "firmware");
     }
@@ -519,7 +522,7 @@ fn machine_of(doc: &Element) -> String {
         .to_owned()
 }
 
-fn edit_firmware(fw: &FirmwareChange, doc: &mut Element) -> Result<()> {
+fn edit_firmware(fw: &FirmwareChange, doc: &mut Element, fresh_id: u32) -> Result<()> {
     let uefi = fw.kind == "uefi";
     if fw.secure_boot.is_some() && !uefi {
         return Err(invalid("firmware.secure_boot", "needs type uefi"));
@@ -528,11 +531,25 @@ fn edit_firmware(fw: &FirmwareChange, doc: &mut Element) -> Result<()> {
     if secure && !machine_of(doc).contains("q35") {
         return Err(invalid("firmware.secure_boot", "needs machine type q35"));
     }
+    let name = doc.child_text("name").unwrap_or("vm").to_owned();
     let os = doc.ensure_child("os", &["vcpu"]);
-    // libvirt picks the firmware files (and the variables template) anew.
+    // libvirt picks the firmware files anew, and makes a fresh variables
+    // file from the new firmware's template: the old one may hold enrolled
+    // Secure Boot keys (it stays where it was, like Delete keeps it unless
+    // asked).
+    let old_vars = os.child("nvram").map(|n| n.text.trim().to_owned());
     os.remove_children("loader");
     os.remove_children("nvram");
     os.remove_children("firmware");
+    if let (true, Some(old)) = (uefi, old_vars.filter(|p| p.starts_with('/'))) {
+        let dir = old
+            .rsplit_once('/')
+            .map_or("/var/lib/libvirt/qemu/nvram", |(d, _)| d);
+        os.children.push(Element::with_text(
+            "nvram",
+            &format!("{dir}/{name}_VARS-{fresh_id:08x}.fd"),
+        ));
+    }
     if uefi {
         os.set_attr("firmware", "efi");
         if let Some(sb) = fw.secure_boot {

@@ -39,6 +39,7 @@ fn stopped() -> Facts {
         live_max_memory_kib: 0,
         host_max_vcpus: 64,
         host_memory_mib: 16384,
+        fresh_id: 0xabc,
     }
 }
 
@@ -169,7 +170,12 @@ fn secure_boot_can_be_turned_off_and_libvirt_picks_the_firmware_again() {
     );
     let os = p.config.unwrap().child("os").unwrap().clone();
     assert_eq!(os.attr("firmware"), Some("efi"));
-    assert!(os.child("loader").is_none() && os.child("nvram").is_none());
+    assert!(os.child("loader").is_none());
+    assert_eq!(
+        os.child("nvram").unwrap().text,
+        "/var/lib/libvirt/qemu/nvram/web_VARS-00000abc.fd",
+        "fresh variables from the new template, not the ones with the enrolled keys"
+    );
     let features: Vec<_> = os
         .child("firmware")
         .unwrap()

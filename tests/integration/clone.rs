@@ -88,6 +88,7 @@ async fn a_linked_clone_boots_as_itself_and_a_full_clone_owns_its_copies() {
     .unwrap_err();
     assert!(err.contains("running"), "{err}");
 
+    let src_disk_before = virsh(&["domblklist", &src.name]);
     let linked_name = format!("{}-linked", src.name);
     let out = clone_as(ALICE, &src.path, &linked_name, "linked").unwrap();
     let linked = Guest::named(&linked_name);
@@ -113,6 +114,10 @@ async fn a_linked_clone_boots_as_itself_and_a_full_clone_owns_its_copies() {
         info.contains("<backingStore>"),
         "a linked clone is an overlay: {info}"
     );
+    // The source moved onto an overlay of its own: the shared image stays as it is.
+    let src_disk_after = virsh(&["domblklist", &src.name]);
+    assert_ne!(src_disk_before, src_disk_after);
+    assert!(src_disk_after.contains("-top-"), "{src_disk_after}");
 
     // It boots, and its cloud-init saw a new instance: the hostname is the clone's name.
     virsh(&["start", &linked.name]);

@@ -33,7 +33,6 @@ pub struct Guest {
 /// The pools the guests use: the image's (read-only to them) and one for
 /// their overlays and seeds. Both transient, made once per test binary.
 pub struct GuestPools {
-    #[allow(dead_code)]
     pub image_pool: String,
     /// Real directory of the image (the `current` link resolved).
     pub image_dir: String,
@@ -276,6 +275,10 @@ static SHARED: OnceLock<Guest> = OnceLock::new();
 pub async fn shared() -> &'static Guest {
     tokio::task::spawn_blocking(|| {
         SHARED.get_or_init(|| {
+            // Gone when the test binary exits (the harness ends with exit(),
+            // which runs atexit handlers), so later binaries run on an idle host.
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { libc::atexit(remove_guests) };
             let g = Guest::create("shared", true);
             g.wait_agent();
             g
@@ -283,6 +286,30 @@ pub async fn shared() -> &'static Guest {
     })
     .await
     .unwrap()
+}
+
+/// Remove this binary's guests and their pools.
+extern "C" fn remove_guests() {
+    let prefix = format!("vt-guest-{}-", std::process::id());
+    // Never panic here (it would abort the exiting process).
+    let names = Command::new("virsh")
+        .args(["-c", "qemu:///system", "list", "--all", "--name"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for n in names
+        .lines()
+        .map(str::trim)
+        .filter(|n| n.starts_with(&prefix))
+    {
+        virsh_quiet(&["destroy", n]);
+        virsh_quiet(&["undefine", n, "--nvram", "--remove-all-storage"]);
+    }
+    if let Some(p) = POOLS.get() {
+        virsh_quiet(&["pool-destroy", &p.image_pool]);
+        virsh_quiet(&["pool-destroy", &p.disk_pool]);
+        let _ = std::fs::remove_dir_all(&p.disk_dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
