@@ -9,7 +9,10 @@
 //!   b. reading one VM's state — libvirt-dbus has no State property, so both of its ways are
 //!      timed: `Domain.GetState(0)` and `Properties.Get(Domain, Active)`; vapord:
 //!      `Properties.Get(VirtualMachine, State)`;
-//!   c. one lifecycle round trip — Suspend+Resume (libvirt-dbus) / Pause+Resume (vapord).
+//!   c. one lifecycle round trip — Suspend+Resume (libvirt-dbus) / Pause+Resume (vapord);
+//!   d. changes (`--changes`, benches/enumerate/changes.rs): an Update of vCPUs and memory of a
+//!      shut-off VM (libvirt-dbus: GetXMLDesc, edit, DomainDefineXML) and a live NIC attach and
+//!      detach (libvirt-dbus: AttachDevice / DetachDevice) on a VM running a guest kernel.
 //! For context it also times libvirt's own bulk call, `virConnectGetAllDomainStats`.
 //!
 //! Fairness. Both services sit on the same libvirtd and the same system bus and are called by
@@ -27,6 +30,8 @@ use std::time::{Duration, Instant};
 use virt::{connect::Connect, sys};
 use zbus::{Connection, DynamicType, OwnedObjectPath, OwnedVariant};
 
+#[path = "enumerate/changes.rs"]
+mod changes;
 #[path = "enumerate/volumes.rs"]
 mod volumes;
 
@@ -67,6 +72,12 @@ struct Args {
     /// Number of volumes in the pool `vapor-bench-vols` for the volume table (0: skip it).
     #[arg(long, default_value_t = 1000)]
     volumes: usize,
+    /// Rounds of the change table (Update, NIC attach/detach); 0: skip it.
+    #[arg(long, default_value_t = 9)]
+    changes: usize,
+    /// Where the guest kernel and initrd (`vmlinuz`, `initrd.img`) for the NIC rows are.
+    #[arg(long, default_value = "/var/cache/vapor-tests/guest/current")]
+    guest_dir: std::path::PathBuf,
     /// Undefine the benchmark domains at the end.
     #[arg(long)]
     cleanup: bool,
@@ -467,6 +478,7 @@ async fn run(a: Args) -> Res<ExitCode> {
     if a.cleanup_only {
         cleanup_domains(&conn)?;
         volumes::cleanup(&conn)?;
+        changes::cleanup(&conn)?;
         return Ok(ExitCode::SUCCESS);
     }
     setup_domains(&conn, a.domains)?;
@@ -497,6 +509,10 @@ async fn run(a: Args) -> Res<ExitCode> {
             Some(v)
         }
     };
+    let change_rows = match a.changes {
+        0 => vec![],
+        n => changes::measure(&bus, &conn, n, vapor_up, &a.guest_dir).await,
+    };
 
     stop_live(&conn);
     if let Some(child) = started {
@@ -505,6 +521,7 @@ async fn run(a: Args) -> Res<ExitCode> {
     if a.cleanup {
         cleanup_domains(&conn)?;
         volumes::cleanup(&conn)?;
+        changes::cleanup(&conn)?;
     }
 
     // Report.
@@ -602,6 +619,17 @@ async fn run(a: Args) -> Res<ExitCode> {
             "volumes_seen": {"libvirt_dbus": ls, "vapord": vs},
         });
     }
+    let mut changes_json = serde_json::Value::Null;
+    if !change_rows.is_empty() {
+        println!();
+        let (j, errs) = changes::report(&change_rows, a.changes);
+        changes_json = j;
+        for e in errs {
+            if !errors.contains(&e) {
+                errors.push(e);
+            }
+        }
+    }
     for e in &errors {
         println!("n/a because: {e}");
     }
@@ -609,13 +637,16 @@ async fn run(a: Args) -> Res<ExitCode> {
     if e.vapor.is_ok() && vapor_vms < want {
         println!("WARNING: vapord exported {vapor_vms} VirtualMachine objects, expected ≥ {want}");
     }
-    let vapor_ok = results.iter().all(|r| r.1.is_ok()) && vapor_vms >= want;
+    let vapor_ok = results.iter().all(|r| r.1.is_ok())
+        && vapor_vms >= want
+        && changes::vapord_ok(&change_rows);
     if a.json {
         let seen = serde_json::json!({"libvirt_dbus": s0, "vapord": vapor_seen, "bulk_stats": s3});
         let j = serde_json::json!({
             "domains": a.domains, "rounds": a.rounds, "reads": a.reads, "pairs": a.pairs,
             "window": a.window, "vapord_on_bus": vapor_up, "bulk_stats_ms": base,
             "vms_seen": seen, "results": json_rows, "volumes": vol_json,
+            "change_rounds": a.changes, "changes": changes_json,
         });
         println!("{j}");
     }
