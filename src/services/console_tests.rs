@@ -98,17 +98,22 @@ fn consoles_close_when_the_vm_stops_or_goes() {
 }
 
 #[test]
-fn the_directory_is_made_0711_and_emptied() {
+fn the_directory_is_made_0711_and_only_vapords_stale_sockets_go() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run/vapor/console");
     assert_eq!(prepare_dir(&dir).unwrap(), 0);
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o711);
-    std::fs::write(dir.join("graphics-stale"), b"").unwrap();
+    let stale = dir.join(socket_name(ConsoleKind::Graphics, 1));
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    // Not vapord's: a file with a look-alike name, a directory, another file.
+    std::fs::write(dir.join(socket_name(ConsoleKind::Serial, 2)), b"").unwrap();
     std::fs::create_dir(dir.join("odd")).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"").unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    assert_eq!(prepare_dir(&dir).unwrap(), 2);
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(prepare_dir(&dir).unwrap(), 1);
+    assert!(!stale.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
     let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o711);
 }
