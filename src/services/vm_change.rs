@@ -109,6 +109,27 @@ impl VmService {
     }
 }
 
+/// The most vCPUs and memory (MiB) the host allows one VM: two libvirt
+/// round trips, so read at most once a minute (they change only when the
+/// host's hardware does).
+fn host_limits(s: &Session) -> (u32, u64) {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<Option<(Instant, (u32, u64))>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, limits)) = *cache {
+        if at.elapsed() < Duration::from_secs(60) {
+            return limits;
+        }
+    }
+    let limits = (
+        s.max_vcpus().unwrap_or(u32::MAX),
+        s.host_memory_kib().map_or(u64::MAX, |k| k / 1024),
+    );
+    *cache = Some((Instant::now(), limits));
+    limits
+}
+
 /// A change of a running VM's definition alone waits for the next start:
 /// add `field` to its pending changes; their whole list now, if it changed.
 fn note_config_only(d: &DomainRef, scope: DeviceScope, field: &str) -> Option<Vec<String>> {
@@ -137,6 +158,7 @@ fn update_blocking(
     }
     let running = d.is_active().map_err(|e| e.context(&what))?;
     let config = d.editable_definition().map_err(|e| e.context(&what))?;
+    let host = host_limits(s);
     let live = if running {
         d.live_limits().map_err(|e| e.context(&what))?
     } else {
@@ -149,8 +171,8 @@ fn update_blocking(
         running,
         live_max_vcpus: live.max_vcpus,
         live_max_memory_kib: live.max_memory_kib,
-        host_max_vcpus: s.max_vcpus().unwrap_or(u32::MAX),
-        host_memory_mib: s.host_memory_kib().map_or(u64::MAX, |k| k / 1024),
+        host_max_vcpus: host.0,
+        host_memory_mib: host.1,
         fresh_id: uuid::Uuid::new_v4().as_u128() as u32,
     };
     let plan = vm_update::plan(changes, &config, &facts)?;

@@ -4,8 +4,10 @@
 //! interfaces (attach, detach, link up/down). Each call says where it
 //! applies: the running VM (`live`), the definition (`config`), or both.
 //!
-//! What changes shows up in the VM's properties and `Describe` through
-//! libvirt's device events, the same way as a change made with `virsh`.
+//! What changes shows up in `Describe` (which reads libvirt) at once, and
+//! in the VM object through libvirt's device events, the same way as a
+//! change made with `virsh`. No VM property describes NICs or media, so
+//! those calls do not re-read the VM before they reply.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -556,7 +558,6 @@ impl DeviceService {
                 Ok(())
             })
             .await?;
-        self.settle(uuid).await;
         Ok(())
     }
 
@@ -592,7 +593,6 @@ impl DeviceService {
                     .map_err(|e| hint_slots(e.context(&what)))
             })
             .await?;
-        self.settle(uuid).await;
         log::info!(vm_name = name.as_str(), vm_uuid = uuid; "attached interface {mac}");
         Ok(mac)
     }
@@ -655,7 +655,6 @@ impl DeviceService {
                 Ok(())
             })
             .await?;
-        self.settle(uuid).await;
         Ok(())
     }
 
