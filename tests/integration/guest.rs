@@ -279,7 +279,13 @@ pub async fn shared() -> &'static Guest {
             // which runs atexit handlers), so later binaries run on an idle host.
             // SAFETY: registering a plain extern "C" function.
             unsafe { libc::atexit(remove_guests) };
-            let g = Guest::create("shared", true);
+            // Made stopped, given room for one more vCPU (so vCPUs can be
+            // hot-added), then started, all as vapor-alice.
+            let g = Guest::create("shared", false);
+            let out = busctl_as(ALICE, &g.path, "Update", &["sa{sv}", r#"{"max_vcpus":3}"#, "0"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = busctl_as(ALICE, &g.path, "Start", &[]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             g.wait_agent();
             g
         })

@@ -152,6 +152,42 @@ async fn a_running_guest_gets_a_second_disk_and_nic_and_loses_them_again() {
     drop(conn);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_guest_gets_a_vcpu_and_less_memory_live_and_persistently() {
+    let g = shared().await;
+    let conn = bus().await;
+    let out = call_as(ALICE, &g.path, "Update", &["sa{sv}", r#"{"vcpus":3,"memory":768}"#, "0"]).unwrap();
+    assert!(out.ends_with(" 0"), "nothing should wait for a restart: {out}");
+    // Live: the guest has a third CPU and gives memory back to the balloon.
+    guest_until(g, "a third vCPU", |g| {
+        g.exec("/bin/cat", &["/sys/devices/system/cpu/present"]).1.trim() == "0-2"
+    });
+    guest_until(g, "the balloon shrinking the guest", |g| {
+        let info = g.exec("/bin/cat", &["/proc/meminfo"]).1;
+        let total: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        total <= 768 * 1024
+    });
+    assert_eq!(virsh(&["vcpucount", "--live", "--current", &g.name]).trim(), "3");
+    // And in the definition, for the next start.
+    let xml = virsh(&["dumpxml", "--inactive", &g.name]);
+    assert!(xml.contains("<vcpu placement='static'>3</vcpu>"), "{xml}");
+    assert!(xml.contains("<currentMemory unit='KiB'>786432</currentMemory>"), "{xml}");
+    // The properties follow (vCPUs with the next statistics reading).
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        let all = get_all(&conn, &g.path).await.unwrap();
+        if u32::try_from(all["Vcpus"].clone()).unwrap() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Vcpus never became 3");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn bad_device_requests_name_the_field() {
     let conn = bus().await;
