@@ -117,12 +117,14 @@ pub fn other_users(s: &Session, except: Option<&str>) -> Result<OtherUsers> {
 }
 
 /// Backing file path → the volume that is layered on it, over all active pools.
-fn backing_files(s: &Session) -> HashMap<String, String> {
-    s.active_pool_volumes()
-        .into_iter()
-        .filter(|v| !v.backing_store.is_empty())
-        .map(|v| (v.backing_store, v.path))
-        .collect()
+fn backing_files(s: &Session) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for v in s.active_pool_volumes() {
+        if !v.backing_store.is_empty() {
+            map.entry(v.backing_store).or_default().push(v.path);
+        }
+    }
+    map
 }
 
 /// Whether a pool of this type holds devices (LVM, disks, iSCSI …) rather
@@ -174,8 +176,8 @@ pub struct DiskUse {
 pub struct OtherUsers {
     /// Paths other domains use (disks, NVRAM, backing chains) → their names.
     pub domains: HashMap<String, Vec<String>>,
-    /// Backing files of volumes in active pools → the volume on top.
-    pub backing_of: HashMap<String, String>,
+    /// Backing files of volumes in active pools → the volumes on top.
+    pub backing_of: HashMap<String, Vec<String>>,
 }
 
 /// What deleting the VM does with one candidate.
@@ -196,7 +198,7 @@ pub fn decide(c: &Candidate, remove_foreign: bool, others: &OtherUsers) -> Verdi
         let vms = if names.len() == 1 { "VM" } else { "VMs" };
         return Verdict::Keep(format!("also used by {vms} {}", names.join(", ")));
     }
-    if let Some(child) = others.backing_of.get(&c.canonical) {
+    if let Some(child) = others.backing_of.get(&c.canonical).and_then(|v| v.first()) {
         return Verdict::Keep(format!("backing file of volume {child}"));
     }
     if !c.is_volume {
@@ -292,6 +294,7 @@ pub fn plan(
         }
     }
     let mut seen = std::collections::HashSet::new();
+    let mut judged = Vec::new();
     for (path, disk) in candidates {
         let key = canonical(&path);
         if !seen.insert(key.clone()) {
@@ -312,13 +315,61 @@ pub fn plan(
             disk,
             path,
         };
-        match (decide(&candidate, remove_foreign, &others), vol) {
-            (Verdict::Delete, Some(vol)) => plan.delete.push((candidate.path, vol)),
-            (Verdict::Keep(why), _) => plan.kept.push((candidate.path, why)),
+        judged.push((candidate, vol));
+    }
+    let candidates: Vec<Candidate> = judged.iter().map(|(c, _)| c.clone()).collect();
+    for (i, verdict) in decide_all(&candidates, remove_foreign, &others) {
+        let (candidate, vol) = &judged[i];
+        match (verdict, vol) {
+            (Verdict::Delete, Some(vol)) => plan.delete.push((candidate.path.clone(), vol.clone())),
+            (Verdict::Keep(why), _) => plan.kept.push((candidate.path.clone(), why)),
             _ => {}
         }
     }
     Ok(plan)
+}
+
+/// [`decide`] for all of one VM's candidates at once: a volume kept only as
+/// the backing file of another volume this same deletion removes (a linked
+/// clone's source on its own overlay, say) goes too, after it. Returns
+/// (index, verdict) in the order to act on them. Pure.
+pub fn decide_all(
+    cands: &[Candidate],
+    remove_foreign: bool,
+    others: &OtherUsers,
+) -> Vec<(usize, Verdict)> {
+    let mut others = others.clone();
+    let mut out: Vec<(usize, Verdict)> = Vec::new();
+    let mut done = vec![false; cands.len()];
+    loop {
+        let mut deleting = Vec::new();
+        for (i, c) in cands.iter().enumerate().filter(|(i, _)| !done[*i]) {
+            if decide(c, remove_foreign, &others) == Verdict::Delete {
+                deleting.push(i);
+            }
+        }
+        if deleting.is_empty() {
+            break;
+        }
+        for &i in &deleting {
+            done[i] = true;
+            out.push((i, Verdict::Delete));
+        }
+        // What those were the backing file of no longer holds it.
+        let gone: Vec<&Candidate> = deleting.iter().map(|&i| &cands[i]).collect();
+        for children in others.backing_of.values_mut() {
+            children.retain(|child| {
+                !gone
+                    .iter()
+                    .any(|c| *child == c.canonical || *child == c.path)
+            });
+        }
+        others.backing_of.retain(|_, children| !children.is_empty());
+    }
+    for (i, c) in cands.iter().enumerate().filter(|(i, _)| !done[*i]) {
+        out.push((i, decide(c, remove_foreign, &others)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -345,6 +396,31 @@ mod tests {
 
     fn keep(why: &str) -> Verdict {
         Verdict::Keep(why.into())
+    }
+
+    #[test]
+    fn a_base_image_only_this_deletion_still_needs_goes_after_its_overlay() {
+        let mut others = OtherUsers::default();
+        others
+            .backing_of
+            .insert("/p/base.qcow2".into(), vec!["/p/top.qcow2".into()]);
+        let base = cand("/p/base.qcow2", None, true, true);
+        let top = cand("/p/top.qcow2", disk("disk", false, false), true, true);
+        let order = decide_all(&[base.clone(), top.clone()], false, &others);
+        assert_eq!(order, vec![(1, Verdict::Delete), (0, Verdict::Delete)]);
+        // An overlay someone else has keeps its base.
+        others.backing_of.insert(
+            "/p/base.qcow2".into(),
+            vec!["/p/top.qcow2".into(), "/p/clone.qcow2".into()],
+        );
+        let order = decide_all(&[base, top], false, &others);
+        assert_eq!(
+            order,
+            vec![
+                (1, Verdict::Delete),
+                (0, keep("backing file of volume /p/clone.qcow2"))
+            ]
+        );
     }
 
     #[test]
@@ -401,7 +477,7 @@ mod tests {
             .insert("/p/a.qcow2".into(), vec!["web".into()]);
         others
             .backing_of
-            .insert("/p/base.qcow2".into(), "/p/top.qcow2".into());
+            .insert("/p/base.qcow2".into(), vec!["/p/top.qcow2".into()]);
         let c = cand("/p/a.qcow2", disk("disk", false, false), true, true);
         assert_eq!(decide(&c, true, &others), keep("also used by VM 'web'"));
         let c = cand("/p/base.qcow2", None, true, true);
@@ -420,7 +496,7 @@ mod tests {
             .insert("/p/a.qcow2".into(), vec!["web".into(), "db".into()]);
         others
             .backing_of
-            .insert("/p/base.qcow2".into(), "/p/top.qcow2".into());
+            .insert("/p/base.qcow2".into(), vec!["/p/top.qcow2".into()]);
         assert_eq!(
             decide_volume("/p/a.qcow2", &others),
             keep("also used by VMs 'web', 'db'")

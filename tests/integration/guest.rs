@@ -282,10 +282,23 @@ pub async fn shared() -> &'static Guest {
             // Made stopped, given room for one more vCPU (so vCPUs can be
             // hot-added), then started, all as vapor-alice.
             let g = Guest::create("shared", false);
-            let out = busctl_as(ALICE, &g.path, "Update", &["sa{sv}", r#"{"max_vcpus":3}"#, "0"]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let out = busctl_as(
+                ALICE,
+                &g.path,
+                "Update",
+                &["sa{sv}", r#"{"max_vcpus":3}"#, "0"],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let out = busctl_as(ALICE, &g.path, "Start", &[]);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             g.wait_agent();
             g
         })

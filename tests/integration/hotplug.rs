@@ -156,11 +156,23 @@ async fn a_running_guest_gets_a_second_disk_and_nic_and_loses_them_again() {
 async fn a_running_guest_gets_a_vcpu_and_less_memory_live_and_persistently() {
     let g = shared().await;
     let conn = bus().await;
-    let out = call_as(ALICE, &g.path, "Update", &["sa{sv}", r#"{"vcpus":3,"memory":768}"#, "0"]).unwrap();
-    assert!(out.ends_with(" 0"), "nothing should wait for a restart: {out}");
+    let out = call_as(
+        ALICE,
+        &g.path,
+        "Update",
+        &["sa{sv}", r#"{"vcpus":3,"memory":768}"#, "0"],
+    )
+    .unwrap();
+    assert!(
+        out.ends_with(" 0"),
+        "nothing should wait for a restart: {out}"
+    );
     // Live: the guest has a third CPU and gives memory back to the balloon.
     guest_until(g, "a third vCPU", |g| {
-        g.exec("/bin/cat", &["/sys/devices/system/cpu/present"]).1.trim() == "0-2"
+        g.exec("/bin/cat", &["/sys/devices/system/cpu/present"])
+            .1
+            .trim()
+            == "0-2"
     });
     guest_until(g, "the balloon shrinking the guest", |g| {
         let info = g.exec("/bin/cat", &["/proc/meminfo"]).1;
@@ -171,11 +183,17 @@ async fn a_running_guest_gets_a_vcpu_and_less_memory_live_and_persistently() {
             .unwrap_or(u64::MAX);
         total <= 768 * 1024
     });
-    assert_eq!(virsh(&["vcpucount", "--live", "--current", &g.name]).trim(), "3");
+    assert_eq!(
+        virsh(&["vcpucount", "--live", "--current", &g.name]).trim(),
+        "3"
+    );
     // And in the definition, for the next start.
     let xml = virsh(&["dumpxml", "--inactive", &g.name]);
     assert!(xml.contains("<vcpu placement='static'>3</vcpu>"), "{xml}");
-    assert!(xml.contains("<currentMemory unit='KiB'>786432</currentMemory>"), "{xml}");
+    assert!(
+        xml.contains("<currentMemory unit='KiB'>786432</currentMemory>"),
+        "{xml}"
+    );
     // The properties follow (vCPUs with the next statistics reading).
     let deadline = Instant::now() + EVENT_WAIT;
     loop {
