@@ -62,12 +62,21 @@ impl VirtualMachine {
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
         let fields = fields.join(",");
+        // The values a rule may want to judge: a new name, and where a
+        // display listens (0.0.0.0 opens it to the network).
+        let mut details = vec![("vm.update.fields", fields.as_str())];
+        if let Some(n) = &changes.name {
+            details.push(("vm.update.name", n));
+        }
+        if let Some(l) = changes.graphics.as_ref().and_then(|g| g.listen.as_deref()) {
+            details.push(("vm.update.graphics.listen", l));
+        }
         let rec = self
             .authorize_with(
                 header,
                 Action::VmModify,
                 &format!("change {fields} of"),
-                &[("vm.update.fields", &fields)],
+                &details,
             )
             .await?;
         let report = self.ctx.vms.update(&rec.uuid, changes).await;

@@ -281,3 +281,36 @@ fn memory_units_are_read_as_libvirt_writes_them() {
     assert_eq!(memory_kib(&el("b", "2048")), Some(2));
     assert_eq!(memory_kib(&el("parsecs", "1")), None);
 }
+
+#[test]
+fn leaving_spice_takes_what_only_spice_serves() {
+    let mut def = config();
+    let devices = def.child_mut("devices").unwrap();
+    devices.children.push(
+        Element::parse(
+            "<channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>",
+        )
+        .unwrap(),
+    );
+    devices
+        .children
+        .push(Element::parse("<redirdev bus='usb' type='spicevmc'/>").unwrap());
+    devices
+        .children
+        .push(Element::parse("<audio id='1' type='spice'/>").unwrap());
+    devices.children.push(
+        Element::parse(
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>",
+        )
+        .unwrap(),
+    );
+    let p = plan(&changes(r#"{"graphics":{"type":"vnc"}}"#), &def, &stopped()).unwrap();
+    let doc = p.config.unwrap();
+    let devices = doc.child("devices").unwrap();
+    let channels: Vec<_> = devices
+        .children_named("channel")
+        .map(|c| c.attr("type").unwrap())
+        .collect();
+    assert_eq!(channels, ["unix"], "the agent's channel stays");
+    assert!(devices.child("redirdev").is_none() && devices.child("audio").is_none());
+}

@@ -74,7 +74,8 @@ async fn a_linked_clone_boots_as_itself_and_a_full_clone_owns_its_copies() {
     wait_for_object(&conn, &src.path).await;
 
     // Someone outside group vapor may not clone.
-    assert!(clone_as(BOB, &src.path, &format!("{}-x", src.name), "linked").is_err());
+    let err = clone_as(BOB, &src.path, &format!("{}-x", src.name), "linked").unwrap_err();
+    assert!(is_refusal(&err), "{err}");
     // A running VM is refused (its disks would change under the copy).
     let running = TestDomain::define("clonerun");
     wait_for_object(&conn, &running.path()).await;

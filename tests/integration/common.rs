@@ -540,3 +540,12 @@ impl Drop for TestPool {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether busctl's error text is polkit's refusal (with or without the
+/// interactive-authorization flag), not some other failure.
+pub fn is_refusal(err: &str) -> bool {
+    err.contains("Interactive authentication required")
+        || err.contains("NotAuthorized")
+        || err.contains("not authorized")
+        || err.contains("authentication is required")
+}

@@ -174,6 +174,7 @@ async fn bad_changes_are_refused_by_field_and_change_nothing() {
     }
     // Not in group vapor: refused before anything is read.
     let err = update_as(BOB, &path, r#"{"vcpus":2}"#).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
     assert!(
         err.contains("Interactive authentication required")
             || err.contains("NotAuthorized")
