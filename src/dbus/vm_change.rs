@@ -169,7 +169,8 @@ impl VirtualMachine {
             )
             .await?;
         let devices = self.ctx.devices.clone();
-        let plan = tokio::task::spawn_blocking(move || devices.plan_disk(req))
+        let uuid = rec.uuid.clone();
+        let plan = tokio::task::spawn_blocking(move || devices.plan_disk(&uuid, req))
             .await
             .map_err(|e| crate::Error::Failed(format!("resolving the disk failed: {e}")))??;
         for p in &plan.host_paths {

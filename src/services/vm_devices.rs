@@ -107,7 +107,7 @@ impl DeviceService {
     }
 
     /// Resolve a disk request's source (blocking: paths are resolved).
-    pub fn plan_disk(&self, req: DiskRequest) -> Result<DiskPlan> {
+    pub fn plan_disk(&self, uuid: &str, req: DiskRequest) -> Result<DiskPlan> {
         let mut plan = DiskPlan {
             req,
             volume: None,
@@ -158,6 +158,19 @@ impl DeviceService {
                     )));
                 }
                 plan.create_in = Some((p.rec.name.clone(), p.rec.uuid.clone()));
+            }
+        }
+        // Two VMs writing one image corrupt it: a volume another VM uses
+        // (as a disk or below one) is given only read-only or shareable.
+        if let Some(v) = &plan.volume {
+            let writable = !(plan.req.readonly || plan.req.shareable);
+            if let (true, Some((_, other))) = (writable, v.used_by.iter().find(|(u, _)| u != uuid))
+            {
+                return Err(Error::Conflict(format!(
+                    "disk: {} is in use by VM '{other}'; attach it readonly or shareable, or \
+                     detach it there first",
+                    v.rec.path
+                )));
             }
         }
         // What QEMU would open below the image (a backing file written into

@@ -356,3 +356,36 @@ async fn an_image_backed_by_a_host_file_needs_storage_host_path_to_be_attached()
     );
     assert!(!virsh(&["dumpxml", "--inactive", &d.name]).contains("evil.qcow2"));
 }
+
+#[tokio::test]
+async fn a_volume_another_vm_writes_is_given_only_read_only() {
+    let conn = bus().await;
+    let pool = TestPool::new("hpshared");
+    let vol = pool.volume("data.qcow2", "qcow2");
+    pool.refresh();
+    let owner = TestDomain::define_with(
+        "hpowner",
+        &format!("<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{vol}'/><target dev='vda' bus='virtio'/></disk>"),
+    );
+    let other = TestDomain::define("hpother");
+    wait_for_object(&conn, &owner.path()).await;
+    wait_for_object(&conn, &other.path()).await;
+    let disk = format!(r#"{{"pool":"{}","volume":"data.qcow2"}}"#, pool.name);
+    // vapord learns who uses the volume through events; wait for it.
+    let deadline = Instant::now() + EVENT_WAIT;
+    let err = loop {
+        match call_as(ALICE, &other.path(), "AttachDisk", &["sa{sv}", &disk, "0"]) {
+            Err(e) if e.contains("in use by VM") => break e,
+            Err(e) => assert!(Instant::now() < deadline, "never refused as in use: {e}"),
+            Ok(out) => panic!("a volume another VM writes was attached writable: {out}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(err.contains(&owner.name), "{err}");
+    let ro = format!(
+        r#"{{"pool":"{}","volume":"data.qcow2","readonly":true}}"#,
+        pool.name
+    );
+    call_as(ALICE, &other.path(), "AttachDisk", &["sa{sv}", &ro, "0"]).unwrap();
+    assert!(virsh(&["dumpxml", "--inactive", &other.name]).contains("<readonly/>"));
+}
