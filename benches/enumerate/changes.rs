@@ -40,16 +40,7 @@ const SHAPES: [(u32, u64); 2] = [(2, 96), (1, 64)];
 /// How long a detached interface may take to leave the live XML.
 const GONE_WITHIN: Duration = Duration::from_secs(30);
 
-const LVD: &str = "org.libvirt";
-const LVD_ROOT: &str = "/org/libvirt/QEMU";
-const LVD_DOM: &str = "org.libvirt.Domain";
-const LVD_CONNECT: &str = "org.libvirt.Connect";
-const VAPOR: &str = "org.vapor.Virtualization";
-const VAPOR_ROOT: &str = "/org/vapor/Virtualization";
-const MANAGER: &str = "org.vapor.Virtualization.Manager";
-const VM_IFACE: &str = "org.vapor.Virtualization.VirtualMachine";
-
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+use super::{Res, LVD, LVD_CONNECT, LVD_DOM, LVD_ROOT, MANAGER, VAPOR, VAPOR_ROOT, VM_IFACE};
 /// A median, or why there is none.
 pub type Figure = Result<Duration, String>;
 type Options = std::collections::HashMap<&'static str, Variant<'static>>;

@@ -13,6 +13,7 @@ use super::vm_clone_plan::{self as plan, CloneMode, DiskCopy, NewIdentity};
 use crate::creation::cloud_init;
 use crate::intent::{self, Intent, IntentLog, Step};
 use crate::libvirt::storage::Preallocation;
+use crate::libvirt::xml::Element;
 use crate::libvirt::{DomainRef, Hypervisor, Session};
 use crate::model::Model;
 use crate::progress::Progress;
@@ -47,15 +48,8 @@ impl CloneService {
     pub async fn pools_for(&self, uuid: &str, mode: CloneMode) -> Result<Vec<String>> {
         self.hv()
             .on_domain(uuid, move |s, d| {
-                let def = d.editable_definition()?;
-                let owned: Vec<String> = d
-                    .vapor_metadata()
-                    .owned_volumes
-                    .iter()
-                    .map(|p| canonical(p))
-                    .collect();
-                let name = def.child_text("name").unwrap_or_default().to_owned();
-                let copies = plan::plan_disks(&def, &owned, &|p| canonical(p), &name, mode)?;
+                // Only the sources matter here, not the new names.
+                let (_, copies) = planned(d, "", mode)?;
                 let mut pools: Vec<String> = copies
                     .iter()
                     .filter_map(|c| {
@@ -104,6 +98,19 @@ impl CloneService {
     }
 }
 
+/// The source's definition and what cloning it as `new_name` copies.
+fn planned(d: &DomainRef, new_name: &str, mode: CloneMode) -> Result<(Element, Vec<DiskCopy>)> {
+    let def = d.editable_definition()?;
+    let owned: Vec<String> = d
+        .vapor_metadata()
+        .owned_volumes
+        .iter()
+        .map(|p| canonical(p))
+        .collect();
+    let copies = plan::plan_disks(&def, &owned, &|p| canonical(p), new_name, mode)?;
+    Ok((def, copies))
+}
+
 fn clone_blocking(
     s: &Session,
     d: &DomainRef,
@@ -121,14 +128,7 @@ fn clone_blocking(
         return Err(Error::InvalidState(format!("{what}: the VM is transient")));
     }
     super::creation::steps::check_name_free(s, &req.new_name)?;
-    let def = d.editable_definition().map_err(|e| e.context(&what))?;
-    let owned: Vec<String> = d
-        .vapor_metadata()
-        .owned_volumes
-        .iter()
-        .map(|p| canonical(p))
-        .collect();
-    let copies = plan::plan_disks(&def, &owned, &|p| canonical(p), &req.new_name, req.mode)?;
+    let (def, copies) = planned(d, &req.new_name, req.mode).map_err(|e| e.context(&what))?;
     let mut intent = intents.begin("vm-clone", &req.new_name, req.uid)?;
     let result = clone_steps(s, &def, &copies, req, progress, &mut intent);
     rollback::conclude(s, intent, result, "cloning")
