@@ -279,3 +279,58 @@ async fn set_vcpus_and_set_memory_say_where_they_apply() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("options.colour"));
 }
+
+#[tokio::test]
+async fn a_non_member_is_refused_every_change_method() {
+    let conn = bus().await;
+    let d = TestDomain::define("updbob");
+    let path = d.path();
+    wait_for_object(&conn, &path).await;
+    let before = inactive_xml(&d.name);
+    let calls: [(&str, &[&str]); 10] = [
+        ("Update", &["sa{sv}", r#"{"vcpus":2}"#, "0"]),
+        ("SetVcpus", &["ua{sv}", "2", "0"]),
+        ("SetMemory", &["ta{sv}", "32", "0"]),
+        (
+            "AttachDisk",
+            &[
+                "sa{sv}",
+                r#"{"pool":"default","create":{"size":"1M"}}"#,
+                "0",
+            ],
+        ),
+        ("DetachDisk", &["sa{sv}", "vda", "0"]),
+        ("ResizeDisk", &["ssa{sv}", "vda", "2G", "0"]),
+        ("ChangeMedia", &["ssa{sv}", "hdc", "", "0"]),
+        (
+            "AttachInterface",
+            &["sa{sv}", r#"{"network":"default"}"#, "0"],
+        ),
+        ("DetachInterface", &["sa{sv}", "52:54:00:00:00:01", "0"]),
+        (
+            "SetInterfaceLink",
+            &["sba{sv}", "52:54:00:00:00:01", "false", "0"],
+        ),
+    ];
+    for (method, args) in calls {
+        let mut argv = vec![
+            "busctl",
+            "--system",
+            "--allow-interactive-authorization=no",
+            "call",
+            BUS_NAME,
+            &path,
+            VM,
+            method,
+        ];
+        argv.extend_from_slice(args);
+        let out = as_user(BOB, &argv);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && is_refusal(&err), "{method}: {err}");
+    }
+    assert_eq!(
+        inactive_xml(&d.name),
+        before,
+        "a refused call changed the VM"
+    );
+}
