@@ -17,6 +17,7 @@ use crate::dbus::manager::Manager;
 use crate::dbus::network::NetworkContext;
 use crate::dbus::pci::PciContext;
 use crate::dbus::polkit::Authorizer;
+use crate::dbus::snapshot::{SnapshotContext, Snapshots};
 use crate::dbus::storage::{Pools, StorageContext, Volumes};
 use crate::dbus::vm::VmContext;
 use crate::dbus::{manager, object};
@@ -32,6 +33,7 @@ use crate::services::follow::Followers;
 use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
 use crate::services::references::References;
+use crate::services::snapshot::SnapshotService;
 use crate::services::storage::StorageService;
 use crate::services::vm_clone::CloneService;
 use crate::services::vm_devices::DeviceService;
@@ -160,11 +162,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         cfg.state_dir.clone(),
     );
     let (networks, network_changes) = NetworkService::new(model.hypervisor().clone(), refs.clone());
+    let (snapshots, snapshot_changes) = SnapshotService::new(model.clone());
     let followers = Followers {
         refs,
         storage: storage.clone(),
         networks: networks.clone(),
+        snapshots: snapshots.clone(),
     };
+    let snapshot_ctx = Arc::new(SnapshotContext {
+        snapshots,
+        auth: auth.clone(),
+    });
     let ctx = Arc::new(VmContext {
         vms: VmService::new(model.clone()),
         auth: auth.clone(),
@@ -172,6 +180,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         consoles,
         devices: Arc::new(DeviceService::new(model.clone(), storage.clone())),
         clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
+        snapshots: snapshot_ctx.clone(),
     });
     let storage_ctx = Arc::new(StorageContext {
         storage,
@@ -250,6 +259,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     published.add(pools, pool_changes);
     published.add(volumes, volume_changes);
     published.add(network_ctx, network_changes);
+    published.add(Arc::new(Snapshots(snapshot_ctx)), snapshot_changes);
     published.drain(server).await;
 
     // Watch for losing the name before asking for it.

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use zbus::{Fd, OwnedObjectPath, Variant};
+use zbus::{Fd, OwnedObjectPath, OwnedVariant, Variant};
 
 /// The well-known name vapord owns.
 pub const SERVICE: &str = "org.vapor.Virtualization";
@@ -36,6 +36,7 @@ pub const JOB_INTERFACE: &str = "org.vapor.Virtualization.Job";
 pub const STORAGE_POOL_INTERFACE: &str = "org.vapor.Virtualization.StoragePool";
 pub const VOLUME_INTERFACE: &str = "org.vapor.Virtualization.Volume";
 pub const NETWORK_INTERFACE: &str = "org.vapor.Virtualization.Network";
+pub const SNAPSHOT_INTERFACE: &str = "org.vapor.Virtualization.Snapshot";
 
 /// `a{sv}` options as sent.
 pub type Options<'a> = HashMap<&'a str, Variant<'a>>;
@@ -267,6 +268,10 @@ interfaces! {
             /// The path of the caller's console socket of `kind`
             /// (`graphics` or `serial`).
             fn get_console_socket(&self, kind: &str) -> zbus::Result<String>;
+            /// Each kind → {possible: b, reason: s}; `auto` (s).
+            fn get_snapshot_capabilities(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
+            /// Options: `name`, `description`, `kind` (s), `memory`, `quiesce` (b).
+            fn create_snapshot(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
         }
         #[zbus(property)]
         fn autostart(&self) -> zbus::Result<bool>;
@@ -519,5 +524,37 @@ interfaces! {
         fn used_by(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
         #[zbus(property(emits_changed_signal = "const"))]
         fn uuid(&self) -> zbus::Result<String>;
+    }
+
+    /// `org.vapor.Virtualization.Snapshot`, one object per snapshot of a VM.
+    interface "org.vapor.Virtualization.Snapshot" => Snapshot, SnapshotProxy, SnapshotClient {
+        methods {
+            /// Options: `state` (s: as-taken, running, paused), `force` (b).
+            fn revert(&self, options: Options<'_>) -> zbus::Result<()>;
+            /// Options: `children`, `metadata_only` (b).
+            fn delete(&self, options: Options<'_>) -> zbus::Result<()>;
+        }
+        #[zbus(property)]
+        fn children(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+        #[zbus(property)]
+        fn created_at(&self) -> zbus::Result<i64>;
+        #[zbus(property)]
+        fn description(&self) -> zbus::Result<String>;
+        #[zbus(property)]
+        fn disks(&self) -> zbus::Result<Vec<(String, String, String)>>;
+        #[zbus(property)]
+        fn has_memory(&self) -> zbus::Result<bool>;
+        #[zbus(property)]
+        fn is_current(&self) -> zbus::Result<bool>;
+        #[zbus(property)]
+        fn kind(&self) -> zbus::Result<String>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn name(&self) -> zbus::Result<String>;
+        #[zbus(property)]
+        fn parent(&self) -> zbus::Result<OwnedObjectPath>;
+        #[zbus(property)]
+        fn state_at_snapshot(&self) -> zbus::Result<String>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn virtual_machine(&self) -> zbus::Result<OwnedObjectPath>;
     }
 }

@@ -38,6 +38,10 @@ const XML: &[(&str, &str)] = &[
         "org.vapor.Virtualization.Network",
         include_str!("../../dbus/org.vapor.Virtualization.Network.xml"),
     ),
+    (
+        "org.vapor.Virtualization.Snapshot",
+        include_str!("../../dbus/org.vapor.Virtualization.Snapshot.xml"),
+    ),
 ];
 
 /// Members the proxies may declare before the XML has them:
@@ -132,7 +136,8 @@ fn signature(ty: &str) -> String {
         "f64" => "d",
         "OwnedObjectPath" => "o",
         "Fd<'_>" | "OwnedFd" => "h",
-        "Options<'_>" => "a{sv}",
+        "Options<'_>" | "HashMap<String, OwnedVariant>" => "a{sv}",
+        "i64" => "x",
         "OwnedVariant" | "zbus::OwnedVariant" => "v",
         other => panic!("no signature known for {other}"),
     }

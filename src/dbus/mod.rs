@@ -12,6 +12,7 @@ pub mod object;
 pub mod options;
 pub mod pci;
 pub mod polkit;
+pub mod snapshot;
 pub mod storage;
 pub mod vm;
 pub mod vm_metrics;

@@ -49,6 +49,8 @@ pub enum Action {
     StorageManage,
     /// Creating, changing and deleting virtual networks.
     NetworkManage,
+    /// Making, reverting to and deleting snapshots of a VM.
+    SnapshotManage,
     /// Cancelling a job one started oneself.
     JobCancel,
     /// Cancelling someone else's job.
@@ -71,6 +73,7 @@ impl Action {
             Action::PciAssignHostCritical => "org.vapor.virtualization.pci-assign-host-critical",
             Action::StorageManage => "org.vapor.virtualization.storage-manage",
             Action::NetworkManage => "org.vapor.virtualization.network-manage",
+            Action::SnapshotManage => "org.vapor.virtualization.snapshot-manage",
             Action::JobCancel => "org.vapor.virtualization.job-cancel",
             Action::JobCancelOther => "org.vapor.virtualization.job-cancel-other",
         }

@@ -30,6 +30,8 @@ pub struct VmContext {
     /// Disks, media and interfaces, live and in the definition.
     pub devices: Arc<crate::services::vm_devices::DeviceService>,
     pub clones: Arc<crate::services::vm_clone::CloneService>,
+    /// Snapshots, and the kind their objects are published as.
+    pub snapshots: Arc<super::snapshot::SnapshotContext>,
 }
 
 /// The methods of one VM object; its properties come from [`VmContext`]'s table.
@@ -200,6 +202,10 @@ mod change;
 // OpenConsole, OpenGraphics, GetConsoleSocket.
 #[path = "vm_console.rs"]
 mod console;
+
+// GetSnapshotCapabilities, CreateSnapshot.
+#[path = "vm_snapshot.rs"]
+mod snapshot;
 
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
@@ -561,6 +567,32 @@ impl VirtualMachine {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<zbus::OwnedObjectPath, Error> {
         self.clone_as(&header, server, new_name, &options).await
+    }
+
+    /// What kinds of snapshot the VM allows now: for each of `internal`,
+    /// `external` (disk-only), `external_memory`, `revert_external`,
+    /// `delete_external` and `quiesce` an a{sv} {possible: b, reason: s};
+    /// and `auto` (s): the kind CreateSnapshot makes when not told.
+    #[zbus(out_args("capabilities"))]
+    async fn get_snapshot_capabilities(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, OwnedVariant>, Error> {
+        self.snapshot_capabilities(&header).await
+    }
+
+    /// Make a snapshot, as a Job; its object back. Options: `name` (s,
+    /// default from the time), `description` (s), `memory` (b, default:
+    /// the VM runs), `quiesce` (b: freeze file systems through the guest
+    /// agent), `kind` (s: auto, internal, external; default auto).
+    #[zbus(out_args("snapshot"))]
+    async fn create_snapshot(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<zbus::OwnedObjectPath, Error> {
+        self.create_snapshot_as(&header, server, &options).await
     }
 
     /// The VM's whole configuration and state as a JSON document.

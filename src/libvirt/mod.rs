@@ -3,7 +3,7 @@
 //! ([`domain`]), their serial consoles and displays ([`console`]), storage
 //! pools and volumes ([`storage`], their records in [`storage_records`],
 //! volume data streams in [`stream`], [`volume`]),
-//! networks ([`network`]) and the host ([`node`]) that hide libvirt's flags
+//! networks ([`network`]), snapshots ([`snapshot`]) and the host ([`node`]) that hide libvirt's flags
 //! and hand back plain data. Everything here is blocking C underneath; the
 //! async operations on [`Hypervisor`] move the work off the async runtime,
 //! and a [`Session`] ([`Hypervisor::session`], [`Hypervisor::on_domain`])
@@ -22,6 +22,7 @@ pub mod events;
 pub mod network;
 pub mod node;
 pub mod records;
+pub mod snapshot;
 pub mod storage;
 pub mod storage_records;
 pub mod stream;

@@ -1,6 +1,6 @@
-//! Keeping the storage, network and reference caches current: libvirt's
-//! pool and network events re-read what they name, domain events re-read
-//! what that domain uses, a (re)connect re-reads everything, and a slow
+//! Keeping the storage, network, snapshot and reference caches current:
+//! libvirt's pool and network events re-read what they name, domain events
+//! re-read what that domain uses and its snapshots, a (re)connect re-reads everything, and a slow
 //! periodic re-read catches what libvirt has no event for (a volume made
 //! with `virsh vol-create` behind vapord's back).
 
@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::network::NetworkService;
 use super::references::References;
+use super::snapshot::SnapshotService;
 use super::storage::StorageService;
 use crate::model::Model;
 
@@ -20,6 +21,7 @@ pub struct Followers {
     pub refs: Arc<References>,
     pub storage: Arc<StorageService>,
     pub networks: Arc<NetworkService>,
+    pub snapshots: Arc<SnapshotService>,
 }
 
 impl Followers {
@@ -33,6 +35,9 @@ impl Followers {
         }
         if let Err(e) = self.networks.resync().await {
             log::warn!("cannot read virtual networks yet: {e}");
+        }
+        if let Err(e) = self.snapshots.resync().await {
+            log::warn!("cannot read snapshots yet: {e}");
         }
     }
 
@@ -74,13 +79,19 @@ impl Followers {
             }
         });
         let mut domains = model.touched();
-        let refs = self.refs.clone();
+        let (refs, snapshots) = (self.refs.clone(), self.snapshots.clone());
         tokio::spawn(async move {
             loop {
                 match domains.recv().await {
-                    Ok(uuid) => refs.refresh(&uuid).await,
+                    Ok(uuid) => {
+                        refs.refresh(&uuid).await;
+                        if let Err(e) = snapshots.resync_vm(&uuid).await {
+                            log::debug!(vm_uuid = uuid.as_str(); "cannot re-read snapshots: {e}");
+                        }
+                    }
                     Err(RecvError::Lagged(_)) => {
                         let _ = refs.load_all().await;
+                        let _ = snapshots.resync().await;
                     }
                     Err(RecvError::Closed) => return,
                 }
@@ -120,6 +131,7 @@ impl Followers {
                         if *connected.borrow() {
                             let _ = this.storage.resync().await;
                             let _ = this.networks.resync().await;
+                            let _ = this.snapshots.resync().await;
                         }
                     }
                 }

@@ -14,6 +14,8 @@ pub mod network;
 pub mod pci;
 pub mod references;
 pub mod rollback;
+pub mod snapshot;
+pub mod snapshot_rules;
 pub mod storage;
 pub mod storage_ownership;
 pub mod storage_rules;

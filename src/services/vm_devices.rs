@@ -563,7 +563,7 @@ fn identify_disk(disk: &Element) -> String {
 }
 
 /// Add (or remove) a path from the volumes vapord made for this VM.
-fn change_owned(d: &DomainRef, path: &str, add: bool) -> Result<()> {
+pub(crate) fn change_owned(d: &DomainRef, path: &str, add: bool) -> Result<()> {
     let mut def = d.editable_definition()?;
     let vm = def.vapor_metadata_mut();
     vm.children

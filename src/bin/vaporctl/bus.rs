@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use vapor::client::proxies::{
-    self, ManagerClient, NetworkClient, PciDeviceClient, StoragePoolClient, VirtualMachineClient,
-    VolumeClient,
+    self, ManagerClient, NetworkClient, PciDeviceClient, SnapshotClient, StoragePoolClient,
+    VirtualMachineClient, VolumeClient,
 };
 use zbus::fdo::{ObjectManagerProxy, PropertiesProxy};
 use zbus::names::InterfaceName;
@@ -19,6 +19,7 @@ pub const PCI: &str = proxies::PCI_DEVICE_INTERFACE;
 pub const POOL: &str = proxies::STORAGE_POOL_INTERFACE;
 pub const VOLUME: &str = proxies::VOLUME_INTERFACE;
 pub const NETWORK: &str = proxies::NETWORK_INTERFACE;
+pub const SNAPSHOT: &str = proxies::SNAPSHOT_INTERFACE;
 
 /// The bus connection and whether calls let polkit ask for a password
 /// (`ALLOW_INTERACTIVE_AUTHORIZATION`; off with `--no-ask-password`).
@@ -39,10 +40,19 @@ impl Client {
         Ok(ManagerClient::new(&self.conn, proxies::MANAGER_PATH, self.ask).await?)
     }
 
+    /// The object path of the VM with this name or UUID.
+    pub async fn vm_path(&self, name: &str) -> Result<OwnedObjectPath, Failure> {
+        Ok(self.manager().await?.lookup_virtual_machine(name).await?)
+    }
+
     /// The VM with this name or UUID.
     pub async fn vm(&self, name: &str) -> Result<VirtualMachineClient<'static>, Failure> {
-        let path = self.manager().await?.lookup_virtual_machine(name).await?;
+        let path = self.vm_path(name).await?;
         Ok(VirtualMachineClient::new(&self.conn, path, self.ask).await?)
+    }
+
+    pub async fn snapshot_at(&self, path: &str) -> Result<SnapshotClient<'static>, Failure> {
+        Ok(SnapshotClient::new(&self.conn, path.to_owned(), self.ask).await?)
     }
 
     pub async fn pci_at(&self, path: String) -> Result<PciDeviceClient<'static>, Failure> {

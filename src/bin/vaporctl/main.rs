@@ -19,6 +19,7 @@ mod network;
 mod output;
 mod pci;
 mod pool;
+mod snapshot;
 mod template;
 mod transfer;
 mod vm;
@@ -143,6 +144,9 @@ enum Cmd {
     /// Virtual networks (named by name or UUID).
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// A VM's snapshots: list, capabilities, create, revert, delete.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// A VM's CPU, memory, disk and network use: a live view until Ctrl-C;
     /// with --json, every sample vapord keeps (up to an hour).
     #[command(flatten)]
@@ -307,6 +311,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Autostart { vm, state } => vm::autostart(&c, vm, state, json).await,
         Cmd::Create { spec, dry_run } => vm::create(&c, spec, *dry_run, json).await,
         Cmd::Change(ch) => change::run(&c, ch, json).await,
+        Cmd::Snapshot(s) => snapshot::run(&c, s, json).await,
         Cmd::Template(t) => template::run(&c, t, json).await,
         Cmd::Pci(p) => pci::run(&c, p, json).await,
         Cmd::AttachPci {

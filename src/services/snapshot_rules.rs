@@ -1,0 +1,402 @@
+//! The decisions behind snapshots, as pure functions: what kinds of
+//! snapshot a VM allows now and why not ([`capabilities`]), which kind a
+//! request gets ([`choose`]), the description libvirt is given
+//! ([`snapshot_xml`]) and the checks on a snapshot's name.
+
+use crate::libvirt::snapshot::SnapshotSupport;
+use crate::libvirt::xml::{escape, Disk, DiskSource, Element};
+use crate::{Error, Result};
+
+/// libvirt that can make internal snapshots of VMs with UEFI variables in
+/// pflash (10.9) …
+const PFLASH_CREATE: u32 = 10_009_000;
+/// … and revert to and delete them (10.10).
+const PFLASH_REVERT: u32 = 10_010_000;
+/// The longest snapshot name vapord makes (it becomes part of file names).
+pub const NAME_MAX: usize = 64;
+
+/// What the decisions need to know about a VM, read from its (live, when
+/// running) definition and libvirt.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFacts {
+    pub running: bool,
+    pub disks: Vec<Disk>,
+    /// UEFI variables in a pflash device (`<loader type='pflash'>`).
+    pub pflash: bool,
+    /// Host PCI devices given to the guest.
+    pub vfio: bool,
+    /// The guest agent's channel is connected.
+    pub agent_connected: bool,
+    pub support: SnapshotSupport,
+}
+
+/// Read the facts from a domain document. Pure.
+pub fn facts_from_domain(dom: &Element, running: bool, support: SnapshotSupport) -> SnapshotFacts {
+    let os = dom.child("os");
+    let pflash = os
+        .and_then(|o| o.child("loader"))
+        .is_some_and(|l| l.attr("type") == Some("pflash"));
+    let devices = dom.child("devices");
+    let vfio = devices.is_some_and(|d| {
+        d.children_named("hostdev")
+            .any(|h| h.attr("type") == Some("pci"))
+    });
+    let agent_connected = running
+        && devices.is_some_and(|d| {
+            d.children_named("channel").any(|c| {
+                c.child("target").is_some_and(|t| {
+                    t.attr("name") == Some("org.qemu.guest_agent.0")
+                        && t.attr("state") == Some("connected")
+                })
+            })
+        });
+    SnapshotFacts {
+        running,
+        disks: crate::libvirt::xml::domain_disks(dom),
+        pflash,
+        vfio,
+        agent_connected,
+        support,
+    }
+}
+
+/// Whether one thing is possible, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub possible: bool,
+    /// Why not ("" when possible).
+    pub reason: String,
+}
+
+impl Verdict {
+    fn yes() -> Self {
+        Self {
+            possible: true,
+            reason: String::new(),
+        }
+    }
+    fn no(reason: impl Into<String>) -> Self {
+        Self {
+            possible: false,
+            reason: reason.into(),
+        }
+    }
+    fn first_of(problems: impl IntoIterator<Item = Option<String>>) -> Self {
+        problems
+            .into_iter()
+            .flatten()
+            .next()
+            .map_or_else(Self::yes, Self::no)
+    }
+}
+
+/// What a VM allows now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Inside the qcow2 images (with memory when running).
+    pub internal: Verdict,
+    /// New overlay files for the disks, no memory.
+    pub external_disk_only: Verdict,
+    /// New overlay files and a memory file (running VMs).
+    pub external_memory: Verdict,
+    pub revert_external: Verdict,
+    pub delete_external: Verdict,
+    /// File systems frozen through the guest agent (with disk-only external).
+    pub quiesce: Verdict,
+}
+
+/// Whether a disk takes part in a snapshot (writable disks do).
+pub fn snapshotted(d: &Disk) -> bool {
+    d.device == "disk" && !d.readonly && !d.shareable && d.source != DiskSource::Empty
+}
+
+fn target(d: &Disk) -> &str {
+    d.target.as_deref().unwrap_or("?")
+}
+
+fn version(v: u32) -> String {
+    format!("{}.{}", v / 1_000_000, (v / 1_000) % 1_000)
+}
+
+/// What the VM allows now, each with its reason when not. Pure.
+pub fn capabilities(f: &SnapshotFacts) -> Capabilities {
+    let disks: Vec<&Disk> = f.disks.iter().filter(|d| snapshotted(d)).collect();
+    let no_disks = disks
+        .is_empty()
+        .then(|| "the VM has no writable disk to snapshot".to_owned());
+    let not_qcow2 = disks
+        .iter()
+        .find(|d| d.format.as_deref() != Some("qcow2"))
+        .map(|d| {
+            format!(
+                "disk {} is {}: internal snapshots need every writable disk in qcow2 format",
+                target(d),
+                d.format.as_deref().unwrap_or("of unknown format")
+            )
+        });
+    let pflash = (f.pflash && f.support.version < PFLASH_CREATE).then(|| {
+        format!(
+            "the VM keeps its UEFI variables in pflash, which needs libvirt 10.9 (this host has {})",
+            version(f.support.version)
+        )
+    });
+    let vfio_running = (f.running && f.vfio)
+        .then(|| "the running VM has host PCI devices, whose state cannot be saved".to_owned());
+    let not_file = disks
+        .iter()
+        .find(|d| !matches!(d.source, DiskSource::Path(_)))
+        .map(|d| {
+            format!(
+                "disk {} is not a file or block device: external snapshots need one",
+                target(d)
+            )
+        });
+    let external_revert = (!f.support.external_revert_delete).then(|| {
+        format!(
+            "reverting to and deleting external snapshots needs libvirt 9.9 (this host has {})",
+            version(f.support.version)
+        )
+    });
+    let pflash_revert = (f.pflash && f.support.version < PFLASH_REVERT).then(|| {
+        format!(
+            "the VM keeps its UEFI variables in pflash; reverting needs libvirt 10.10 (this host has {})",
+            version(f.support.version)
+        )
+    });
+    let stopped =
+        (!f.running).then(|| "the VM is not running: there is no memory to save".to_owned());
+    let external_disk_only = Verdict::first_of([no_disks.clone(), not_file.clone()]);
+    Capabilities {
+        internal: Verdict::first_of([no_disks.clone(), not_qcow2, pflash, vfio_running.clone()]),
+        external_memory: Verdict::first_of([stopped, no_disks, not_file, vfio_running]),
+        revert_external: Verdict::first_of([external_revert.clone(), pflash_revert]),
+        delete_external: Verdict::first_of([external_revert]),
+        quiesce: if !f.running {
+            Verdict::no("the VM is not running")
+        } else if !f.agent_connected {
+            Verdict::no("the guest agent is not connected")
+        } else if !external_disk_only.possible {
+            Verdict::no(format!(
+                "quiescing needs a disk-only external snapshot: {}",
+                external_disk_only.reason
+            ))
+        } else {
+            Verdict::yes()
+        },
+        external_disk_only,
+    }
+}
+
+/// The kind of snapshot a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    Auto,
+    Internal,
+    External,
+}
+
+impl Requested {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "internal" => Ok(Self::Internal),
+            "external" => Ok(Self::External),
+            other => Err(Error::InvalidArgument(format!(
+                "kind: '{other}' is not one of auto, internal, external"
+            ))),
+        }
+    }
+}
+
+/// The kind of snapshot made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Internal,
+    ExternalDiskOnly,
+    ExternalMemory,
+}
+
+impl Chosen {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Chosen::Internal => "internal",
+            Chosen::ExternalDiskOnly => "external disk-only",
+            Chosen::ExternalMemory => "external with memory",
+        }
+    }
+}
+
+/// What a caller asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub kind: Requested,
+    /// Save the memory (default: when the VM runs).
+    pub memory: Option<bool>,
+    pub quiesce: bool,
+}
+
+fn refuse(field: &str, v: &Verdict) -> Error {
+    Error::NotSupported(format!("{field}: {}", v.reason))
+}
+
+/// The kind a request gets, or why it cannot be had. Pure.
+pub fn choose(caps: &Capabilities, running: bool, req: Request) -> Result<Chosen> {
+    let memory = req.memory.unwrap_or(running);
+    if memory && !running {
+        return Err(Error::InvalidState(
+            "memory: the VM is not running, so there is no memory to save".into(),
+        ));
+    }
+    if req.quiesce {
+        if memory {
+            return Err(Error::InvalidArgument(
+                "quiesce: only a snapshot without memory can be quiesced (set memory to false)"
+                    .into(),
+            ));
+        }
+        if req.kind == Requested::Internal {
+            return Err(Error::InvalidArgument(
+                "quiesce: only external snapshots can be quiesced".into(),
+            ));
+        }
+        if !caps.quiesce.possible {
+            return Err(refuse("quiesce", &caps.quiesce));
+        }
+        return Ok(Chosen::ExternalDiskOnly);
+    }
+    let external = || {
+        if memory {
+            caps.external_memory
+                .possible
+                .then_some(Chosen::ExternalMemory)
+                .ok_or_else(|| refuse("kind", &caps.external_memory))
+        } else {
+            caps.external_disk_only
+                .possible
+                .then_some(Chosen::ExternalDiskOnly)
+                .ok_or_else(|| refuse("kind", &caps.external_disk_only))
+        }
+    };
+    // An internal snapshot holds the memory exactly when the VM runs.
+    let internal_fits = memory == running;
+    match req.kind {
+        Requested::Internal if !internal_fits => Err(Error::InvalidArgument(
+            "memory: an internal snapshot of a running VM always includes its memory".into(),
+        )),
+        Requested::Internal if !caps.internal.possible => Err(refuse("kind", &caps.internal)),
+        Requested::Internal => Ok(Chosen::Internal),
+        Requested::External => external(),
+        Requested::Auto if internal_fits && caps.internal.possible => Ok(Chosen::Internal),
+        Requested::Auto => external(),
+    }
+}
+
+/// Check a snapshot name vapord is asked to make: it becomes part of the
+/// overlay and memory file names of an external snapshot.
+pub fn check_name(name: &str) -> Result<()> {
+    crate::text::check("name", name, crate::text::TextRule::NAME)?;
+    let problem = if name.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if name.len() > NAME_MAX {
+        Some(format!("is longer than {NAME_MAX} bytes"))
+    } else if name.starts_with(['.', '-']) {
+        Some("must not start with '.' or '-'".to_owned())
+    } else {
+        name.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            .map(|c| format!("may hold only letters, digits, '.', '_' and '-' (not {c:?})"))
+    };
+    match problem {
+        Some(p) => Err(Error::InvalidArgument(format!("name: '{}' {p}", name))),
+        None => Ok(()),
+    }
+}
+
+/// A snapshot name from the time (`snap-20261130-081502`). Pure.
+pub fn default_name(unix_secs: i64) -> String {
+    let days = unix_secs.div_euclid(86_400);
+    let secs = unix_secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "snap-{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+/// `base`, or `base-2`, `base-3` … whichever is not `taken`. Pure.
+pub fn unused_name(base: &str, taken: &[String]) -> String {
+    let free = |n: &String| !taken.contains(n);
+    std::iter::once(base.to_owned())
+        .chain((2..).map(|i| format!("{base}-{i}")))
+        .find(free)
+        .expect("an unbounded sequence has a free name")
+}
+
+/// The memory file of an external snapshot with memory: beside the first
+/// snapshotted disk, named as libvirt names the overlays. Pure.
+pub fn memory_file(disks: &[Disk], name: &str) -> Option<String> {
+    let path = disks
+        .iter()
+        .filter(|d| snapshotted(d))
+        .find_map(|d| match &d.source {
+            DiskSource::Path(p) => Some(p.clone()),
+            _ => None,
+        })?;
+    let p = std::path::Path::new(&path);
+    let dir = p.parent()?.to_str()?;
+    let stem = p.file_stem()?.to_str()?;
+    Some(format!("{dir}/{stem}.{name}.mem"))
+}
+
+/// The `<domainsnapshot>` libvirt is given. Pure.
+pub fn snapshot_xml(
+    name: &str,
+    description: &str,
+    chosen: Chosen,
+    running: bool,
+    disks: &[Disk],
+    memory_file: Option<&str>,
+) -> String {
+    let mut x = format!("<domainsnapshot><name>{}</name>", escape(name));
+    if !description.is_empty() {
+        x.push_str(&format!(
+            "<description>{}</description>",
+            escape(description)
+        ));
+    }
+    match (chosen, memory_file) {
+        (Chosen::ExternalMemory, Some(f)) => x.push_str(&format!(
+            "<memory snapshot='external' file='{}'/>",
+            escape(f)
+        )),
+        (Chosen::Internal, _) if running => x.push_str("<memory snapshot='internal'/>"),
+        _ => x.push_str("<memory snapshot='no'/>"),
+    }
+    x.push_str("<disks>");
+    for d in disks {
+        let Some(t) = &d.target else { continue };
+        let mode = match (snapshotted(d), chosen) {
+            (false, _) => "no",
+            (true, Chosen::Internal) => "internal",
+            (true, _) => "external",
+        };
+        x.push_str(&format!("<disk name='{}' snapshot='{mode}'/>", escape(t)));
+    }
+    x.push_str("</disks></domainsnapshot>");
+    x
+}
+
+#[cfg(test)]
+#[path = "snapshot_rules_tests.rs"]
+mod tests;
