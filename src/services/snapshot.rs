@@ -220,7 +220,7 @@ impl SnapshotService {
         }
         let this = self.clone();
         progress.update("checking the VM", 0, 0);
-        let (name, chosen, xml, how, memory_file, owned_before) = self
+        let (name, chosen, xml, how, memory_file, before) = self
             .hv()
             .on_domain(uuid, move |s, d| {
                 let facts = this.facts_in(s, d)?;
@@ -267,20 +267,8 @@ impl SnapshotService {
                     disk_only: chosen == Chosen::ExternalDiskOnly,
                     quiesce: new.request.quiesce,
                 };
-                let sources: Vec<(String, String)> = facts
-                    .disks
-                    .iter()
-                    .filter_map(|disk| match (&disk.target, &disk.source) {
-                        (Some(t), DiskSource::Path(p)) => Some((t.clone(), p.clone())),
-                        _ => None,
-                    })
-                    .collect();
-                let owned = d.vapor_metadata().owned_volumes;
-                let owned_before: Vec<(String, String)> = sources
-                    .into_iter()
-                    .filter(|(_, p)| owned.contains(p))
-                    .collect();
-                Ok((n, chosen, xml, how, memory_file, owned_before))
+                let before = files_of(d)?;
+                Ok((n, chosen, xml, how, memory_file, before))
             })
             .await?;
         let step = match chosen {
@@ -290,32 +278,11 @@ impl SnapshotService {
         };
         progress.update(step, 0, 0);
         let what = format!("cannot make the {} snapshot '{name}'", chosen.as_str());
-        let n = name.clone();
         let made = self
             .hv()
             .on_domain(uuid, move |_, d| {
                 let made = d.create_snapshot(&xml, how).map_err(|e| e.context(&what))?;
-                // Files made on top of the VM's own volumes are the VM's too.
-                let rec = d
-                    .snapshots()?
-                    .into_iter()
-                    .find(|r| r.name == made)
-                    .ok_or_else(|| Error::Failed(format!("snapshot '{n}' vanished")))?;
-                let mut add: Vec<String> = rec
-                    .disks
-                    .iter()
-                    .filter(|sd| sd.mode == "external" && !sd.file.is_empty())
-                    .filter(|sd| owned_before.iter().any(|(t, _)| *t == sd.target))
-                    .map(|sd| sd.file.clone())
-                    .collect();
-                if !owned_before.is_empty() {
-                    add.extend(memory_file);
-                }
-                for f in add {
-                    if let Err(e) = super::vm_devices::change_owned(d, &f, true) {
-                        log::warn!("cannot record {f} as the VM's own: {e}");
-                    }
-                }
+                keep_ownership(d, &before, memory_file);
                 Ok(made)
             })
             .await;
@@ -334,10 +301,14 @@ impl SnapshotService {
         let r = self
             .hv()
             .on_domain(&snap.vm_uuid, move |_, d| {
+                let before = files_of(d)?;
                 d.revert_snapshot(&name, how).map_err(|e| match e {
                     Error::InvalidState(m) => Error::InvalidState(m),
                     e => e.context(&what),
-                })
+                })?;
+                // Reverting to an external snapshot starts new overlays.
+                keep_ownership(d, &before, None);
+                Ok(())
             })
             .await;
         self.settle(&snap.vm_uuid).await;
@@ -391,6 +362,57 @@ impl SnapshotService {
             log::debug!(vm_uuid = uuid; "cannot re-read snapshots: {e}");
         }
         let _ = self.model.refresh_domain(uuid).await;
+    }
+}
+
+/// What a snapshot operation may change about the VM's files: each disk's
+/// (target, file), and which files are the VM's own.
+struct Files {
+    disks: Vec<(String, String)>,
+    owned: Vec<String>,
+}
+
+/// The VM's files now (the running, or only, definition).
+fn files_of(d: &DomainRef) -> Result<Files> {
+    let def = d.definition(Definition::Live)?;
+    Ok(Files {
+        disks: crate::libvirt::xml::domain_disks(&def)
+            .into_iter()
+            .filter_map(|disk| match (disk.target, disk.source) {
+                (Some(t), DiskSource::Path(p)) => Some((t, p)),
+                _ => None,
+            })
+            .collect(),
+        owned: d.vapor_metadata().owned_volumes,
+    })
+}
+
+/// Keep the VM's record of its own files right after a snapshot operation:
+/// every file that took the place of one of its own (the overlay a
+/// snapshot or a revert started) and `extra` (a memory file) when any did
+/// become its own; and files it owned before stay owned, though a revert
+/// brings back the older record the snapshot holds. So deleting the VM
+/// deletes them all.
+fn keep_ownership(d: &DomainRef, before: &Files, extra: Option<String>) {
+    let after = match files_of(d) {
+        Ok(a) => a,
+        Err(e) => {
+            log::warn!("cannot read the disks after a snapshot operation: {e}");
+            return;
+        }
+    };
+    let add = snapshot_rules::ownership_after(
+        &before.disks,
+        &before.owned,
+        &after.disks,
+        &after.owned,
+        extra,
+        |f| std::path::Path::new(f).exists(),
+    );
+    for f in add {
+        if let Err(e) = super::vm_devices::change_owned(d, &f, true) {
+            log::warn!("cannot record {f} as the VM's own: {e}");
+        }
     }
 }
 

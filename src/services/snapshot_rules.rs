@@ -334,6 +334,40 @@ pub fn default_name(unix_secs: i64) -> String {
     )
 }
 
+/// The files to record as the VM's own after a snapshot operation, given
+/// each disk's (target, file) and the owned files before and after it:
+/// each disk's new file where its old one was owned, `extra` (a memory
+/// file) when any disk's was, and files owned before that the record lost
+/// (a revert restores the snapshot's older record) and that still `exist`.
+/// Pure.
+pub fn ownership_after(
+    disks_before: &[(String, String)],
+    owned_before: &[String],
+    disks_after: &[(String, String)],
+    owned_after: &[String],
+    extra: Option<String>,
+    exists: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let owned = |f: &String| owned_before.contains(f) || owned_after.contains(f);
+    let mut out: Vec<String> = owned_before
+        .iter()
+        .filter(|f| !owned_after.contains(f) && exists(f))
+        .cloned()
+        .collect();
+    for (t, f) in disks_after {
+        let replaced_own = disks_before
+            .iter()
+            .any(|(bt, bf)| bt == t && bf != f && owned(bf));
+        if replaced_own && !owned(f) && !out.contains(f) {
+            out.push(f.clone());
+        }
+    }
+    if disks_before.iter().any(|(_, f)| owned(f)) {
+        out.extend(extra);
+    }
+    out
+}
+
 /// `base`, or `base-2`, `base-3` … whichever is not `taken`. Pure.
 pub fn unused_name(base: &str, taken: &[String]) -> String {
     let free = |n: &String| !taken.contains(n);

@@ -228,3 +228,61 @@ fn the_description_given_to_libvirt() {
             .contains("<memory snapshot='no'/>")
     );
 }
+
+#[test]
+fn files_taking_the_place_of_owned_ones_become_owned() {
+    let pair = |t: &str, f: &str| (t.to_owned(), f.to_owned());
+    let owned = vec!["/p/web.qcow2".to_owned()];
+    let before = vec![
+        pair("vda", "/p/web.qcow2"),
+        pair("vdb", "/data/foreign.raw"),
+    ];
+    let after = vec![pair("vda", "/p/web.s1"), pair("vdb", "/data/foreign.s1")];
+    let all = |_: &str| true;
+    assert_eq!(
+        ownership_after(
+            &before,
+            &owned,
+            &after,
+            &owned,
+            Some("/p/web.s1.mem".into()),
+            all
+        ),
+        vec!["/p/web.s1".to_owned(), "/p/web.s1.mem".to_owned()]
+    );
+    // Nothing of the VM's own changed: nothing is adopted, not even memory.
+    let foreign = vec![pair("vdb", "/data/foreign.raw")];
+    assert!(ownership_after(
+        &foreign,
+        &owned,
+        &[pair("vdb", "/data/x")],
+        &owned,
+        Some("/m".into()),
+        all
+    )
+    .is_empty());
+    // An internal snapshot changes no file.
+    assert!(ownership_after(&before, &owned, &before, &owned, None, all).is_empty());
+}
+
+#[test]
+fn a_revert_that_brings_back_an_older_record_keeps_what_was_owned() {
+    let pair = |t: &str, f: &str| (t.to_owned(), f.to_owned());
+    // Owned before the revert: the base and the e1 overlay; the snapshot's
+    // record only knows the base. The revert starts a new overlay.
+    let owned_before = vec![
+        "/p/web.qcow2".to_owned(),
+        "/p/web.e1".to_owned(),
+        "/p/gone".to_owned(),
+    ];
+    let owned_after = vec!["/p/web.qcow2".to_owned()];
+    let add = ownership_after(
+        &[pair("vda", "/p/web.e1")],
+        &owned_before,
+        &[pair("vda", "/p/web.123")],
+        &owned_after,
+        None,
+        |f| f != "/p/gone",
+    );
+    assert_eq!(add, vec!["/p/web.e1".to_owned(), "/p/web.123".to_owned()]);
+}

@@ -6,7 +6,7 @@ use vapor::libvirt::xml::Element;
 
 use crate::common::*;
 
-async fn introspect(conn: &zbus::Connection, path: &str) -> Element {
+pub async fn introspect(conn: &zbus::Connection, path: &str) -> Element {
     let p = zbus::Proxy::new(
         conn,
         BUS_NAME,

@@ -21,5 +21,6 @@ mod metrics;
 mod network;
 mod pci_real;
 mod polkit_access;
+mod snapshot;
 mod storage;
 mod update;
