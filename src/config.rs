@@ -51,6 +51,9 @@ pub struct Config {
     /// How long a console socket may go without a connection before it is
     /// removed.
     pub console_idle_secs: u64,
+    /// The backup repository: a directory only vapord writes (unset:
+    /// `<state_dir>/backups`).
+    pub backup_dir: Option<PathBuf>,
     /// Upper bounds on what one creation request may ask for.
     pub limits: Limits,
 }
@@ -104,6 +107,7 @@ impl Default for Config {
             polkit_timeout_secs: 15,
             console_dir: PathBuf::from("/run/vapor/console"),
             console_idle_secs: 300,
+            backup_dir: None,
             limits: Limits::default(),
         }
     }
@@ -207,8 +211,18 @@ impl Config {
         if !(1..=86_400).contains(&self.console_idle_secs) {
             return Err(("console_idle_secs", "must be between 1 and 86400".into()));
         }
+        if self.backup_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            return Err(("backup_dir", "must be an absolute path".into()));
+        }
         self.limits.validate()?;
         Ok(())
+    }
+
+    /// The backup repository's directory.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("backups"))
     }
 }
 

@@ -13,6 +13,7 @@ use zbus::fdo::{DBusProxy, RequestNameFlags, RequestNameReply};
 use crate::config::Config;
 use crate::creation::resolve::Defaults;
 use crate::creation::template::TemplateStore;
+use crate::dbus::backup::{BackupContext, Backups};
 use crate::dbus::manager::Manager;
 use crate::dbus::network::NetworkContext;
 use crate::dbus::pci::PciContext;
@@ -27,6 +28,7 @@ use crate::libvirt::Hypervisor;
 use crate::model::Model;
 use crate::pci::udev::PciMonitor;
 use crate::recovery;
+use crate::services::backup::BackupService;
 use crate::services::console::ConsoleService;
 use crate::services::creation::CreationService;
 use crate::services::follow::Followers;
@@ -173,6 +175,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         snapshots,
         auth: auth.clone(),
     });
+    let (backups, backup_changes) =
+        BackupService::new(model.clone(), &cfg.backup_dir(), intents.clone())
+            .map_err(|e| format!("backups: {e}"))?;
+    let backup_ctx = Arc::new(BackupContext {
+        backups,
+        auth: auth.clone(),
+        vms: std::sync::OnceLock::new(),
+    });
     let ctx = Arc::new(VmContext {
         vms: VmService::new(model.clone()),
         auth: auth.clone(),
@@ -181,7 +191,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         devices: Arc::new(DeviceService::new(model.clone(), storage.clone())),
         clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
         snapshots: snapshot_ctx.clone(),
+        backups: backup_ctx.clone(),
     });
+    let _ = backup_ctx.vms.set(Arc::downgrade(&ctx));
     let storage_ctx = Arc::new(StorageContext {
         storage,
         auth: auth.clone(),
@@ -260,6 +272,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     published.add(volumes, volume_changes);
     published.add(network_ctx, network_changes);
     published.add(Arc::new(Snapshots(snapshot_ctx)), snapshot_changes);
+    published.add(Arc::new(Backups(backup_ctx)), backup_changes);
     published.drain(server).await;
 
     // Watch for losing the name before asking for it.

@@ -37,6 +37,7 @@ pub const STORAGE_POOL_INTERFACE: &str = "org.vapor.Virtualization.StoragePool";
 pub const VOLUME_INTERFACE: &str = "org.vapor.Virtualization.Volume";
 pub const NETWORK_INTERFACE: &str = "org.vapor.Virtualization.Network";
 pub const SNAPSHOT_INTERFACE: &str = "org.vapor.Virtualization.Snapshot";
+pub const BACKUP_INTERFACE: &str = "org.vapor.Virtualization.Backup";
 
 /// `a{sv}` options as sent.
 pub type Options<'a> = HashMap<&'a str, Variant<'a>>;
@@ -272,6 +273,8 @@ interfaces! {
             fn get_snapshot_capabilities(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
             /// Options: `name`, `description`, `kind` (s), `memory`, `quiesce` (b).
             fn create_snapshot(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+            /// Options: `kind` (s), `quiesce` (b), `keep` (u). The Backup.
+            fn backup(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
         }
         #[zbus(property)]
         fn autostart(&self) -> zbus::Result<bool>;
@@ -556,5 +559,37 @@ interfaces! {
         fn state_at_snapshot(&self) -> zbus::Result<String>;
         #[zbus(property(emits_changed_signal = "const"))]
         fn virtual_machine(&self) -> zbus::Result<OwnedObjectPath>;
+    }
+
+    /// `org.vapor.Virtualization.Backup`, one object per complete backup.
+    interface "org.vapor.Virtualization.Backup" => Backup, BackupProxy, BackupClient {
+        methods {
+            /// Options: `new_name`, `target_pool` (s). The new VM.
+            fn restore(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+            /// (intact, problems).
+            fn verify(&self) -> zbus::Result<(bool, Vec<String>)>;
+            /// Options: `dependents` (b). The ids deleted.
+            fn delete(&self, options: Options<'_>) -> zbus::Result<Vec<String>>;
+        }
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn created_at(&self) -> zbus::Result<i64>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn disks(&self) -> zbus::Result<Vec<(String, u64)>>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn id(&self) -> zbus::Result<String>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn kind(&self) -> zbus::Result<String>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn parent(&self) -> zbus::Result<OwnedObjectPath>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn size_bytes(&self) -> zbus::Result<u64>;
+        #[zbus(property)]
+        fn verified(&self) -> zbus::Result<bool>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn virtual_machine(&self) -> zbus::Result<OwnedObjectPath>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn vm_name(&self) -> zbus::Result<String>;
+        #[zbus(property(emits_changed_signal = "const"))]
+        fn vm_uuid(&self) -> zbus::Result<String>;
     }
 }

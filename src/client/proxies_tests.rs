@@ -42,6 +42,10 @@ const XML: &[(&str, &str)] = &[
         "org.vapor.Virtualization.Snapshot",
         include_str!("../../dbus/org.vapor.Virtualization.Snapshot.xml"),
     ),
+    (
+        "org.vapor.Virtualization.Backup",
+        include_str!("../../dbus/org.vapor.Virtualization.Backup.xml"),
+    ),
 ];
 
 /// Members the proxies may declare before the XML has them:

@@ -2,6 +2,7 @@
 //! error table. Handlers parse arguments, authorize the caller through polkit,
 //! call a service and map its error; they never talk to libvirt themselves.
 
+pub mod backup;
 pub mod errors;
 pub mod introspection;
 pub mod job;

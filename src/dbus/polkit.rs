@@ -51,6 +51,12 @@ pub enum Action {
     NetworkManage,
     /// Making, reverting to and deleting snapshots of a VM.
     SnapshotManage,
+    /// Backing up a VM.
+    BackupCreate,
+    /// Restoring a backup as a new VM.
+    BackupRestore,
+    /// Deleting backups.
+    BackupDelete,
     /// Cancelling a job one started oneself.
     JobCancel,
     /// Cancelling someone else's job.
@@ -74,6 +80,9 @@ impl Action {
             Action::StorageManage => "org.vapor.virtualization.storage-manage",
             Action::NetworkManage => "org.vapor.virtualization.network-manage",
             Action::SnapshotManage => "org.vapor.virtualization.snapshot-manage",
+            Action::BackupCreate => "org.vapor.virtualization.backup-create",
+            Action::BackupRestore => "org.vapor.virtualization.backup-restore",
+            Action::BackupDelete => "org.vapor.virtualization.backup-delete",
             Action::JobCancel => "org.vapor.virtualization.job-cancel",
             Action::JobCancelOther => "org.vapor.virtualization.job-cancel-other",
         }

@@ -32,6 +32,8 @@ pub struct VmContext {
     pub clones: Arc<crate::services::vm_clone::CloneService>,
     /// Snapshots, and the kind their objects are published as.
     pub snapshots: Arc<super::snapshot::SnapshotContext>,
+    /// Backups into vapord's repository.
+    pub backups: Arc<super::backup::BackupContext>,
 }
 
 /// The methods of one VM object; its properties come from [`VmContext`]'s table.
@@ -206,6 +208,10 @@ mod console;
 // GetSnapshotCapabilities, CreateSnapshot.
 #[path = "vm_snapshot.rs"]
 mod snapshot;
+
+// Backup.
+#[path = "vm_backup.rs"]
+mod backup;
 
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
@@ -593,6 +599,22 @@ impl VirtualMachine {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<zbus::OwnedObjectPath, Error> {
         self.create_snapshot_as(&header, server, &options).await
+    }
+
+    /// Back up the VM into vapord's repository, as a Job (cancelable); the
+    /// new Backup object. Options: `kind` (s: auto (default: incremental
+    /// where an earlier backup's checkpoint allows, else full), full,
+    /// incremental), `quiesce` (b: freeze the guest's file systems through
+    /// its agent while the backup starts), `keep` (u: then keep only the
+    /// newest this many backups of the VM, whole chains).
+    #[zbus(out_args("backup"))]
+    async fn backup(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<zbus::OwnedObjectPath, Error> {
+        self.backup_as(&header, server, &options).await
     }
 
     /// The VM's whole configuration and state as a JSON document.

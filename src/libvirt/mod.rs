@@ -12,6 +12,7 @@
 //! This layer knows nothing about D-Bus, polkit, services or VM creation
 //! (see the `layering` test in `src/layering_tests.rs`).
 
+pub mod backup;
 pub mod conn;
 pub mod console;
 mod console_bridge;
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod domain_change;
 pub mod errors;
 pub mod events;
+pub mod job;
 pub mod network;
 pub mod node;
 pub mod records;

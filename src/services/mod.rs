@@ -6,6 +6,8 @@
 //! [`crate::model::Model`] current after every change; they know nothing
 //! about D-Bus or polkit.
 
+pub mod backup;
+pub mod backup_repo;
 pub mod console;
 mod console_proxy;
 pub mod creation;

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use vapor::client::proxies::{
-    self, ManagerClient, NetworkClient, PciDeviceClient, SnapshotClient, StoragePoolClient,
-    VirtualMachineClient, VolumeClient,
+    self, BackupClient, ManagerClient, NetworkClient, PciDeviceClient, SnapshotClient,
+    StoragePoolClient, VirtualMachineClient, VolumeClient,
 };
 use zbus::fdo::{ObjectManagerProxy, PropertiesProxy};
 use zbus::names::InterfaceName;
@@ -20,6 +20,7 @@ pub const POOL: &str = proxies::STORAGE_POOL_INTERFACE;
 pub const VOLUME: &str = proxies::VOLUME_INTERFACE;
 pub const NETWORK: &str = proxies::NETWORK_INTERFACE;
 pub const SNAPSHOT: &str = proxies::SNAPSHOT_INTERFACE;
+pub const BACKUP: &str = proxies::BACKUP_INTERFACE;
 
 /// The bus connection and whether calls let polkit ask for a password
 /// (`ALLOW_INTERACTIVE_AUTHORIZATION`; off with `--no-ask-password`).
@@ -49,6 +50,10 @@ impl Client {
     pub async fn vm(&self, name: &str) -> Result<VirtualMachineClient<'static>, Failure> {
         let path = self.vm_path(name).await?;
         Ok(VirtualMachineClient::new(&self.conn, path, self.ask).await?)
+    }
+
+    pub async fn backup_at(&self, path: &str) -> Result<BackupClient<'static>, Failure> {
+        Ok(BackupClient::new(&self.conn, path.to_owned(), self.ask).await?)
     }
 
     pub async fn snapshot_at(&self, path: &str) -> Result<SnapshotClient<'static>, Failure> {

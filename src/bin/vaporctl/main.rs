@@ -9,6 +9,7 @@
 //! One file per noun; every call to vapord goes through the typed clients of
 //! `vapor::client::proxies` (see `bus.rs`).
 
+mod backup;
 mod bus;
 mod change;
 mod console;
@@ -147,6 +148,9 @@ enum Cmd {
     /// A VM's snapshots: list, capabilities, create, revert, delete.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Backups in vapord's repository: list, create, verify, restore, delete.
+    #[command(subcommand)]
+    Backup(backup::BackupCmd),
     /// A VM's CPU, memory, disk and network use: a live view until Ctrl-C;
     /// with --json, every sample vapord keeps (up to an hour).
     #[command(flatten)]
@@ -312,6 +316,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Create { spec, dry_run } => vm::create(&c, spec, *dry_run, json).await,
         Cmd::Change(ch) => change::run(&c, ch, json).await,
         Cmd::Snapshot(s) => snapshot::run(&c, s, json).await,
+        Cmd::Backup(b) => backup::run(&c, b, json).await,
         Cmd::Template(t) => template::run(&c, t, json).await,
         Cmd::Pci(p) => pci::run(&c, p, json).await,
         Cmd::AttachPci {

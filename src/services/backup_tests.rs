@@ -1,0 +1,84 @@
+use super::*;
+
+#[test]
+fn the_backup_and_checkpoint_documents() {
+    let disks = vec![(
+        "vda".to_owned(),
+        "/r/.partial-x/vda.libvirt.qcow2".to_owned(),
+    )];
+    let skipped = vec!["sda".to_owned()];
+    assert_eq!(
+        backup_xml(Some("vapor-a"), &disks, &skipped),
+        "<domainbackup mode='push'><incremental>vapor-a</incremental><disks>\
+         <disk name='vda' backup='yes' type='file'><target file='/r/.partial-x/vda.libvirt.qcow2'/>\
+         <driver type='qcow2'/></disk><disk name='sda' backup='no'/></disks></domainbackup>"
+    );
+    assert!(!backup_xml(None, &disks, &[]).contains("incremental"));
+    assert_eq!(
+        checkpoint_xml("vapor-b", &["vda".to_owned()], &skipped),
+        "<domaincheckpoint><name>vapor-b</name><disks><disk name='vda' checkpoint='bitmap'/>\
+         <disk name='sda' checkpoint='no'/></disks></domaincheckpoint>"
+    );
+}
+
+#[test]
+fn kinds_parse_and_name_the_field() {
+    assert_eq!(Wanted::parse("incremental").unwrap(), Wanted::Incremental);
+    assert!(Wanted::parse("partial")
+        .unwrap_err()
+        .to_string()
+        .starts_with("kind:"));
+}
+
+#[test]
+fn a_restored_definition_is_a_new_vm_of_its_own() {
+    let mut doc = Element::parse(
+        "<domain type='kvm'><name>web</name><uuid>old</uuid>\
+         <metadata><vapor:vm xmlns:vapor='https://vapor.dev/xmlns/domain/1'>\
+         <vapor:created-by uid='1'/><vapor:template name='debian'/><vapor:volume path='/p/web.qcow2'/>\
+         </vapor:vm></metadata>\
+         <os><type>hvm</type><nvram template='/t'>/var/lib/libvirt/qemu/nvram/web_VARS.fd</nvram></os>\
+         <devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/p/web.raw'/>\
+         <backingStore/><target dev='vda' bus='virtio'/></disk>\
+         <disk type='file' device='cdrom'><source file='/p/seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>\
+         <interface type='network'><mac address='52:54:00:00:00:01'/><source network='default'/></interface>\
+         </devices></domain>",
+    )
+    .unwrap();
+    restored_definition(
+        &mut doc,
+        "web2",
+        "new",
+        &[("vda".into(), "/q/web2-vda.qcow2".into())],
+        Some("/n/web2_VARS.fd"),
+        1001,
+        &["/q/web2-vda.qcow2".into()],
+    );
+    let x = doc.to_xml();
+    assert!(
+        x.contains("<name>web2</name>") && x.contains("<uuid>new</uuid>"),
+        "{x}"
+    );
+    assert!(
+        x.contains("<source file=\"/q/web2-vda.qcow2\"/>")
+            || x.contains("<source file='/q/web2-vda.qcow2'/>"),
+        "{x}"
+    );
+    assert!(
+        !x.contains("web.raw") && !x.contains("backingStore") && !x.contains("seed.iso"),
+        "{x}"
+    );
+    assert!(!x.contains("52:54:00:00:00:01"), "{x}");
+    assert!(
+        x.contains("/n/web2_VARS.fd") && !x.contains("web_VARS"),
+        "{x}"
+    );
+    let md = crate::libvirt::xml::VaporMetadata::from_domain(&Element::parse(&x).unwrap()).unwrap();
+    assert_eq!(md.created_by_uid, Some(1001));
+    assert_eq!(md.template.as_deref(), Some("debian"));
+    assert_eq!(md.owned_volumes, vec!["/q/web2-vda.qcow2".to_owned()]);
+    let disks = domain_disks(&Element::parse(&x).unwrap());
+    assert_eq!(disks[0].format.as_deref(), Some("qcow2"));
+    assert_eq!(disks[1].source, DiskSource::Empty);
+}
