@@ -4,6 +4,7 @@
 mod common;
 mod guest;
 
+mod backup;
 mod cli;
 mod cli_storage;
 mod clone;

@@ -1,0 +1,264 @@
+//! Backups through vapord, as vapor-alice: a full and an incremental backup
+//! of a running Debian guest, verified, restored as a new VM that boots
+//! with the incremental backup's data; a damaged backup restores nothing;
+//! chains are never broken; a stopped VM is copied; refusals are typed.
+
+use std::collections::HashMap;
+
+use zbus::{Connection, OwnedObjectPath, OwnedVariant, Proxy};
+
+use crate::common::*;
+use crate::guest::{pools, Guest};
+
+const BACKUP: &str = "org.vapor.Virtualization.Backup";
+
+fn call_as(
+    user: &str,
+    path: &str,
+    iface: &str,
+    method: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut a = vec![
+        "busctl",
+        "--system",
+        "--timeout=900",
+        "call",
+        BUS_NAME,
+        path,
+        iface,
+        method,
+    ];
+    a.extend_from_slice(args);
+    let out = as_user(user, &a);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Back up `vm` as alice; the Backup object's path.
+fn backup(vm: &str, opts: &[&str]) -> Result<String, String> {
+    let mut args = vec!["a{sv}"];
+    args.extend_from_slice(opts);
+    call_as(ALICE, vm, VM, "Backup", &args)
+        .map(|o| o.trim_start_matches("o ").trim_matches('"').to_owned())
+}
+
+async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedVariant> {
+    let p = Proxy::new(
+        conn,
+        BUS_NAME,
+        path.to_owned(),
+        "org.freedesktop.DBus.Properties",
+    )
+    .await
+    .unwrap();
+    p.call("GetAll", &(BACKUP,))
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn s(p: &HashMap<String, OwnedVariant>, k: &str) -> String {
+    String::try_from(p[k].try_clone().unwrap()).unwrap()
+}
+
+fn o(p: &HashMap<String, OwnedVariant>, k: &str) -> String {
+    OwnedObjectPath::try_from(p[k].try_clone().unwrap())
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
+fn mark(g: &Guest, text: &str) {
+    let (rc, _) = g.exec(
+        "/bin/sh",
+        &["-c", &format!("echo {text} > /var/tmp/marker && sync")],
+    );
+    assert_eq!(rc, 0);
+}
+
+fn repository() -> String {
+    format!("{}/backups", state_dir())
+}
+
+/// Nothing half-written is left in the repository.
+fn no_partial_backups() {
+    let partial: Vec<String> = std::fs::read_dir(repository())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".partial-"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a_vm_that_boots() {
+    let conn = bus().await;
+    let g = tokio::task::spawn_blocking(|| {
+        let g = Guest::create("bk", true);
+        g.wait_agent();
+        mark(&g, "full");
+        g
+    })
+    .await
+    .unwrap();
+
+    // Someone outside group vapor may not back up.
+    let err = call_as(BOB, &g.path, VM, "Backup", &["a{sv}", "0"]).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    // Nothing to build an incremental backup on yet: a typed refusal.
+    let err = backup(&g.path, &["1", "kind", "s", "incremental"]).unwrap_err();
+    assert!(err.contains("kind: there is no earlier backup"), "{err}");
+
+    // The first backup is full; the next, quiesced, builds on it.
+    let full = backup(&g.path, &["0"]).unwrap();
+    let pf = props(&conn, &full).await;
+    assert_eq!(s(&pf, "Kind"), "full");
+    assert_eq!(o(&pf, "Parent"), "/");
+    assert_eq!(o(&pf, "VirtualMachine"), g.path);
+    let node = crate::introspection::introspect(&conn, &full).await;
+    assert_eq!(
+        vapor::dbus::introspection::canonical_interface(&node, BACKUP),
+        vapor::dbus::introspection::canonical_interface(
+            &vapor::dbus::introspection::shipped_interface(BACKUP),
+            BACKUP
+        ),
+        "dbus/{BACKUP}.xml is out of date with the daemon"
+    );
+    let gg = g.clone();
+    tokio::task::spawn_blocking(move || mark(&gg, "incremental"))
+        .await
+        .unwrap();
+    let inc = backup(&g.path, &["1", "quiesce", "b", "true"]).unwrap();
+    let pi = props(&conn, &inc).await;
+    assert_eq!(s(&pi, "Kind"), "incremental");
+    assert_eq!(o(&pi, "Parent"), full);
+    let size = |p: &HashMap<String, OwnedVariant>| u64::try_from(&p["SizeBytes"]).unwrap();
+    assert!(
+        size(&pi) < size(&pf) / 4,
+        "the incremental backup holds only what changed: {} vs {}",
+        size(&pi),
+        size(&pf)
+    );
+    no_partial_backups();
+
+    // Both verify; the full one cannot go while the incremental needs it.
+    for b in [&full, &inc] {
+        let out = call_as(ALICE, b, BACKUP, "Verify", &[]).unwrap();
+        assert_eq!(out, "bas true 0", "{b}");
+        assert!(bool::try_from(&props(&conn, b).await["Verified"]).unwrap());
+    }
+    let err = call_as(ALICE, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
+    assert!(err.contains("would break their chain"), "{err}");
+    let err = call_as(BOB, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+
+    // The original stops; the incremental backup restores as a new VM
+    // that boots and holds the data of that moment.
+    let out = busctl_as(ALICE, &g.path, "ForceStop", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_name = format!("{}-restored", g.name);
+    let restore_opts = |name: &str| {
+        vec![
+            "a{sv}".to_owned(),
+            "2".to_owned(),
+            "new_name".to_owned(),
+            "s".to_owned(),
+            name.to_owned(),
+            "target_pool".to_owned(),
+            "s".to_owned(),
+            pools().disk_pool.clone(),
+        ]
+    };
+    let args = restore_opts(&new_name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = call_as(BOB, &inc, BACKUP, "Restore", &args).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    let restored = call_as(ALICE, &inc, BACKUP, "Restore", &args).unwrap();
+    let restored = restored
+        .trim_start_matches("o ")
+        .trim_matches('"')
+        .to_owned();
+    wait_for_object(&conn, &restored).await;
+    let out = busctl_as(ALICE, &restored, "Start", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = Guest::named(&new_name);
+    assert_ne!(r.uuid, g.uuid);
+    let rr = r.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        rr.wait_agent();
+        rr.exec("/bin/cat", &["/var/tmp/marker"]).1
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.trim(), "incremental");
+    let out = busctl_as(ALICE, &restored, "ForceStop", &[]);
+    assert!(out.status.success());
+
+    // A stopped VM is copied (full only); restoring into a name in use is
+    // refused; a damaged backup restores nothing.
+    let err = backup(&g.path, &["1", "kind", "s", "incremental"]).unwrap_err();
+    assert!(err.contains("needs the VM running"), "{err}");
+    let copy = backup(&g.path, &["1", "keep", "u", "1"]).unwrap();
+    assert_eq!(s(&props(&conn, &copy).await, "Kind"), "full");
+    let args = restore_opts(&new_name);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = call_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
+    assert!(err.contains("exists already"), "{err}");
+    let copy_id = copy.rsplit('/').next().unwrap().to_owned();
+    std::fs::write(format!("{}/{copy_id}/vda.qcow2", repository()), b"rot").unwrap();
+    let out = call_as(ALICE, &copy, BACKUP, "Verify", &[]).unwrap();
+    assert!(out.starts_with("bas false 1"), "{out}");
+    let other = format!("{}-damaged", g.name);
+    let args = restore_opts(&other);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = call_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
+    assert!(err.contains("is damaged, nothing was restored"), "{err}");
+    assert!(!virsh_quiet(&["domuuid", &other]));
+    assert!(!std::path::Path::new(&format!("{}/{other}-vda.qcow2", pools().disk_dir)).exists());
+
+    // keep=1 kept the newest: the older chain of two went as a whole.
+    assert!(
+        get_backup(&conn, &full).await.is_none() && get_backup(&conn, &inc).await.is_none(),
+        "the old chain should have been removed by keep=1"
+    );
+    let out = call_as(ALICE, &copy, BACKUP, "Delete", &["a{sv}", "0"]).unwrap();
+    assert!(out.contains(&copy_id), "{out}");
+    no_partial_backups();
+    let out = busctl_as(
+        ALICE,
+        &restored,
+        "Delete",
+        &["a{sv}", "1", "remove_storage", "b", "true"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn get_backup(conn: &Connection, path: &str) -> Option<HashMap<String, OwnedVariant>> {
+    Proxy::new(
+        conn,
+        BUS_NAME,
+        path.to_owned(),
+        "org.freedesktop.DBus.Properties",
+    )
+    .await
+    .ok()?
+    .call("GetAll", &(BACKUP,))
+    .await
+    .ok()
+}
