@@ -51,6 +51,10 @@ pub struct Config {
     /// How long a console socket may go without a connection before it is
     /// removed.
     pub console_idle_secs: u64,
+    /// Other libvirt hosts by name (`[hosts]`: name = "URI"), for
+    /// migrations: a caller may name one of these, or give a remote URI
+    /// without parameters.
+    pub hosts: std::collections::BTreeMap<String, String>,
     /// The backup repository: a directory only vapord writes (unset:
     /// `<state_dir>/backups`).
     pub backup_dir: Option<PathBuf>,
@@ -107,6 +111,7 @@ impl Default for Config {
             polkit_timeout_secs: 15,
             console_dir: PathBuf::from("/run/vapor/console"),
             console_idle_secs: 300,
+            hosts: std::collections::BTreeMap::new(),
             backup_dir: None,
             limits: Limits::default(),
         }
@@ -210,6 +215,24 @@ impl Config {
         }
         if !(1..=86_400).contains(&self.console_idle_secs) {
             return Err(("console_idle_secs", "must be between 1 and 86400".into()));
+        }
+        for (name, uri) in &self.hosts {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err((
+                    "hosts",
+                    format!("'{name}' is not a host name (letters, digits, - _ .)"),
+                ));
+            }
+            if uri.trim().is_empty() || uri.chars().any(char::is_control) {
+                return Err((
+                    "hosts",
+                    format!("{name}: the URI is empty or holds control characters"),
+                ));
+            }
         }
         if self.backup_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(("backup_dir", "must be an absolute path".into()));

@@ -32,6 +32,7 @@ use crate::services::backup::BackupService;
 use crate::services::console::ConsoleService;
 use crate::services::creation::CreationService;
 use crate::services::follow::Followers;
+use crate::services::migration::MigrationService;
 use crate::services::network::NetworkService;
 use crate::services::pci::{PciConfig, PciService};
 use crate::services::references::References;
@@ -192,6 +193,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
         snapshots: snapshot_ctx.clone(),
         backups: backup_ctx.clone(),
+        migrations: Arc::new(MigrationService::new(model.clone(), cfg.hosts.clone())),
     });
     let _ = backup_ctx.vms.set(Arc::downgrade(&ctx));
     let storage_ctx = Arc::new(StorageContext {

@@ -25,7 +25,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Mutex};
 
 use crate::libvirt::conn::Snapshot;
-use crate::libvirt::records::Rates;
+use crate::libvirt::records::{MigrationStatus, Rates};
 use crate::libvirt::{DomainRecord, DomainState, Hypervisor, HypervisorEvent};
 use crate::metrics::{HostLoad, HostTracker, Metrics, Reading, Sample};
 use crate::store::Store;
@@ -65,6 +65,8 @@ pub struct Model {
     vm_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>,
     /// Changes waiting for the next start, by running domain.
     pending: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
+    /// Migrations running now, by domain (vapord's own, as it follows them).
+    migrations: std::sync::Mutex<std::collections::HashMap<String, MigrationStatus>>,
 }
 
 impl Model {
@@ -85,6 +87,7 @@ impl Model {
             host: watch::channel(HostLoad::default()).0,
             host_tracker: std::sync::Mutex::new(HostTracker::default()),
             pending: std::sync::Mutex::new(std::collections::HashMap::new()),
+            migrations: std::sync::Mutex::new(std::collections::HashMap::new()),
             vm_locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         (m, rx)
@@ -199,6 +202,12 @@ impl Model {
     /// Give a reading of a running domain the changes it has waiting for
     /// its next start; a domain that stopped has none left.
     fn carry_pending(&self, rec: &mut DomainRecord) {
+        rec.migration = self
+            .migrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.uuid)
+            .cloned();
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if rec.state.is_active() {
             rec.pending_changes = table.get(&rec.uuid).cloned().unwrap_or_default();
@@ -226,6 +235,22 @@ impl Model {
             .insert(uuid.to_owned(), fields);
         let ticket = self.ticket();
         self.apply(uuid, Some((*cur).clone()), ticket);
+    }
+
+    /// Show (or, with `None`, end) the migration of a domain and publish it.
+    pub async fn set_migration(&self, uuid: &str, status: Option<MigrationStatus>) {
+        let _serial = self.refresh_lock.lock().await;
+        {
+            let mut table = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+            match status {
+                Some(s) => table.insert(uuid.to_owned(), s),
+                None => table.remove(uuid),
+            };
+        }
+        if let Some(cur) = self.get(uuid) {
+            let ticket = self.ticket();
+            self.apply(uuid, Some((*cur).clone()), ticket);
+        }
     }
 
     /// Take a running domain's pending changes from the domain itself (its

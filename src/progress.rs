@@ -10,6 +10,9 @@ pub trait Progress: Send + Sync {
     fn update(&self, step: &str, done: u64, total: u64);
     /// Whether the caller asked to stop.
     fn cancelled(&self) -> bool;
+    /// Figures particular to the work (a migration's remaining bytes,
+    /// iteration, expected downtime …), by name; the newest replace all.
+    fn figures(&self, _figures: &[(&'static str, u64)]) {}
 }
 
 /// A [`Progress`] that reports nowhere and never cancels.

@@ -275,7 +275,12 @@ interfaces! {
             fn create_snapshot(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
             /// Options: `kind` (s), `quiesce` (b), `keep` (u). The Backup.
             fn backup(&self, options: Options<'_>) -> zbus::Result<OwnedObjectPath>;
+            /// Migrate to a configured host or a remote URI; a summary.
+            fn migrate(&self, destination: &str, options: Options<'_>) -> zbus::Result<String>;
+            fn migrate_start_postcopy(&self) -> zbus::Result<()>;
         }
+        #[zbus(property)]
+        fn migration(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
         #[zbus(property)]
         fn autostart(&self) -> zbus::Result<bool>;
         #[zbus(property)]
@@ -380,6 +385,8 @@ interfaces! {
         /// Emitted once when the job ends.
         #[zbus(signal)]
         fn completed(&self, success: bool, message: &str) -> zbus::Result<()>;
+        #[zbus(property)]
+        fn details(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
         #[zbus(property)]
         fn bytes(&self) -> zbus::Result<u64>;
         #[zbus(property(emits_changed_signal = "const"))]

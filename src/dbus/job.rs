@@ -42,9 +42,13 @@ pub struct JobState {
     /// it will have).
     pub objects: Vec<String>,
     pub started_by_uid: u32,
+    /// The Job object's path (set when it is exported).
+    pub path: String,
     started: Instant,
     start_time_usec: u64,
     snapshot: Mutex<Snapshot>,
+    /// Figures particular to the work ([`Progress::figures`]).
+    figures: Mutex<Vec<(String, u64)>>,
     cancel: CancelFlag,
     /// Whether the work checks `cancel` (uploads, downloads and creations
     /// do; a single libvirt call such as a wipe or a copy cannot stop).
@@ -64,12 +68,14 @@ impl JobState {
             operation: operation.into(),
             objects,
             started_by_uid: uid,
+            path: String::new(),
             started: Instant::now(),
             start_time_usec: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_micros() as u64)
                 .unwrap_or(0),
             snapshot: Mutex::new(Snapshot::default()),
+            figures: Mutex::new(Vec::new()),
             cancel: CancelFlag::default(),
             cancelable: true,
             notify,
@@ -114,6 +120,12 @@ impl Progress for JobState {
 
     fn cancelled(&self) -> bool {
         self.cancel.is_set()
+    }
+
+    fn figures(&self, figures: &[(&'static str, u64)]) {
+        *self.figures.lock().unwrap_or_else(|e| e.into_inner()) =
+            figures.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        let _ = self.notify.send(());
     }
 }
 
@@ -216,6 +228,20 @@ impl Job {
         self.state.start_time_usec + (elapsed / p) as u64
     }
 
+    /// Figures particular to the work, each a `t`: a migration's
+    /// `data_processed`, `data_remaining`, `data_total`, `memory_bps`,
+    /// `iteration`, `expected_downtime_ms` …
+    #[zbus(property(emits_changed_signal = "true"), name = "Details")]
+    fn details(&self) -> std::collections::HashMap<String, zbus::OwnedVariant> {
+        self.state
+            .figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), zbus::OwnedVariant::from(*v)))
+            .collect()
+    }
+
     #[zbus(property(emits_changed_signal = "const"), name = "StartedByUID")]
     fn started_by_uid(&self) -> u32 {
         self.state.started_by_uid
@@ -240,6 +266,8 @@ async fn announce_progress(iface: &zbus::object_server::InterfaceRef<Job>) {
     changed.insert("Bytes", job.bytes().into());
     changed.insert("Rate", job.rate().into());
     changed.insert("ExpectedEndTime", job.expected_end_time().into());
+    let details: std::collections::HashMap<String, zbus::OwnedVariant> = job.details();
+    changed.insert("Details", details.into());
     let _ = zbus::fdo::Properties::properties_changed(
         iface.signal_emitter(),
         zbus::names::InterfaceName::from_static_str_unchecked("org.vapor.Virtualization.Job"),
@@ -307,10 +335,11 @@ where
 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut state = JobState::new(spec.operation, spec.objects, spec.uid, tx);
+    let path = next_job_path();
     if let Some(s) = Arc::get_mut(&mut state) {
         s.cancelable = spec.cancelable;
+        s.path = path.clone();
     }
-    let path = next_job_path();
     server
         .at(
             path.as_str(),

@@ -51,6 +51,8 @@ pub enum Action {
     NetworkManage,
     /// Making, reverting to and deleting snapshots of a VM.
     SnapshotManage,
+    /// Migrating a VM to another host.
+    Migrate,
     /// Backing up a VM.
     BackupCreate,
     /// Restoring a backup as a new VM.
@@ -80,6 +82,7 @@ impl Action {
             Action::StorageManage => "org.vapor.virtualization.storage-manage",
             Action::NetworkManage => "org.vapor.virtualization.network-manage",
             Action::SnapshotManage => "org.vapor.virtualization.snapshot-manage",
+            Action::Migrate => "org.vapor.virtualization.migrate",
             Action::BackupCreate => "org.vapor.virtualization.backup-create",
             Action::BackupRestore => "org.vapor.virtualization.backup-restore",
             Action::BackupDelete => "org.vapor.virtualization.backup-delete",

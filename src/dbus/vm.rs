@@ -34,6 +34,8 @@ pub struct VmContext {
     pub snapshots: Arc<super::snapshot::SnapshotContext>,
     /// Backups into vapord's repository.
     pub backups: Arc<super::backup::BackupContext>,
+    /// Live migration to other hosts.
+    pub migrations: Arc<crate::services::migration::MigrationService>,
 }
 
 /// The methods of one VM object; its properties come from [`VmContext`]'s table.
@@ -52,6 +54,33 @@ impl Target for DomainRecord {
             ("vm.uuid", self.uuid.clone()),
         ]
     }
+}
+
+/// A migration's status as a{sv} (empty when none runs).
+fn migration_dict(m: Option<&crate::libvirt::records::MigrationStatus>) -> Variant<'static> {
+    let mut d: HashMap<String, Variant<'static>> = HashMap::new();
+    if let Some(m) = m {
+        d.insert(
+            "destination".into(),
+            Variant::from(for_bus(&m.destination).into_owned()),
+        );
+        d.insert(
+            "job".into(),
+            Variant::from(super::object::object_path(m.job.clone())),
+        );
+        d.insert("phase".into(), Variant::from(m.phase.clone()));
+        for (k, v) in [
+            ("data_processed", m.data_processed),
+            ("data_remaining", m.data_remaining),
+            ("data_total", m.data_total),
+            ("memory_bps", m.memory_bps),
+            ("iteration", m.iteration),
+            ("expected_downtime_ms", m.expected_downtime_ms),
+        ] {
+            d.insert(k.into(), Variant::from(v));
+        }
+    }
+    Variant::from(d)
 }
 
 impl Kind for VmContext {
@@ -81,6 +110,9 @@ impl Kind for VmContext {
         prop("PendingChanges", |r| {
             Variant::from(r.pending_changes.clone())
         }),
+        // The migration running now (empty when none): destination, job,
+        // phase and libvirt's figures.
+        prop("Migration", |r| migration_dict(r.migration.as_ref())),
         // Live counters, refreshed by the periodic bulk statistics call.
         prop("CpuTimeNs", |r| Variant::from(r.cpu_time_ns)),
         prop("MemoryUsedKiB", |r| Variant::from(r.memory_rss_kib)),
@@ -212,6 +244,10 @@ mod snapshot;
 // Backup.
 #[path = "vm_backup.rs"]
 mod backup;
+
+// Migrate, MigrateStartPostcopy.
+#[path = "vm_migrate.rs"]
+mod migrate;
 
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
@@ -615,6 +651,33 @@ impl VirtualMachine {
         options: HashMap<String, OwnedVariant>,
     ) -> Result<zbus::OwnedObjectPath, Error> {
         self.backup_as(&header, server, &options).await
+    }
+
+    /// Migrate the VM to another libvirt host, as a Job (cancelable: the
+    /// VM then keeps running here) whose Details carry libvirt's figures;
+    /// `destination` is a host named in vapord.toml's `[hosts]` or a
+    /// remote URI without parameters. Returns a summary with the total
+    /// time and the downtime. Options: see the interface XML.
+    #[zbus(out_args("summary"))]
+    async fn migrate(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        destination: &str,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<String, Error> {
+        self.migrate_to(&header, server, destination, &options)
+            .await
+    }
+
+    /// Switch the VM's running migration (started with `postcopy`) to
+    /// post-copy: the VM runs on the destination at once and its memory
+    /// follows.
+    async fn migrate_start_postcopy(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), Error> {
+        self.start_postcopy(&header).await
     }
 
     /// The VM's whole configuration and state as a JSON document.

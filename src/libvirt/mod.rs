@@ -21,6 +21,7 @@ pub mod domain_change;
 pub mod errors;
 pub mod events;
 pub mod job;
+pub mod migration;
 pub mod network;
 pub mod node;
 pub mod records;

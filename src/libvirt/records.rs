@@ -140,6 +140,25 @@ pub struct DomainRecord {
     /// Configuration changes made while the domain runs that take effect
     /// only at its next start (kept by the model; empty as read here).
     pub pending_changes: Vec<String>,
+    /// The migration running now, as vapord follows it (kept by the model;
+    /// `None` as read here).
+    pub migration: Option<MigrationStatus>,
+}
+
+/// A migration in progress: where to, which Job, and libvirt's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationStatus {
+    pub destination: String,
+    /// The Job object's path.
+    pub job: String,
+    /// `precopy` or `postcopy`.
+    pub phase: String,
+    pub data_processed: u64,
+    pub data_remaining: u64,
+    pub data_total: u64,
+    pub memory_bps: u64,
+    pub iteration: u64,
+    pub expected_downtime_ms: u64,
 }
 
 /// A running domain's cumulative I/O counters, summed over its disks
@@ -339,6 +358,7 @@ pub unsafe fn from_stats_record(
         io: IoCounters::default(),
         rates: Rates::default(),
         pending_changes: Vec::new(),
+        migration: None,
     };
     let mut io = IoSums::default();
     let params = if rec.params.is_null() || rec.nparams <= 0 {

@@ -12,6 +12,8 @@ pub mod console;
 mod console_proxy;
 pub mod creation;
 pub mod follow;
+pub mod migration;
+pub mod migration_rules;
 pub mod network;
 pub mod pci;
 pub mod references;

@@ -19,6 +19,7 @@ mod introspection;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod migrate;
 mod network;
 mod pci_real;
 mod polkit_access;

@@ -27,7 +27,7 @@ pub async fn follow_jobs(conn: &Connection) -> Option<tokio::task::JoinHandle<()
         .await
         .ok()?;
     Some(tokio::spawn(async move {
-        let (mut progress, mut step) = (0.0f64, String::new());
+        let (mut progress, mut step, mut details) = (0.0f64, String::new(), String::new());
         while let Some(Ok(m)) = stream.next().await {
             type Changed = (String, HashMap<String, OwnedVariant>, Vec<String>);
             let Ok((_, changed, _)) = m.body().deserialize::<Changed>() else {
@@ -42,15 +42,27 @@ pub async fn follow_jobs(conn: &Connection) -> Option<tokio::task::JoinHandle<()
             {
                 step = crate::output::one_line(&s);
             }
+            if let Some(d) = changed
+                .get("Details")
+                .and_then(|v| v.try_clone().ok())
+                .and_then(|v| HashMap::<String, OwnedVariant>::try_from(v).ok())
+            {
+                details = details_text(&d);
+            }
             let filled = (progress * 30.0).round() as usize;
             let mut err = std::io::stderr().lock();
+            let text = if details.is_empty() {
+                step.clone()
+            } else {
+                format!("{step} ({details})")
+            };
             let _ = write!(
                 err,
-                "\r[{}{}] {:>3.0}% {:<50.50}",
+                "\r[{}{}] {:>3.0}% {:<90.90}",
                 "#".repeat(filled),
                 " ".repeat(30 - filled.min(30)),
                 progress * 100.0,
-                step
+                text
             );
             let _ = err.flush();
         }
@@ -70,4 +82,24 @@ where
         eprintln!();
     }
     Ok(result?)
+}
+
+/// A Job's Details in a few words: what a migration has left, its rate,
+/// iteration and expected downtime. Pure.
+pub fn details_text(d: &HashMap<String, OwnedVariant>) -> String {
+    let get = |k: &str| d.get(k).and_then(|v| u64::try_from(v).ok());
+    let mut parts = Vec::new();
+    if let Some(r) = get("data_remaining") {
+        parts.push(format!("{} left", crate::output::format_size(r)));
+    }
+    if let Some(b) = get("memory_bps").filter(|b| *b > 0) {
+        parts.push(format!("{}/s", crate::output::format_size(b)));
+    }
+    if let Some(i) = get("iteration").filter(|i| *i > 0) {
+        parts.push(format!("pass {i}"));
+    }
+    if let Some(t) = get("expected_downtime_ms").filter(|t| *t > 0) {
+        parts.push(format!("downtime ~{t} ms"));
+    }
+    parts.join(", ")
 }

@@ -16,6 +16,7 @@ mod console;
 mod iso;
 mod job;
 mod metrics;
+mod migrate;
 mod network;
 mod output;
 mod pci;
@@ -151,6 +152,10 @@ enum Cmd {
     /// Backups in vapord's repository: list, create, verify, restore, delete.
     #[command(subcommand)]
     Backup(backup::BackupCmd),
+    /// Live-migrate a VM to another libvirt host, with its progress.
+    Migrate(migrate::MigrateArgs),
+    /// Switch a VM's running migration (started with --postcopy) to post-copy.
+    MigratePostcopy { vm: String },
     /// A VM's CPU, memory, disk and network use: a live view until Ctrl-C;
     /// with --json, every sample vapord keeps (up to an hour).
     #[command(flatten)]
@@ -317,6 +322,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Change(ch) => change::run(&c, ch, json).await,
         Cmd::Snapshot(s) => snapshot::run(&c, s, json).await,
         Cmd::Backup(b) => backup::run(&c, b, json).await,
+        Cmd::Migrate(m) => migrate::run(&c, m, json).await,
+        Cmd::MigratePostcopy { vm } => {
+            c.vm(vm).await?.migrate_start_postcopy().await?;
+            println!("{vm}: the migration continues in post-copy");
+            Ok(())
+        }
         Cmd::Template(t) => template::run(&c, t, json).await,
         Cmd::Pci(p) => pci::run(&c, p, json).await,
         Cmd::AttachPci {

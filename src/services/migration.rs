@@ -1,0 +1,299 @@
+//! Live migration of a VM to another libvirt host: the checks before it
+//! starts (refused with reasons, [`super::migration_rules::precheck`]), the
+//! migration itself with its live figures (from libvirt's job statistics,
+//! every half second, to the caller's Job and the VM's `Migration`
+//! property), cancelling (libvirt aborts; the VM keeps running here) and
+//! the switch to post-copy.
+//!
+//! This module knows nothing about D-Bus or polkit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::migration_rules::{self, CopyStorage, Facts};
+use crate::libvirt::migration::{Destination, MigrateRequest};
+use crate::libvirt::records::MigrationStatus;
+use crate::libvirt::xml::{domain_disks, DiskSource};
+use crate::libvirt::{Definition, Hypervisor};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::{Error, Result};
+
+/// What a caller asks for (defaults as the D-Bus method documents).
+#[derive(Debug, Clone)]
+pub struct MigrationOptions {
+    pub live: Option<bool>,
+    pub persistent: bool,
+    pub undefine_source: bool,
+    pub copy_storage: CopyStorage,
+    pub tunnelled: bool,
+    pub p2p: bool,
+    pub auto_converge: bool,
+    pub postcopy: bool,
+    pub bandwidth_mib: u64,
+    pub compression: Vec<String>,
+    pub data_uri: Option<String>,
+}
+
+/// How a migration went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub total_ms: u64,
+    /// As libvirt measured it (or last expected, when it kept no record).
+    pub downtime_ms: u64,
+}
+
+pub struct MigrationService {
+    model: Arc<Model>,
+    /// Destinations configured by name (`[hosts]` in vapord.toml).
+    hosts: BTreeMap<String, String>,
+}
+
+impl MigrationService {
+    pub fn new(model: Arc<Model>, hosts: BTreeMap<String, String>) -> Self {
+        Self { model, hosts }
+    }
+
+    fn hv(&self) -> &Arc<Hypervisor> {
+        self.model.hypervisor()
+    }
+
+    /// The libvirt URI a destination names (checked).
+    pub fn resolve(&self, destination: &str) -> Result<String> {
+        migration_rules::destination_uri(destination, &self.hosts)
+    }
+
+    /// Migrate the VM to `destination`; `job` is the Job's object path
+    /// (shown on the VM while it runs).
+    pub async fn migrate(
+        &self,
+        uuid: &str,
+        destination: &str,
+        opts: MigrationOptions,
+        job: String,
+        progress: Arc<dyn Progress>,
+    ) -> Result<MigrationReport> {
+        let uri = self.resolve(destination)?;
+        let _locked = self.model.lock_vm(uuid).await;
+        progress.update("checking the destination", 0, 0);
+        let u = uri.clone();
+        let copy = opts.copy_storage;
+        let (req, dest_name) = self
+            .hv()
+            .on_domain(uuid, move |s, d| {
+                let running = d.is_active()?;
+                let live = opts.live.unwrap_or(running);
+                if live && !running {
+                    return Err(Error::InvalidState(
+                        "live: the VM is not running (migrate it with live false)".into(),
+                    ));
+                }
+                if !running && copy != CopyStorage::None {
+                    return Err(Error::InvalidState(
+                        "copy_storage: a stopped VM's definition moves alone; copy its disks \
+                         another way"
+                            .into(),
+                    ));
+                }
+                let dest = Destination::open(&u)?;
+                let def = d.definition(Definition::Live)?;
+                let mut copied = Vec::new();
+                let mut shared = Vec::new();
+                for disk in domain_disks(&def) {
+                    let (Some(t), DiskSource::Path(p)) = (disk.target.clone(), &disk.source) else {
+                        continue;
+                    };
+                    let writable = disk.device == "disk" && !disk.readonly && !disk.shareable;
+                    if writable && copy != CopyStorage::None {
+                        copied.push((t, p.clone()));
+                    } else {
+                        shared.push((t, p.clone(), dest.has_volume(p)));
+                    }
+                }
+                let cpu = d.cpu_facts()?;
+                let cpu_problem = match (&cpu.cpu, cpu.cpu_mode.as_str()) {
+                    (Some(xml), "custom" | "host-model") if running => dest
+                        .cpu_compatible(
+                            cpu.emulator.as_deref(),
+                            cpu.arch.as_deref(),
+                            cpu.machine.as_deref(),
+                            cpu.virt_type.as_deref(),
+                            xml,
+                        )?
+                        .err(),
+                    _ => None,
+                };
+                let facts = Facts {
+                    local_host_uuid: s.host_uuid()?,
+                    dest_host_uuid: dest.host_uuid()?,
+                    dest_hostname: dest.hostname(),
+                    name_taken: dest.has_domain(&d.name()?, &d.uuid()?),
+                    vm_name: d.name()?,
+                    dest_pool_dirs: if copied.is_empty() {
+                        Vec::new()
+                    } else {
+                        dest.pool_dirs()?
+                    },
+                    copied: copied.clone(),
+                    shared,
+                    cpu_problem,
+                };
+                migration_rules::precheck(&facts)?;
+                let req = MigrateRequest {
+                    live,
+                    offline: !running,
+                    persistent: opts.persistent || !running,
+                    undefine_source: opts.undefine_source,
+                    copy_all: copy == CopyStorage::All,
+                    copy_incremental: copy == CopyStorage::Incremental,
+                    disks: copied.into_iter().map(|(t, _)| t).collect(),
+                    tunnelled: opts.tunnelled,
+                    p2p: opts.p2p,
+                    auto_converge: opts.auto_converge,
+                    postcopy: opts.postcopy,
+                    bandwidth_mib: opts.bandwidth_mib,
+                    compression: opts.compression.clone(),
+                    data_uri: opts.data_uri.clone(),
+                };
+                Ok((req, facts.dest_hostname))
+            })
+            .await?;
+        let started = Instant::now();
+        let show = |st: MigrationStatus| {
+            let model = self.model.clone();
+            let uuid = uuid.to_owned();
+            async move { model.set_migration(&uuid, Some(st)).await }
+        };
+        show(MigrationStatus {
+            destination: dest_name.clone(),
+            job: job.clone(),
+            phase: "precopy".into(),
+            ..Default::default()
+        })
+        .await;
+        progress.update(&format!("migrating to {dest_name}"), 0, 0);
+        let u = uri.clone();
+        let p2p = req.p2p || req.tunnelled;
+        let hv = self.hv().clone();
+        let id = uuid.to_owned();
+        let run = tokio::spawn(async move {
+            hv.on_domain(&id, move |_, d| {
+                let dest = if p2p {
+                    None
+                } else {
+                    Some(Destination::open(&u)?)
+                };
+                d.migrate(&u, dest.as_ref(), &req)
+                    .map_err(|e| e.context(format!("cannot migrate to {u}")))?;
+                // The completed job's record, while the handle still works.
+                Ok(d.job_stats(true).ok())
+            })
+            .await
+        });
+        let mut aborted = false;
+        let mut last = MigrationStatus::default();
+        while !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if run.is_finished() {
+                break;
+            }
+            if let Ok(st) = self.hv().on_domain(uuid, |_, d| d.job_stats(false)).await {
+                if st.running() {
+                    last = MigrationStatus {
+                        destination: dest_name.clone(),
+                        job: job.clone(),
+                        phase: self
+                            .model
+                            .get(uuid)
+                            .and_then(|r| r.migration.as_ref().map(|m| m.phase.clone()))
+                            .unwrap_or_else(|| "precopy".into()),
+                        data_processed: st.data_processed.unwrap_or(0),
+                        data_remaining: st.data_remaining.unwrap_or(0),
+                        data_total: st.data_total.unwrap_or(0),
+                        memory_bps: st.memory_bps.unwrap_or(0),
+                        iteration: st.memory_iteration.unwrap_or(0),
+                        expected_downtime_ms: st.downtime_ms.unwrap_or(0),
+                    };
+                    progress.figures(&[
+                        ("data_processed", last.data_processed),
+                        ("data_remaining", last.data_remaining),
+                        ("data_total", last.data_total),
+                        ("memory_bps", last.memory_bps),
+                        ("iteration", last.iteration),
+                        ("expected_downtime_ms", last.expected_downtime_ms),
+                    ]);
+                    progress.update(
+                        &format!("migrating to {dest_name}"),
+                        last.data_processed,
+                        last.data_total,
+                    );
+                    show(last.clone()).await;
+                }
+            }
+            if progress.cancelled() && !aborted {
+                aborted = true;
+                progress.update("cancelling", last.data_processed, last.data_total);
+                if let Err(e) = self.hv().on_domain(uuid, |_, d| d.abort_job()).await {
+                    log::warn!(vm_uuid = uuid; "cannot abort the migration: {e}");
+                }
+            }
+        }
+        let result = run
+            .await
+            .map_err(|e| Error::Failed(format!("the migration task failed: {e}")))?;
+        self.model.set_migration(uuid, None).await;
+        let _ = self.model.refresh_domain(uuid).await;
+        let done = match result {
+            Err(_) if aborted => Err(Error::Failed(
+                "the migration was cancelled; the VM runs on here".into(),
+            )),
+            Err(e) => Err(e),
+            Ok(stats) => Ok(stats),
+        }?;
+        let report = MigrationReport {
+            total_ms: done
+                .as_ref()
+                .and_then(|s| s.time_elapsed_ms)
+                .unwrap_or(started.elapsed().as_millis() as u64),
+            downtime_ms: done
+                .as_ref()
+                .and_then(|s| s.downtime_ms)
+                .unwrap_or(last.expected_downtime_ms),
+        };
+        progress.figures(&[
+            ("data_processed", last.data_total.max(last.data_processed)),
+            ("data_remaining", 0),
+            ("data_total", last.data_total),
+            ("downtime_ms", report.downtime_ms),
+            ("total_ms", report.total_ms),
+        ]);
+        progress.update("migrated", 1, 1);
+        Ok(report)
+    }
+
+    /// Switch the VM's running migration to post-copy.
+    pub async fn start_postcopy(&self, uuid: &str) -> Result<()> {
+        let Some(cur) = self.model.get(uuid).and_then(|r| r.migration.clone()) else {
+            return Err(Error::InvalidState(
+                "no migration of this VM is running".into(),
+            ));
+        };
+        self.hv()
+            .on_domain(uuid, |_, d| d.start_postcopy())
+            .await
+            .map_err(|e| {
+                e.context("cannot switch to post-copy (was the migration started with postcopy?)")
+            })?;
+        self.model
+            .set_migration(
+                uuid,
+                Some(MigrationStatus {
+                    phase: "postcopy".into(),
+                    ..cur
+                }),
+            )
+            .await;
+        Ok(())
+    }
+}

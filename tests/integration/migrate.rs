@@ -1,0 +1,326 @@
+//! Live migration through vapord, as vapor-alice, to a second libvirt host
+//! on this machine (`tests/env/second-host.sh`: its own network, mount and
+//! UTS namespaces and host UUID): a running Debian guest moves with its
+//! storage while its progress is watched, runs there and is gone here,
+//! comes back, and a throttled migration is cancelled with the guest still
+//! running here. Refusals before anything starts say why.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use zbus::{Connection, OwnedVariant};
+
+use crate::common::*;
+use crate::guest::{pools, Guest};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/second-host.sh");
+/// The second host as the real libvirtd reaches it.
+const DEST: &str = "qemu+tcp://10.213.7.2/system";
+const JOB: &str = "org.vapor.Virtualization.Job";
+
+static SECOND: OnceLock<()> = OnceLock::new();
+
+extern "C" fn second_host_down() {
+    let _ = Command::new("bash").args([SCRIPT, "down"]).status();
+}
+
+/// Bring the second host up once per test binary (down again at exit).
+fn second_host() {
+    SECOND.get_or_init(|| {
+        let out = Command::new("bash").args([SCRIPT, "up"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "second host: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(second_host_down) };
+    });
+}
+
+/// virsh against the second host; stdout (panics on failure).
+fn b_virsh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(SCRIPT)
+        .arg("virsh")
+        .arg("-q")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "second host: virsh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn migrate_as(user: &str, path: &str, dest: &str, opts: &[&str]) -> Result<String, String> {
+    let mut a = vec![
+        "busctl",
+        "--system",
+        "--timeout=900",
+        "call",
+        BUS_NAME,
+        path,
+        VM,
+        "Migrate",
+        "sa{sv}",
+        dest,
+    ];
+    a.extend_from_slice(opts);
+    let out = as_user(user, &a);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The target of the VM's cdrom holding its cloud-init seed.
+fn seed_target(name: &str) -> String {
+    virsh(&["domblklist", name, "--details"])
+        .lines()
+        .find(|l| l.contains("cdrom") && l.contains(".iso"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("the guest has its seed in a cdrom")
+        .to_owned()
+}
+
+async fn job_details(
+    conn: &Connection,
+    job: &str,
+) -> std::collections::HashMap<String, OwnedVariant> {
+    let p = zbus::Proxy::new(conn, BUS_NAME, job.to_owned(), JOB)
+        .await
+        .unwrap();
+    p.get_property("Details").await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_stays() {
+    let conn = bus().await;
+    let g = tokio::task::spawn_blocking(|| {
+        second_host();
+        let g = Guest::create("mig", true);
+        g.wait_agent();
+        let (rc, _) = g.exec(
+            "/bin/sh",
+            &["-c", "echo travelled > /var/tmp/marker && sync"],
+        );
+        assert_eq!(rc, 0);
+        g
+    })
+    .await
+    .unwrap();
+    let copy_all = ["1", "copy_storage", "s", "all"];
+
+    // Refusals before anything starts, each saying why.
+    let err = migrate_as(BOB, &g.path, DEST, &copy_all).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    let err = migrate_as(ALICE, &g.path, "qemu:///system?socket=/tmp/x", &["0"]).unwrap_err();
+    assert!(
+        err.contains("destination:") && err.contains("transport qemu"),
+        "{err}"
+    );
+    let err = migrate_as(ALICE, &g.path, DEST, &["1", "copy_storage", "s", "some"]).unwrap_err();
+    assert!(err.contains("copy_storage: 'some'"), "{err}");
+    // No pool there covers the disk's directory.
+    let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
+    assert!(err.contains("no running pool on vapor-b covers"), "{err}");
+    let dir = pools().disk_dir.clone();
+    let out = Command::new("bash")
+        .args([SCRIPT, "exec", "mkdir", "-p", &dir])
+        .status()
+        .unwrap();
+    assert!(out.success());
+    b_virsh(&[
+        "pool-create-as",
+        &pools().disk_pool,
+        "dir",
+        "--target",
+        &dir,
+    ]);
+    // The seed image is not there (and not copied: it is read-only).
+    let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
+    assert!(err.contains("is not on vapor-b"), "{err}");
+    let seed = seed_target(&g.name);
+    let out = busctl_as(ALICE, &g.path, "ChangeMedia", &["ssa{sv}", &seed, "", "0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The migration, watched: the Job's figures and the VM's Migration
+    // property move while it runs.
+    let mut changed = properties_changed(&conn).await;
+    let (name, dest) = (g.name.clone(), DEST.to_owned());
+    let run = tokio::task::spawn_blocking(move || {
+        let out = as_user(
+            ALICE,
+            &[
+                env!("CARGO_BIN_EXE_vaporctl"),
+                "migrate",
+                &name,
+                &dest,
+                "--copy-storage",
+                "all",
+            ],
+        );
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    });
+    let (mut saw_job_figures, mut saw_vm_migration) = (false, false);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !run.is_finished() && Instant::now() < deadline {
+        let Ok(Some(Ok(m))) =
+            tokio::time::timeout(Duration::from_millis(500), changed.next()).await
+        else {
+            continue;
+        };
+        type Changed = (
+            String,
+            std::collections::HashMap<String, OwnedVariant>,
+            Vec<String>,
+        );
+        let Ok((iface, props, _)) = m.body().deserialize::<Changed>() else {
+            continue;
+        };
+        if iface == JOB {
+            if let Some(d) = props.get("Details") {
+                let d: std::collections::HashMap<String, OwnedVariant> =
+                    d.try_clone().unwrap().try_into().unwrap_or_default();
+                if d.get("data_total")
+                    .and_then(|v| u64::try_from(v).ok())
+                    .unwrap_or(0)
+                    > 0
+                {
+                    saw_job_figures = true;
+                }
+            }
+        }
+        if iface == VM && m.header().path().is_some_and(|p| p.as_str() == g.path) {
+            if let Some(v) = props.get("Migration") {
+                let d: std::collections::HashMap<String, OwnedVariant> =
+                    v.try_clone().unwrap().try_into().unwrap_or_default();
+                if d.contains_key("destination") {
+                    saw_vm_migration = true;
+                }
+            }
+        }
+    }
+    let (ok, out) = run.await.unwrap();
+    assert!(ok, "vaporctl migrate: {out}");
+    assert!(out.contains("downtime"), "{out}");
+    assert!(saw_job_figures, "no Job Details with figures were seen");
+    assert!(saw_vm_migration, "the VM never showed its migration");
+    // Running there, gone from here (and from vapord).
+    assert_eq!(b_virsh(&["domstate", &g.name]).trim(), "running");
+    assert!(!virsh_quiet(&["domuuid", &g.name]));
+    let deadline = Instant::now() + EVENT_WAIT;
+    while get_all(&conn, &g.path).await.is_ok() {
+        assert!(Instant::now() < deadline, "the VM object outlived the VM");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back, driven from here between the two sockets; the guest's data came
+    // along both ways.
+    let sock = "qemu:///system?socket=/var/lib/vapor-second-host/run/libvirt-sock";
+    let out = Command::new("virsh")
+        .args([
+            "-c",
+            sock,
+            "migrate",
+            "--live",
+            "--persistent",
+            "--undefinesource",
+            "--copy-storage-all",
+            &g.name,
+            "qemu:///system",
+            "--migrateuri",
+            "tcp://10.213.7.1",
+            "--listen-address",
+            "10.213.7.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "migrating back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for_object(&conn, &g.path).await;
+    let gg = g.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        gg.wait_agent();
+        gg.exec("/bin/cat", &["/var/tmp/marker"]).1
+    })
+    .await
+    .unwrap();
+    assert_eq!(text.trim(), "travelled");
+
+    // A throttled migration, cancelled through its Job: the guest keeps
+    // running here and nothing is left there.
+    let mut added = interfaces_added(&conn).await;
+    let path = g.path.clone();
+    let run = tokio::task::spawn_blocking(move || {
+        migrate_as(
+            ALICE,
+            &path,
+            DEST,
+            &["2", "copy_storage", "s", "all", "bandwidth", "t", "1"],
+        )
+    });
+    let job = loop {
+        let m = wait_signal(&mut added, "the migration's Job", |_| true).await;
+        let (p, _): (
+            zbus::OwnedObjectPath,
+            std::collections::HashMap<String, std::collections::HashMap<String, OwnedVariant>>,
+        ) = m.body().deserialize().unwrap();
+        if !p.as_str().contains("/job/") {
+            continue;
+        }
+        let j = zbus::Proxy::new(&conn, BUS_NAME, p.as_str().to_owned(), JOB)
+            .await
+            .unwrap();
+        let op: String = j.get_property("Operation").await.unwrap_or_default();
+        let objects: Vec<zbus::OwnedObjectPath> =
+            j.get_property("Objects").await.unwrap_or_default();
+        if op == "vm-migrate" && objects.iter().any(|o| o.as_str() == g.path) {
+            break p.as_str().to_owned();
+        }
+    };
+    // Cancel once libvirt's job is under way (its figures appear).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while job_details(&conn, &job).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never got under way"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = as_user(
+        ALICE,
+        &["busctl", "--system", "call", BUS_NAME, &job, JOB, "Cancel"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = run.await.unwrap().unwrap_err();
+    assert!(err.contains("cancelled"), "{err}");
+    assert_eq!(virsh(&["domstate", &g.name]).trim(), "running");
+    assert!(b_virsh(&["list", "--all", "--name"]).trim().is_empty());
+    assert_eq!(prop_string(&conn, &g.path, "State").await, "running");
+    let gg = g.clone();
+    tokio::task::spawn_blocking(move || gg.wait_agent())
+        .await
+        .unwrap();
+}
