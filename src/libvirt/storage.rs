@@ -553,6 +553,28 @@ impl Session<'_> {
         volume_record_of(&vol, pool_uuid)
     }
 
+    /// Start a transient directory pool over `path` (gone when stopped);
+    /// its UUID.
+    pub fn start_transient_dir_pool(&self, name: &str, path: &str) -> Result<String> {
+        let xml = format!(
+            "<pool type='dir'><name>{}</name><target><path>{}</path></target></pool>",
+            super::xml::escape(name),
+            super::xml::escape(path)
+        );
+        let pool = self
+            .conn
+            .create_storage_pool_xml(&xml, 0)
+            .map_err(|e| from_virt(e, format!("cannot start a pool over {path}")))?;
+        pool.uuid_string().map_err(bare)
+    }
+
+    /// Stop a pool (a transient one disappears); its files stay.
+    pub fn stop_pool_by_uuid(&self, uuid: &str) -> Result<()> {
+        pool_by_uuid(self.conn, uuid)?
+            .destroy()
+            .map_err(|e| from_virt(e, format!("cannot stop pool {uuid}")))
+    }
+
     /// Set a volume's capacity; shrinking only when `shrink`.
     pub fn resize_volume(&self, key: &str, capacity: u64, shrink: bool) -> Result<()> {
         let flags = flag(shrink, sys::VIR_STORAGE_VOL_RESIZE_SHRINK);

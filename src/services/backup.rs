@@ -829,61 +829,40 @@ fn restore_blocking(
     let xml = std::fs::read_to_string(dir.join(repo::DOMAIN_XML))
         .map_err(|e| Error::Failed(format!("cannot read the backed-up definition: {e}")))?;
     let mut doc = Element::parse(&xml)?;
-    let mut owned = Vec::new();
-    let mut files: Vec<(String, String)> = Vec::new();
-    for d in &rec.manifest.disks {
-        let dest = target_dir.join(format!("{}-{}.qcow2", req.new_name, d.target));
-        let dest = dest.to_string_lossy().into_owned();
-        if Path::new(&dest).symlink_metadata().is_ok() {
-            return Err(Error::Conflict(format!(
-                "new_name: {dest} exists already in the pool '{}'",
-                req.target_pool
-            )));
-        }
-        intent.record(Step::Volume {
-            path: dest.clone(),
-            not_before_ns: now_ns(),
-            made: false,
-        })?;
-        qemu_img(
-            &[
-                "convert",
-                "-f",
-                "qcow2",
-                "-O",
-                "qcow2",
-                &dir.join(&d.file).to_string_lossy(),
-                &dest,
-            ],
-            &format!("cannot restore disk {}", d.target),
-        )?;
-        intent.volume_made(&dest)?;
-        owned.push(dest.clone());
-        files.push((d.target.clone(), dest));
+    // libvirt copies the images (flattening an incremental chain): vapord
+    // itself never writes into a pool. The backup's directory is a
+    // transient pool meanwhile.
+    // Canonical: libvirt keys a directory pool's volumes by their real path.
+    let dir_text = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .to_string_lossy()
+        .into_owned();
+    let source_pool =
+        s.start_transient_dir_pool(&format!("vapor-restore-{}", rec.id()), &dir_text)?;
+    let copied = copy_disks(s, rec, &dir_text, &target_dir, &pool_uuid, req, intent);
+    if let Err(e) = s.stop_pool_by_uuid(&source_pool) {
+        log::warn!("cannot stop the restore's transient pool: {e}");
     }
-    let nvram = if rec.manifest.files.iter().any(|f| f.name == NVRAM_FILE) {
-        let dest = format!("/var/lib/libvirt/qemu/nvram/{}_VARS.fd", req.new_name);
-        if Path::new(&dest).symlink_metadata().is_ok() {
-            return Err(Error::Conflict(format!("new_name: {dest} exists already")));
-        }
-        intent.record(Step::Volume {
-            path: dest.clone(),
-            not_before_ns: now_ns(),
-            made: false,
-        })?;
-        std::fs::copy(dir.join(NVRAM_FILE), &dest)
-            .map_err(|e| Error::Failed(format!("cannot restore the UEFI variables: {e}")))?;
-        intent.volume_made(&dest)?;
-        Some(dest)
-    } else {
-        None
-    };
+    let (owned, files) = copied?;
+    // The UEFI variables are copied by libvirt from the backup at the
+    // first start.
+    let nvram = rec
+        .manifest
+        .files
+        .iter()
+        .any(|f| f.name == NVRAM_FILE)
+        .then(|| {
+            (
+                format!("/var/lib/libvirt/qemu/nvram/{}_VARS.fd", req.new_name),
+                format!("{dir_text}/{NVRAM_FILE}"),
+            )
+        });
     restored_definition(
         &mut doc,
         &req.new_name,
         uuid,
         &files,
-        nvram.as_deref(),
+        nvram.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         req.uid,
         &owned,
     );
@@ -896,16 +875,66 @@ fn restore_blocking(
     Ok(pool_uuid)
 }
 
+/// Copy each disk's image from the backup into the target pool, through
+/// libvirt: (files made, (target, file)).
+#[allow(clippy::type_complexity)]
+fn copy_disks(
+    s: &Session<'_>,
+    rec: &BackupRecord,
+    dir: &str,
+    target_dir: &Path,
+    pool_uuid: &str,
+    req: &RestoreRequest,
+    intent: &mut crate::intent::Intent,
+) -> Result<(Vec<String>, Vec<(String, String)>)> {
+    let mut owned = Vec::new();
+    let mut files = Vec::new();
+    for d in &rec.manifest.disks {
+        let name = format!("{}-{}.qcow2", req.new_name, d.target);
+        let dest = target_dir.join(&name).to_string_lossy().into_owned();
+        if Path::new(&dest).symlink_metadata().is_ok() {
+            return Err(Error::Conflict(format!(
+                "new_name: {dest} exists already in the pool '{}'",
+                req.target_pool
+            )));
+        }
+        intent.record(Step::Volume {
+            path: dest.clone(),
+            not_before_ns: now_ns(),
+            made: false,
+        })?;
+        let xml = format!(
+            "<volume><name>{}</name><capacity unit='bytes'>{}</capacity>\
+             <target><format type='qcow2'/></target></volume>",
+            escape(&name),
+            d.virtual_size
+        );
+        let made = s
+            .clone_volume(
+                pool_uuid,
+                &xml,
+                &format!("{dir}/{}", d.file),
+                crate::libvirt::storage::Preallocation::RawOnly,
+            )
+            .map_err(|e| e.context(format!("cannot restore disk {}", d.target)))?;
+        intent.volume_made(&made.path)?;
+        owned.push(made.path.clone());
+        files.push((d.target.clone(), made.path));
+    }
+    Ok((owned, files))
+}
+
 /// The backed-up definition made into a new VM's: its own name, UUID and
 /// MAC addresses, the restored disk files, empty cdrom drives, its own
-/// UEFI variables, and vapord's record naming the restorer and the files
+/// UEFI variables (`nvram`: its path and the backup's copy, which libvirt
+/// copies there at the first start), and vapord's record naming the restorer and the files
 /// made for it. Pure.
 pub fn restored_definition(
     doc: &mut Element,
     name: &str,
     uuid: &str,
     files: &[(String, String)],
-    nvram: Option<&str>,
+    nvram: Option<(&str, &str)>,
     uid: u32,
     owned: &[String],
 ) {
@@ -917,10 +946,11 @@ pub fn restored_definition(
     }
     if let Some(os) = doc.child_mut("os") {
         match (nvram, os.child_mut("nvram")) {
-            (Some(path), Some(n)) => {
+            (Some((path, template)), Some(n)) => {
                 n.text = path.to_owned();
                 n.children.clear();
                 n.remove_attr("type");
+                n.set_attr("template", template);
             }
             (None, Some(_)) => {
                 os.remove_children("nvram");

@@ -51,7 +51,7 @@ fn a_restored_definition_is_a_new_vm_of_its_own() {
         "web2",
         "new",
         &[("vda".into(), "/q/web2-vda.qcow2".into())],
-        Some("/n/web2_VARS.fd"),
+        Some(("/n/web2_VARS.fd", "/r/b1/nvram.fd")),
         1001,
         &["/q/web2-vda.qcow2".into()],
     );
@@ -71,7 +71,7 @@ fn a_restored_definition_is_a_new_vm_of_its_own() {
     );
     assert!(!x.contains("52:54:00:00:00:01"), "{x}");
     assert!(
-        x.contains("/n/web2_VARS.fd") && !x.contains("web_VARS"),
+        x.contains("/n/web2_VARS.fd") && !x.contains("web_VARS") && x.contains("/r/b1/nvram.fd"),
         "{x}"
     );
     let md = crate::libvirt::xml::VaporMetadata::from_domain(&Element::parse(&x).unwrap()).unwrap();
