@@ -156,6 +156,44 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Authorize `verb` on this snapshot, then run `work` on it as a Job
+    /// `operation` (one libvirt call: it cannot stop part way).
+    async fn as_job<F, Fut>(
+        &self,
+        header: &Header<'_>,
+        server: &ObjectServer,
+        verb: &str,
+        operation: &str,
+        step: &'static str,
+        work: F,
+    ) -> Result<(), Error>
+    where
+        F: FnOnce(Arc<SnapshotService>, String) -> Fut,
+        Fut: std::future::Future<Output = crate::Result<()>>,
+    {
+        let s = self.authorize(header, verb).await?;
+        let uid = self.ctx.auth.caller_uid(header).await?;
+        let svc = self.ctx.snapshots.clone();
+        let id = s.id.clone();
+        super::job::run_job(
+            server,
+            &self.ctx.auth,
+            super::job::JobSpec {
+                operation,
+                objects: vec![vm_path(&s.vm_uuid), snapshot_path(&s.vm_uuid, &s.rec.name)],
+                uid,
+                cancelable: false,
+            },
+            |job| async move {
+                crate::progress::Progress::update(&*job, step, 0, 0);
+                work(svc, id).await
+            },
+        )
+        .await
+    }
+}
+
 /// `state` of a Revert.
 fn revert_to(opts: &HashMap<String, OwnedVariant>) -> Result<RevertTo, Error> {
     match options::string(opts, "state")?.as_deref() {
@@ -185,24 +223,13 @@ impl Snapshot {
             to: revert_to(&options)?,
             force: options::flag(&options, "force")?,
         };
-        let s = self.authorize(&header, "revert to").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let svc = self.ctx.snapshots.clone();
-        let id = s.id.clone();
-        super::job::run_job(
+        self.as_job(
+            &header,
             server,
-            &self.ctx.auth,
-            super::job::JobSpec {
-                operation: "snapshot-revert",
-                objects: vec![vm_path(&s.vm_uuid), snapshot_path(&s.vm_uuid, &s.rec.name)],
-                uid,
-                // One libvirt call: it cannot stop part way.
-                cancelable: false,
-            },
-            |job| async move {
-                crate::progress::Progress::update(&*job, "reverting", 0, 0);
-                svc.revert(&id, how).await
-            },
+            "revert to",
+            "snapshot-revert",
+            "reverting",
+            move |svc, id| async move { svc.revert(&id, how).await },
         )
         .await
     }
@@ -221,23 +248,13 @@ impl Snapshot {
             children: options::flag(&options, "children")?,
             metadata_only: options::flag(&options, "metadata_only")?,
         };
-        let s = self.authorize(&header, "delete").await?;
-        let uid = self.ctx.auth.caller_uid(&header).await?;
-        let svc = self.ctx.snapshots.clone();
-        let id = s.id.clone();
-        super::job::run_job(
+        self.as_job(
+            &header,
             server,
-            &self.ctx.auth,
-            super::job::JobSpec {
-                operation: "snapshot-delete",
-                objects: vec![vm_path(&s.vm_uuid), snapshot_path(&s.vm_uuid, &s.rec.name)],
-                uid,
-                cancelable: false,
-            },
-            |job| async move {
-                crate::progress::Progress::update(&*job, "deleting", 0, 0);
-                svc.delete(&id, how).await
-            },
+            "delete",
+            "snapshot-delete",
+            "deleting",
+            move |svc, id| async move { svc.delete(&id, how).await },
         )
         .await
     }

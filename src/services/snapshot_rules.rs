@@ -314,24 +314,8 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// A snapshot name from the time (`snap-20261130-081502`). Pure.
 pub fn default_name(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "snap-{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    let (y, mo, d, h, mi, se) = crate::text::civil_utc(unix_secs);
+    format!("snap-{y:04}{mo:02}{d:02}-{h:02}{mi:02}{se:02}")
 }
 
 /// The files to record as the VM's own after a snapshot operation, given

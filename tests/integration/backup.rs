@@ -5,59 +5,19 @@
 
 use std::collections::HashMap;
 
-use zbus::{Connection, OwnedObjectPath, OwnedVariant, Proxy};
+use zbus::{Connection, OwnedObjectPath, OwnedVariant};
 
 use crate::common::*;
 use crate::guest::{pools, Guest};
 
 const BACKUP: &str = "org.vapor.Virtualization.Backup";
 
-fn call_as(
-    user: &str,
-    path: &str,
-    iface: &str,
-    method: &str,
-    args: &[&str],
-) -> Result<String, String> {
-    let mut a = vec![
-        "busctl",
-        "--system",
-        "--timeout=900",
-        "call",
-        BUS_NAME,
-        path,
-        iface,
-        method,
-    ];
-    a.extend_from_slice(args);
-    let out = as_user(user, &a);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// Back up `vm` as alice; the Backup object's path.
 fn backup(vm: &str, opts: &[&str]) -> Result<String, String> {
     let mut args = vec!["a{sv}"];
     args.extend_from_slice(opts);
-    call_as(ALICE, vm, VM, "Backup", &args)
+    call_iface_as(ALICE, vm, VM, "Backup", &args)
         .map(|o| o.trim_start_matches("o ").trim_matches('"').to_owned())
-}
-
-async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedVariant> {
-    let p = Proxy::new(
-        conn,
-        BUS_NAME,
-        path.to_owned(),
-        "org.freedesktop.DBus.Properties",
-    )
-    .await
-    .unwrap();
-    p.call("GetAll", &(BACKUP,))
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn s(p: &HashMap<String, OwnedVariant>, k: &str) -> String {
@@ -107,7 +67,7 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     .unwrap();
 
     // Someone outside group vapor may not back up.
-    let err = call_as(BOB, &g.path, VM, "Backup", &["a{sv}", "0"]).unwrap_err();
+    let err = call_iface_as(BOB, &g.path, VM, "Backup", &["a{sv}", "0"]).unwrap_err();
     assert!(is_refusal(&err), "{err}");
     // Nothing to build an incremental backup on yet: a typed refusal.
     let err = backup(&g.path, &["1", "kind", "s", "incremental"]).unwrap_err();
@@ -119,15 +79,7 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     assert_eq!(s(&pf, "Kind"), "full");
     assert_eq!(o(&pf, "Parent"), "/");
     assert_eq!(o(&pf, "VirtualMachine"), g.path);
-    let node = crate::introspection::introspect(&conn, &full).await;
-    assert_eq!(
-        vapor::dbus::introspection::canonical_interface(&node, BACKUP),
-        vapor::dbus::introspection::canonical_interface(
-            &vapor::dbus::introspection::shipped_interface(BACKUP),
-            BACKUP
-        ),
-        "dbus/{BACKUP}.xml is out of date with the daemon"
-    );
+    crate::introspection::assert_shipped(&conn, &full, BACKUP).await;
     let gg = g.clone();
     tokio::task::spawn_blocking(move || mark(&gg, "incremental"))
         .await
@@ -147,13 +99,13 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
 
     // Both verify; the full one cannot go while the incremental needs it.
     for b in [&full, &inc] {
-        let out = call_as(ALICE, b, BACKUP, "Verify", &[]).unwrap();
+        let out = call_iface_as(ALICE, b, BACKUP, "Verify", &[]).unwrap();
         assert_eq!(out, "bas true 0", "{b}");
         assert!(bool::try_from(&props(&conn, b).await["Verified"]).unwrap());
     }
-    let err = call_as(ALICE, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
+    let err = call_iface_as(ALICE, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
     assert!(err.contains("would break their chain"), "{err}");
-    let err = call_as(BOB, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
+    let err = call_iface_as(BOB, &full, BACKUP, "Delete", &["a{sv}", "0"]).unwrap_err();
     assert!(is_refusal(&err), "{err}");
 
     // The original stops; the incremental backup restores as a new VM
@@ -179,9 +131,9 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     };
     let args = restore_opts(&new_name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = call_as(BOB, &inc, BACKUP, "Restore", &args).unwrap_err();
+    let err = call_iface_as(BOB, &inc, BACKUP, "Restore", &args).unwrap_err();
     assert!(is_refusal(&err), "{err}");
-    let restored = call_as(ALICE, &inc, BACKUP, "Restore", &args).unwrap();
+    let restored = call_iface_as(ALICE, &inc, BACKUP, "Restore", &args).unwrap();
     let restored = restored
         .trim_start_matches("o ")
         .trim_matches('"')
@@ -214,26 +166,27 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     assert_eq!(s(&props(&conn, &copy).await, "Kind"), "full");
     let args = restore_opts(&new_name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = call_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
+    let err = call_iface_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
     assert!(err.contains("exists already"), "{err}");
     let copy_id = copy.rsplit('/').next().unwrap().to_owned();
     std::fs::write(format!("{}/{copy_id}/vda.qcow2", repository()), b"rot").unwrap();
-    let out = call_as(ALICE, &copy, BACKUP, "Verify", &[]).unwrap();
+    let out = call_iface_as(ALICE, &copy, BACKUP, "Verify", &[]).unwrap();
     assert!(out.starts_with("bas false 1"), "{out}");
     let other = format!("{}-damaged", g.name);
     let args = restore_opts(&other);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let err = call_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
+    let err = call_iface_as(ALICE, &copy, BACKUP, "Restore", &args).unwrap_err();
     assert!(err.contains("is damaged, nothing was restored"), "{err}");
     assert!(!virsh_quiet(&["domuuid", &other]));
     assert!(!std::path::Path::new(&format!("{}/{other}-vda.qcow2", pools().disk_dir)).exists());
 
     // keep=1 kept the newest: the older chain of two went as a whole.
     assert!(
-        get_backup(&conn, &full).await.is_none() && get_backup(&conn, &inc).await.is_none(),
+        props_of(&conn, &full, BACKUP).await.is_none()
+            && props_of(&conn, &inc, BACKUP).await.is_none(),
         "the old chain should have been removed by keep=1"
     );
-    let out = call_as(ALICE, &copy, BACKUP, "Delete", &["a{sv}", "0"]).unwrap();
+    let out = call_iface_as(ALICE, &copy, BACKUP, "Delete", &["a{sv}", "0"]).unwrap();
     assert!(out.contains(&copy_id), "{out}");
     no_partial_backups();
     let out = busctl_as(
@@ -249,16 +202,8 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     );
 }
 
-async fn get_backup(conn: &Connection, path: &str) -> Option<HashMap<String, OwnedVariant>> {
-    Proxy::new(
-        conn,
-        BUS_NAME,
-        path.to_owned(),
-        "org.freedesktop.DBus.Properties",
-    )
-    .await
-    .ok()?
-    .call("GetAll", &(BACKUP,))
-    .await
-    .ok()
+async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedVariant> {
+    props_of(conn, path, BACKUP)
+        .await
+        .unwrap_or_else(|| panic!("no backup {path}"))
 }

@@ -488,6 +488,54 @@ pub fn as_user(user: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `busctl --system call` of any interface as a test user (waiting up to
+/// 15 minutes, for long Jobs): stdout, or stderr as the error.
+pub fn call_iface_as(
+    user: &str,
+    path: &str,
+    iface: &str,
+    method: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut a = vec![
+        "busctl",
+        "--system",
+        "--timeout=900",
+        "call",
+        BUS_NAME,
+        path,
+        iface,
+        method,
+    ];
+    a.extend_from_slice(args);
+    let out = as_user(user, &a);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Every property of one interface of an object, as root (`None`: no
+/// such object or interface).
+pub async fn props_of(
+    conn: &Connection,
+    path: &str,
+    iface: &str,
+) -> Option<HashMap<String, OwnedVariant>> {
+    Proxy::new(
+        conn,
+        BUS_NAME,
+        path.to_owned(),
+        "org.freedesktop.DBus.Properties",
+    )
+    .await
+    .ok()?
+    .call("GetAll", &(iface,))
+    .await
+    .ok()
+}
+
 /// `busctl --system call` on a VM object as a test user.
 pub fn busctl_as(user: &str, path: &str, method: &str, extra: &[&str]) -> Output {
     let mut args = vec!["busctl", "--system", "call", BUS_NAME, path, VM, method];

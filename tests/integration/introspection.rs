@@ -19,6 +19,16 @@ pub async fn introspect(conn: &zbus::Connection, path: &str) -> Element {
     Element::parse(&xml).unwrap()
 }
 
+/// The object at `path` publishes exactly the shipped `dbus/<iface>.xml`.
+pub async fn assert_shipped(conn: &zbus::Connection, path: &str, iface: &str) {
+    let node = introspect(conn, path).await;
+    assert_eq!(
+        canonical_interface(&node, iface),
+        canonical_interface(&shipped_interface(iface), iface),
+        "dbus/{iface}.xml is out of date with the daemon"
+    );
+}
+
 #[tokio::test]
 async fn running_daemon_matches_the_shipped_interface_xml() {
     let conn = bus().await;

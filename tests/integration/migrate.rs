@@ -58,25 +58,9 @@ fn b_virsh(args: &[&str]) -> String {
 }
 
 fn migrate_as(user: &str, path: &str, dest: &str, opts: &[&str]) -> Result<String, String> {
-    let mut a = vec![
-        "busctl",
-        "--system",
-        "--timeout=900",
-        "call",
-        BUS_NAME,
-        path,
-        VM,
-        "Migrate",
-        "sa{sv}",
-        dest,
-    ];
+    let mut a = vec!["sa{sv}", dest];
     a.extend_from_slice(opts);
-    let out = as_user(user, &a);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    call_iface_as(user, path, VM, "Migrate", &a)
 }
 
 /// The target of the VM's cdrom holding its cloud-init seed.

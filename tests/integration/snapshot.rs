@@ -15,38 +15,11 @@ use crate::guest::Guest;
 const SNAPSHOT: &str = "org.vapor.Virtualization.Snapshot";
 const CTL: &str = env!("CARGO_BIN_EXE_vaporctl");
 
-/// busctl on any interface as `user`; stdout or stderr.
-fn call_as(
-    user: &str,
-    path: &str,
-    iface: &str,
-    method: &str,
-    args: &[&str],
-) -> Result<String, String> {
-    let mut a = vec![
-        "busctl",
-        "--system",
-        "--timeout=600",
-        "call",
-        BUS_NAME,
-        path,
-        iface,
-        method,
-    ];
-    a.extend_from_slice(args);
-    let out = as_user(user, &a);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// CreateSnapshot as alice with `a{sv}` options (count first); the path.
 fn create(vm: &str, opts: &[&str]) -> String {
     let mut args = vec!["a{sv}"];
     args.extend_from_slice(opts);
-    let out = call_as(ALICE, vm, VM, "CreateSnapshot", &args)
+    let out = call_iface_as(ALICE, vm, VM, "CreateSnapshot", &args)
         .unwrap_or_else(|e| panic!("CreateSnapshot {opts:?}: {e}"));
     out.trim_start_matches("o ").trim_matches('"').to_owned()
 }
@@ -54,22 +27,8 @@ fn create(vm: &str, opts: &[&str]) -> String {
 fn snapshot_call(path: &str, method: &str, opts: &[&str]) {
     let mut args = vec!["a{sv}"];
     args.extend_from_slice(opts);
-    call_as(ALICE, path, SNAPSHOT, method, &args)
+    call_iface_as(ALICE, path, SNAPSHOT, method, &args)
         .unwrap_or_else(|e| panic!("{method} {path} {opts:?}: {e}"));
-}
-
-async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedValue> {
-    let p = Proxy::new(
-        conn,
-        BUS_NAME,
-        path.to_owned(),
-        "org.freedesktop.DBus.Properties",
-    )
-    .await
-    .unwrap();
-    p.call("GetAll", &(SNAPSHOT,))
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn s(p: &HashMap<String, OwnedValue>, k: &str) -> String {
@@ -118,18 +77,7 @@ fn marker(g: &Guest) -> String {
 
 async fn wait_gone(conn: &Connection, path: &str) {
     let deadline = Instant::now() + EVENT_WAIT;
-    while Proxy::new(
-        conn,
-        BUS_NAME,
-        path.to_owned(),
-        "org.freedesktop.DBus.Properties",
-    )
-    .await
-    .unwrap()
-    .call::<_, _, HashMap<String, OwnedValue>>("GetAll", &(SNAPSHOT,))
-    .await
-    .is_ok()
-    {
+    while props_of(conn, path, SNAPSHOT).await.is_some() {
         assert!(Instant::now() < deadline, "{path} never went away");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -154,10 +102,7 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     assert_eq!(caps["auto"], "internal");
 
     // Internal snapshots, each with the memory: one → two → three.
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "one"))
-        .await
-        .unwrap();
+    mark_now(&g, "one").await;
     let s1 = create(
         &g.path,
         &["2", "name", "s", "s1", "description", "s", "first"],
@@ -168,15 +113,9 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     assert_eq!(s(&p1, "StateAtSnapshot"), "running");
     assert_eq!(s(&p1, "Description"), "first");
     assert_eq!(o(&p1, "VirtualMachine"), g.path);
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "two"))
-        .await
-        .unwrap();
+    mark_now(&g, "two").await;
     let s2 = create(&g.path, &["1", "name", "s", "s2"]);
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "three"))
-        .await
-        .unwrap();
+    mark_now(&g, "three").await;
     let s3 = create(&g.path, &["1", "name", "s", "s3"]);
     assert_eq!(o(&props(&conn, &s3).await, "Parent"), s2);
     assert!(b(&props(&conn, &s3).await, "IsCurrent"));
@@ -196,34 +135,19 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     );
 
     // Both ends of the chain still revert, memory and all.
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "four"))
-        .await
-        .unwrap();
+    mark_now(&g, "four").await;
     snapshot_call(&s1, "Revert", &["0"]);
     assert_eq!(prop_string(&conn, &g.path, "State").await, "running");
-    let gg = g.clone();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || marker(&gg))
-            .await
-            .unwrap(),
-        "one"
-    );
+    assert_eq!(marker_now(&g).await, "one");
     assert!(b(&props(&conn, &s1).await, "IsCurrent"));
     snapshot_call(&s3, "Revert", &["0"]);
-    let gg = g.clone();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || marker(&gg))
-            .await
-            .unwrap(),
-        "three"
-    );
+    assert_eq!(marker_now(&g).await, "three");
 
     // A snapshot made with virsh shows up too (it pauses the guest, an event).
     virsh(&["snapshot-create-as", &g.name, "by-virsh"]);
     let by_virsh = format!("{}/snapshot/by_2dvirsh", g.path);
     let deadline = Instant::now() + EVENT_WAIT;
-    while get_all_snapshot(&conn, &by_virsh).await.is_none() {
+    while props_of(&conn, &by_virsh, SNAPSHOT).await.is_none() {
         assert!(
             Instant::now() < deadline,
             "the virsh snapshot never appeared"
@@ -233,26 +157,14 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     snapshot_call(&by_virsh, "Delete", &["0"]);
 
     // External, with memory: the guest resumes where it was.
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "ext"))
-        .await
-        .unwrap();
+    mark_now(&g, "ext").await;
     let e1 = create(&g.path, &["2", "name", "s", "e1", "kind", "s", "external"]);
     let pe1 = props(&conn, &e1).await;
     assert_eq!(s(&pe1, "Kind"), "external");
     assert!(b(&pe1, "HasMemory"));
-    let gg = g.clone();
-    tokio::task::spawn_blocking(move || mark(&gg, "later"))
-        .await
-        .unwrap();
+    mark_now(&g, "later").await;
     snapshot_call(&e1, "Revert", &["0"]);
-    let gg = g.clone();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || marker(&gg))
-            .await
-            .unwrap(),
-        "ext"
-    );
+    assert_eq!(marker_now(&g).await, "ext");
 
     // External, disk-only, quiesced through the agent: a new overlay file
     // the VM owns; deleting the snapshot merges it and the guest runs on.
@@ -275,13 +187,7 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     );
     snapshot_call(&e2, "Delete", &["0"]);
     wait_gone(&conn, &e2).await;
-    let gg = g.clone();
-    assert_eq!(
-        tokio::task::spawn_blocking(move || marker(&gg))
-            .await
-            .unwrap(),
-        "ext"
-    );
+    assert_eq!(marker_now(&g).await, "ext");
 
     // Stopped: an internal and an external snapshot, without memory.
     let out = busctl_as(ALICE, &g.path, "ForceStop", &[]);
@@ -341,20 +247,6 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     assert!(left.is_empty(), "files of the deleted VM remain: {left:?}");
 }
 
-async fn get_all_snapshot(conn: &Connection, path: &str) -> Option<HashMap<String, OwnedValue>> {
-    Proxy::new(
-        conn,
-        BUS_NAME,
-        path.to_owned(),
-        "org.freedesktop.DBus.Properties",
-    )
-    .await
-    .ok()?
-    .call("GetAll", &(SNAPSHOT,))
-    .await
-    .ok()
-}
-
 #[tokio::test]
 async fn a_raw_disk_vm_says_why_it_has_no_internal_snapshots_and_refusals_are_typed() {
     let conn = bus().await;
@@ -412,7 +304,7 @@ async fn a_raw_disk_vm_says_why_it_has_no_internal_snapshots_and_refusals_are_ty
     );
     let e = refused(vec![("colour", "red".into())]).await;
     assert!(e.contains("InvalidArgument"), "{e}");
-    let err = call_as(BOB, &d.path(), VM, "CreateSnapshot", &["a{sv}", "0"]).unwrap_err();
+    let err = call_iface_as(BOB, &d.path(), VM, "CreateSnapshot", &["a{sv}", "0"]).unwrap_err();
     assert!(is_refusal(&err), "{err}");
     assert_eq!(virsh(&["snapshot-list", &d.name, "--name"]).trim(), "");
 
@@ -422,21 +314,13 @@ async fn a_raw_disk_vm_says_why_it_has_no_internal_snapshots_and_refusals_are_ty
     assert_eq!(s(&p, "Kind"), "external");
     assert_eq!(s(&p, "Name"), "before");
     assert_eq!(o(&p, "Parent"), "/");
-    let node = crate::introspection::introspect(&conn, &snap).await;
-    assert_eq!(
-        vapor::dbus::introspection::canonical_interface(&node, SNAPSHOT),
-        vapor::dbus::introspection::canonical_interface(
-            &vapor::dbus::introspection::shipped_interface(SNAPSHOT),
-            SNAPSHOT
-        ),
-        "dbus/{SNAPSHOT}.xml is out of date with the daemon"
-    );
+    crate::introspection::assert_shipped(&conn, &snap, SNAPSHOT).await;
     // Bob may neither revert nor delete it.
     for m in ["Revert", "Delete"] {
-        let err = call_as(BOB, &snap, SNAPSHOT, m, &["a{sv}", "0"]).unwrap_err();
+        let err = call_iface_as(BOB, &snap, SNAPSHOT, m, &["a{sv}", "0"]).unwrap_err();
         assert!(is_refusal(&err), "{m}: {err}");
     }
-    let err = call_as(
+    let err = call_iface_as(
         ALICE,
         &snap,
         SNAPSHOT,
@@ -448,4 +332,26 @@ async fn a_raw_disk_vm_says_why_it_has_no_internal_snapshots_and_refusals_are_ty
     snapshot_call(&snap, "Delete", &["1", "metadata_only", "b", "true"]);
     wait_gone(&conn, &snap).await;
     assert_eq!(virsh(&["snapshot-list", &d.name, "--name"]).trim(), "");
+}
+
+async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedValue> {
+    props_of(conn, path, SNAPSHOT)
+        .await
+        .unwrap_or_else(|| panic!("no snapshot {path}"))
+}
+
+/// [`mark`] from async code.
+async fn mark_now(g: &Guest, text: &'static str) {
+    let g = g.clone();
+    tokio::task::spawn_blocking(move || mark(&g, text))
+        .await
+        .unwrap();
+}
+
+/// [`marker`] from async code.
+async fn marker_now(g: &Guest) -> String {
+    let g = g.clone();
+    tokio::task::spawn_blocking(move || marker(&g))
+        .await
+        .unwrap()
 }
