@@ -259,6 +259,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         model.connected(),
     )
     .await?;
+    backup_ctx.backups.stop_leftover_pools().await;
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");

@@ -13,6 +13,9 @@ pub trait Progress: Send + Sync {
     /// Figures particular to the work (a migration's remaining bytes,
     /// iteration, expected downtime …), by name; the newest replace all.
     fn figures(&self, _figures: &[(&'static str, u64)]) {}
+    /// What the work achieved, in words (the message of a successful
+    /// Job's `Completed`).
+    fn summary(&self, _text: &str) {}
 }
 
 /// A [`Progress`] that reports nowhere and never cancels.

@@ -150,9 +150,11 @@ impl Backup {
 
 #[interface(name = "org.vapor.Virtualization.Backup")]
 impl Backup {
-    /// Restore as a new VM, as a Job: every file of the chain is verified
-    /// first. Options: `new_name` (s), `target_pool` (s: a directory pool
-    /// the disks are written to). The new VM.
+    /// Restore as a new VM, or with `replace` over the backup's own VM
+    /// (shut off, without snapshots), as a Job: every file of the chain is
+    /// verified first. Options: `new_name` (s), `replace` (b),
+    /// `target_pool` (s: a directory pool the disks are written to). The
+    /// VM.
     #[zbus(out_args("vm"))]
     async fn restore(
         &self,
@@ -160,48 +162,84 @@ impl Backup {
         #[zbus(object_server)] server: &ObjectServer,
         options: HashMap<String, OwnedVariant>,
     ) -> Result<OwnedObjectPath, Error> {
-        options::known(&options, &["new_name", "target_pool"])?;
-        let new_name = options::string(&options, "new_name")?
-            .ok_or_else(|| Error::InvalidArgument("new_name: required".into()))?;
-        crate::storage::spec::check_object_name("new_name", &new_name)?;
+        options::known(&options, &["new_name", "target_pool", "replace"])?;
+        let replace = options::flag(&options, "replace")?;
+        let new_name = options::string(&options, "new_name")?;
         let pool = options::string(&options, "target_pool")?
             .ok_or_else(|| Error::InvalidArgument("target_pool: required".into()))?;
         crate::storage::spec::check_object_name("target_pool", &pool)?;
-        let b = self
-            .authorize(
-                &header,
-                Action::BackupRestore,
-                &format!("restore as the new VM '{new_name}'"),
-                &[("restore.new_name", &new_name), ("pool.name", &pool)],
-            )
-            .await?;
-        self.authorize(
-            &header,
-            Action::VmCreate,
-            &format!("create the VM '{new_name}' from"),
-            &[("pool.name", &pool)],
-        )
-        .await?;
         let uid = self.ctx.auth.caller_uid(&header).await?;
         let svc = self.ctx.backups.clone();
-        let id = b.id().to_owned();
-        let req = RestoreRequest {
-            new_name,
-            target_pool: pool,
+        let id = shown(&self.shown).id().to_owned();
+        let spec = |operation| super::job::JobSpec {
+            operation,
+            objects: vec![backup_path(&id)],
             uid,
+            cancelable: false,
         };
-        let uuid = super::job::run_job(
-            server,
-            &self.ctx.auth,
-            super::job::JobSpec {
-                operation: "backup-restore",
-                objects: vec![backup_path(&id)],
-                uid,
-                cancelable: false,
-            },
-            |job| async move { svc.restore(&id, req, job as Arc<dyn Progress>).await },
-        )
-        .await?;
+        let uuid = match (replace, new_name) {
+            (true, Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "new_name: not with replace (which restores over the backup's own VM)".into(),
+                ))
+            }
+            (false, None) => {
+                return Err(Error::InvalidArgument(
+                    "new_name: required (or replace, to restore over the backup's VM)".into(),
+                ))
+            }
+            (true, None) => {
+                let b = self
+                    .authorize(
+                        &header,
+                        Action::BackupRestoreReplace,
+                        "restore over its VM",
+                        &[("pool.name", &pool)],
+                    )
+                    .await?;
+                let id = b.id().to_owned();
+                super::job::run_job(
+                    server,
+                    &self.ctx.auth,
+                    spec("backup-restore"),
+                    |job| async move {
+                        svc.restore_replace(&id, pool, uid, job as Arc<dyn Progress>)
+                            .await
+                    },
+                )
+                .await?
+            }
+            (false, Some(new_name)) => {
+                crate::storage::spec::check_object_name("new_name", &new_name)?;
+                self.authorize(
+                    &header,
+                    Action::BackupRestore,
+                    &format!("restore as the new VM '{new_name}'"),
+                    &[("restore.new_name", &new_name), ("pool.name", &pool)],
+                )
+                .await?;
+                self.authorize(
+                    &header,
+                    Action::VmCreate,
+                    &format!("create the VM '{new_name}' from"),
+                    &[("pool.name", &pool)],
+                )
+                .await?;
+                let req = RestoreRequest {
+                    new_name,
+                    target_pool: pool,
+                    uid,
+                };
+                let id = id.clone();
+                super::job::run_job(
+                    server,
+                    &self.ctx.auth,
+                    spec("backup-restore"),
+                    |job| async move { svc.restore(&id, req, job as Arc<dyn Progress>).await },
+                )
+                .await?
+            }
+        };
         if let Some(vms) = self.ctx.vms.get().and_then(std::sync::Weak::upgrade) {
             if let Some(new) = vms.vms.model().get(&uuid) {
                 super::object::export(server, &vms, new).await;

@@ -49,6 +49,8 @@ pub struct JobState {
     snapshot: Mutex<Snapshot>,
     /// Figures particular to the work ([`Progress::figures`]).
     figures: Mutex<Vec<(String, u64)>>,
+    /// What the work achieved ([`Progress::summary`]).
+    summary: Mutex<String>,
     cancel: CancelFlag,
     /// Whether the work checks `cancel` (uploads, downloads and creations
     /// do; a single libvirt call such as a wipe or a copy cannot stop).
@@ -76,6 +78,7 @@ impl JobState {
                 .unwrap_or(0),
             snapshot: Mutex::new(Snapshot::default()),
             figures: Mutex::new(Vec::new()),
+            summary: Mutex::new(String::new()),
             cancel: CancelFlag::default(),
             cancelable: true,
             notify,
@@ -120,6 +123,10 @@ impl Progress for JobState {
 
     fn cancelled(&self) -> bool {
         self.cancel.is_set()
+    }
+
+    fn summary(&self, text: &str) {
+        *self.summary.lock().unwrap_or_else(|e| e.into_inner()) = text.to_owned();
     }
 
     fn figures(&self, figures: &[(&'static str, u64)]) {
@@ -366,12 +373,16 @@ where
             }
         })
     };
-    let result = work(state).await;
+    let result = work(state.clone()).await;
     notifier.abort();
     announce_progress(&iface).await;
     // Broadcast to every listener: bus-safe, whatever the error quotes.
     let (ok, msg) = match &result {
-        Ok(_) => (true, String::new()),
+        Ok(_) => (
+            true,
+            crate::text::for_bus(&state.summary.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_owned(),
+        ),
         Err(e) => (false, crate::text::for_bus(&e.to_string()).into_owned()),
     };
     let emitter: &SignalEmitter<'_> = iface.signal_emitter();

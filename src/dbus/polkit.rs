@@ -57,6 +57,8 @@ pub enum Action {
     BackupCreate,
     /// Restoring a backup as a new VM.
     BackupRestore,
+    /// Restoring a backup over the VM it is of.
+    BackupRestoreReplace,
     /// Deleting backups.
     BackupDelete,
     /// Cancelling a job one started oneself.
@@ -85,6 +87,7 @@ impl Action {
             Action::Migrate => "org.vapor.virtualization.migrate",
             Action::BackupCreate => "org.vapor.virtualization.backup-create",
             Action::BackupRestore => "org.vapor.virtualization.backup-restore",
+            Action::BackupRestoreReplace => "org.vapor.virtualization.backup-restore-replace",
             Action::BackupDelete => "org.vapor.virtualization.backup-delete",
             Action::JobCancel => "org.vapor.virtualization.job-cancel",
             Action::JobCancelOther => "org.vapor.virtualization.job-cancel-other",

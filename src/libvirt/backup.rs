@@ -141,6 +141,16 @@ impl DomainRef {
     /// Delete a checkpoint (its bitmaps merge into its parent's); a missing
     /// one is not an error.
     pub fn delete_checkpoint(&self, name: &str) -> Result<()> {
+        self.remove_checkpoint(name, 0)
+    }
+
+    /// Forget a checkpoint, leaving the images as they are (they are no
+    /// longer the VM's, or libvirt cannot edit them now).
+    pub fn delete_checkpoint_metadata(&self, name: &str) -> Result<()> {
+        self.remove_checkpoint(name, sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    }
+
+    fn remove_checkpoint(&self, name: &str, flags: u32) -> Result<()> {
         let n = cstring("checkpoint name", name)?;
         // SAFETY: valid domain pointer and NUL-terminated name.
         let c = unsafe { sys::virDomainCheckpointLookupByName(self.dom.as_ptr(), n.as_ptr(), 0) };
@@ -151,7 +161,7 @@ impl DomainRef {
             };
         }
         // SAFETY: `c` is a valid checkpoint reference, freed once.
-        let rc = unsafe { sys::virDomainCheckpointDelete(c, 0) };
+        let rc = unsafe { sys::virDomainCheckpointDelete(c, flags) };
         let err = (rc < 0).then(last_error);
         unsafe { sys::virDomainCheckpointFree(c) };
         err.map_or(Ok(()), Err)

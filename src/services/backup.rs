@@ -142,6 +142,17 @@ fn sources(def: &Element) -> Result<Vec<Source>> {
     let mut out = Vec::new();
     for d in domain_disks(def).iter().filter(|d| snapshotted(d)) {
         let target = d.target.clone().unwrap_or_default();
+        // It becomes part of file names.
+        if target.is_empty()
+            || target.len() > 32
+            || !target
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(Error::NotSupported(format!(
+                "a disk's target {target:?} is not a plain device name"
+            )));
+        }
         match &d.source {
             DiskSource::Path(p) => out.push(Source {
                 target,
@@ -161,6 +172,15 @@ fn sources(def: &Element) -> Result<Vec<Source>> {
         ));
     }
     Ok(out)
+}
+
+/// Whether a backup holds exactly these disks (by target).
+fn same_disks(b: &BackupRecord, disks: &[Source]) -> bool {
+    let mut had: Vec<&str> = b.manifest.disks.iter().map(|d| d.target.as_str()).collect();
+    let mut now: Vec<&str> = disks.iter().map(|d| d.target.as_str()).collect();
+    had.sort_unstable();
+    now.sort_unstable();
+    had == now
 }
 
 /// libvirt's push-mode backup document. Pure.
@@ -235,6 +255,25 @@ impl BackupService {
 
     fn hv(&self) -> &Arc<Hypervisor> {
         self.model.hypervisor()
+    }
+
+    /// Stop the transient pools of restores a dead vapord left running.
+    pub async fn stop_leftover_pools(&self) {
+        let r = self
+            .hv()
+            .session(|s| {
+                for p in s.pools()? {
+                    if super::storage_rules::internal_pool(&p.name) && p.is_active() {
+                        log::warn!("stopping the pool {} a dead vapord left running", p.name);
+                        let _ = s.stop_pool_by_uuid(&p.uuid);
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            log::debug!("cannot look for leftover restore pools: {e}");
+        }
     }
 
     /// Re-read the repository.
@@ -423,6 +462,13 @@ impl BackupService {
                         .into(),
                 ))
             }
+            (Wanted::Auto, Some(b)) if !same_disks(b, disks) => None,
+            (Wanted::Incremental, Some(b)) if !same_disks(b, disks) => {
+                return Err(Error::InvalidState(format!(
+                    "kind: the VM's disks changed since backup {}; make a full backup",
+                    b.id()
+                )))
+            }
             (_, Some(b)) if all_qcow2 => Some(b.clone()),
             (Wanted::Incremental, Some(_)) => {
                 return Err(Error::NotSupported(
@@ -474,6 +520,11 @@ impl BackupService {
             })
             .await?;
         let copied = self.follow_job(uuid, progress).await;
+        if copied.is_err() {
+            // Whatever went wrong, libvirt's job must not go on writing
+            // into a directory about to be removed.
+            let _ = self.hv().on_domain(uuid, |_, d| d.abort_job()).await;
+        }
         let finished = match copied {
             Ok(()) => {
                 self.compress(partial, disks, parent.as_ref(), progress)
@@ -705,6 +756,8 @@ impl BackupService {
     /// (which deletes them too). The ids deleted.
     pub async fn delete(&self, id: &str, with_dependents: bool) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
+        // Not while a backup of the VM (which may build on this one) runs.
+        let _locked = self.model.lock_vm(&rec.manifest.vm_uuid).await;
         let all = self.all();
         let dependents = repo::descendants(id, &all);
         if !dependents.is_empty() && !with_dependents {
@@ -729,24 +782,27 @@ impl BackupService {
         if let Some(c) = rec.manifest.checkpoint.clone() {
             let _ = self
                 .hv()
-                .on_domain(&rec.manifest.vm_uuid, move |_, d| d.delete_checkpoint(&c))
+                .on_domain(&rec.manifest.vm_uuid, move |_, d| {
+                    // libvirt edits a stopped VM's bitmaps only in some
+                    // versions: then the record alone goes.
+                    d.delete_checkpoint(&c)
+                        .or_else(|_| d.delete_checkpoint_metadata(&c))
+                })
                 .await;
         }
         self.resync();
         Ok(gone)
     }
 
-    /// Restore a backup as a new VM; its UUID.
-    pub async fn restore(
+    /// Check every file of `id`'s chain against the manifests (and record
+    /// the result); (bytes checked, bytes in all).
+    async fn verify_chain(
         self: &Arc<Self>,
         id: &str,
-        req: RestoreRequest,
-        progress: Arc<dyn Progress>,
-    ) -> Result<String> {
-        let top = self.existing(id)?;
+        progress: &Arc<dyn Progress>,
+    ) -> Result<(u64, u64)> {
         let all = self.all();
         let chain: Vec<BackupRecord> = repo::chain(id, &all)?.into_iter().cloned().collect();
-        // Everything is checked before anything is made.
         let total: u64 = chain.iter().map(|b| b.size_bytes()).sum();
         let mut done = 0;
         for b in &chain {
@@ -769,6 +825,18 @@ impl BackupService {
             }
             done += b.size_bytes();
         }
+        Ok((done, total))
+    }
+
+    /// Restore a backup as a new VM; its UUID.
+    pub async fn restore(
+        self: &Arc<Self>,
+        id: &str,
+        req: RestoreRequest,
+        progress: Arc<dyn Progress>,
+    ) -> Result<String> {
+        let top = self.existing(id)?;
+        let (done, total) = self.verify_chain(id, &progress).await?;
         progress.update("restoring", done, total);
         let dir = self.repo.dir(top.id());
         let intents = self.intents.clone();
@@ -788,6 +856,23 @@ impl BackupService {
         progress.update("restored", total, total);
         Ok(uuid)
     }
+}
+
+/// The UEFI variables of a VM restored as `stem`, when the backup has
+/// them: (their path, the backup's copy libvirt fills it from at the first
+/// start). A file already there (a deleted VM's) would be used instead, so
+/// it is refused.
+fn nvram_for(rec: &BackupRecord, dir: &str, stem: &str) -> Result<Option<(String, String)>> {
+    if !rec.manifest.files.iter().any(|f| f.name == NVRAM_FILE) {
+        return Ok(None);
+    }
+    let path = format!("/var/lib/libvirt/qemu/nvram/{stem}_VARS.fd");
+    if Path::new(&path).symlink_metadata().is_ok() {
+        return Err(Error::Conflict(format!(
+            "{path} exists already (left by another VM?); move it away first"
+        )));
+    }
+    Ok(Some((path, format!("{dir}/{NVRAM_FILE}"))))
 }
 
 /// Where a restore writes: the pool's directory (and the pool's UUID).
@@ -829,42 +914,29 @@ fn restore_blocking(
     let xml = std::fs::read_to_string(dir.join(repo::DOMAIN_XML))
         .map_err(|e| Error::Failed(format!("cannot read the backed-up definition: {e}")))?;
     let mut doc = Element::parse(&xml)?;
-    // libvirt copies the images (flattening an incremental chain): vapord
-    // itself never writes into a pool. The backup's directory is a
-    // transient pool meanwhile.
-    // Canonical: libvirt keys a directory pool's volumes by their real path.
-    let dir_text = std::fs::canonicalize(dir)
-        .unwrap_or_else(|_| dir.to_owned())
-        .to_string_lossy()
-        .into_owned();
-    let source_pool =
-        s.start_transient_dir_pool(&format!("vapor-restore-{}", rec.id()), &dir_text)?;
-    let copied = copy_disks(s, rec, &dir_text, &target_dir, &pool_uuid, req, intent);
-    if let Err(e) = s.stop_pool_by_uuid(&source_pool) {
-        log::warn!("cannot stop the restore's transient pool: {e}");
-    }
-    let (owned, files) = copied?;
+    let name = |target: &str| format!("{}-{target}.qcow2", req.new_name);
+    let (dir_text, (owned, files)) = copy_from_backup(
+        s,
+        rec,
+        dir,
+        (&target_dir, &pool_uuid, &req.target_pool),
+        &name,
+        intent,
+    )?;
     // The UEFI variables are copied by libvirt from the backup at the
     // first start.
-    let nvram = rec
-        .manifest
-        .files
-        .iter()
-        .any(|f| f.name == NVRAM_FILE)
-        .then(|| {
-            (
-                format!("/var/lib/libvirt/qemu/nvram/{}_VARS.fd", req.new_name),
-                format!("{dir_text}/{NVRAM_FILE}"),
-            )
-        });
+    let nvram = nvram_for(rec, &dir_text, &req.new_name)?;
     restored_definition(
         &mut doc,
-        &req.new_name,
-        uuid,
-        &files,
-        nvram.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
-        req.uid,
-        &owned,
+        &Restored {
+            name: &req.new_name,
+            uuid,
+            files: &files,
+            nvram: nvram.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
+            uid: req.uid,
+            owned: &owned,
+            new_identity: true,
+        },
     );
     intent.record(Step::Domain {
         uuid: uuid.to_owned(),
@@ -875,6 +947,35 @@ fn restore_blocking(
     Ok(pool_uuid)
 }
 
+/// Copy the backup's disk images into a pool through libvirt, which
+/// flattens an incremental chain (vapord itself never writes into a pool):
+/// the backup's directory is a transient pool meanwhile. (The backup's
+/// directory as libvirt knows it, (files made, (target, file))).
+#[allow(clippy::type_complexity)]
+fn copy_from_backup(
+    s: &Session<'_>,
+    rec: &BackupRecord,
+    dir: &Path,
+    target: (&Path, &str, &str),
+    file_name: &dyn Fn(&str) -> String,
+    intent: &mut crate::intent::Intent,
+) -> Result<(String, (Vec<String>, Vec<(String, String)>))> {
+    // Canonical: libvirt keys a directory pool's volumes by their real path.
+    let dir_text = std::fs::canonicalize(dir)
+        .unwrap_or_else(|_| dir.to_owned())
+        .to_string_lossy()
+        .into_owned();
+    let source_pool = s.start_transient_dir_pool(
+        &format!("{}{}", super::storage_rules::INTERNAL_POOL_PREFIX, rec.id()),
+        &dir_text,
+    )?;
+    let copied = copy_disks(s, rec, &dir_text, target, file_name, intent);
+    if let Err(e) = s.stop_pool_by_uuid(&source_pool) {
+        log::warn!("cannot stop the restore's transient pool: {e}");
+    }
+    Ok((dir_text, copied?))
+}
+
 /// Copy each disk's image from the backup into the target pool, through
 /// libvirt: (files made, (target, file)).
 #[allow(clippy::type_complexity)]
@@ -882,20 +983,18 @@ fn copy_disks(
     s: &Session<'_>,
     rec: &BackupRecord,
     dir: &str,
-    target_dir: &Path,
-    pool_uuid: &str,
-    req: &RestoreRequest,
+    (target_dir, pool_uuid, pool_name): (&Path, &str, &str),
+    file_name: &dyn Fn(&str) -> String,
     intent: &mut crate::intent::Intent,
 ) -> Result<(Vec<String>, Vec<(String, String)>)> {
     let mut owned = Vec::new();
     let mut files = Vec::new();
     for d in &rec.manifest.disks {
-        let name = format!("{}-{}.qcow2", req.new_name, d.target);
+        let name = file_name(&d.target);
         let dest = target_dir.join(&name).to_string_lossy().into_owned();
         if Path::new(&dest).symlink_metadata().is_ok() {
             return Err(Error::Conflict(format!(
-                "new_name: {dest} exists already in the pool '{}'",
-                req.target_pool
+                "new_name: {dest} exists already in the pool '{pool_name}'"
             )));
         }
         intent.record(Step::Volume {
@@ -924,20 +1023,38 @@ fn copy_disks(
     Ok((owned, files))
 }
 
-/// The backed-up definition made into a new VM's: its own name, UUID and
-/// MAC addresses, the restored disk files, empty cdrom drives, its own
+/// What a restored definition becomes (see [`restored_definition`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Restored<'a> {
+    pub name: &'a str,
+    pub uuid: &'a str,
+    /// (target, restored image).
+    pub files: &'a [(String, String)],
+    /// (UEFI variables' path, the backup's copy).
+    pub nvram: Option<(&'a str, &'a str)>,
+    /// Who vapord records as the creator.
+    pub uid: u32,
+    /// The files vapord made for the VM.
+    pub owned: &'a [String],
+    /// New MAC addresses (a new VM), or the backup's (the same VM).
+    pub new_identity: bool,
+}
+
+/// The backed-up definition made into a VM's: its name and UUID (with
+/// `new_identity`, new MAC addresses too), the restored disk files, empty cdrom drives, its own
 /// UEFI variables (`nvram`: its path and the backup's copy, which libvirt
 /// copies there at the first start), and vapord's record naming the restorer and the files
 /// made for it. Pure.
-pub fn restored_definition(
-    doc: &mut Element,
-    name: &str,
-    uuid: &str,
-    files: &[(String, String)],
-    nvram: Option<(&str, &str)>,
-    uid: u32,
-    owned: &[String],
-) {
+pub fn restored_definition(doc: &mut Element, r: &Restored<'_>) {
+    let Restored {
+        name,
+        uuid,
+        files,
+        nvram,
+        uid,
+        owned,
+        new_identity,
+    } = *r;
     if let Some(n) = doc.child_mut("name") {
         n.text = name.to_owned();
     }
@@ -962,7 +1079,7 @@ pub fn restored_definition(
         for iface in devices
             .children
             .iter_mut()
-            .filter(|c| c.local_name() == "interface")
+            .filter(|c| new_identity && c.local_name() == "interface")
         {
             iface.remove_children("mac");
         }
@@ -1006,6 +1123,10 @@ pub fn restored_definition(
         vm.children.push(v);
     }
 }
+
+// Restore over the VM the backup is of.
+#[path = "backup_replace.rs"]
+mod replace;
 
 #[cfg(test)]
 #[path = "backup_tests.rs"]

@@ -46,14 +46,19 @@ fn a_restored_definition_is_a_new_vm_of_its_own() {
          </devices></domain>",
     )
     .unwrap();
+    let files = [("vda".to_owned(), "/q/web2-vda.qcow2".to_owned())];
+    let owned = ["/q/web2-vda.qcow2".to_owned()];
     restored_definition(
         &mut doc,
-        "web2",
-        "new",
-        &[("vda".into(), "/q/web2-vda.qcow2".into())],
-        Some(("/n/web2_VARS.fd", "/r/b1/nvram.fd")),
-        1001,
-        &["/q/web2-vda.qcow2".into()],
+        &Restored {
+            name: "web2",
+            uuid: "new",
+            files: &files,
+            nvram: Some(("/n/web2_VARS.fd", "/r/b1/nvram.fd")),
+            uid: 1001,
+            owned: &owned,
+            new_identity: true,
+        },
     );
     let x = doc.to_xml();
     assert!(
@@ -81,4 +86,27 @@ fn a_restored_definition_is_a_new_vm_of_its_own() {
     let disks = domain_disks(&Element::parse(&x).unwrap());
     assert_eq!(disks[0].format.as_deref(), Some("qcow2"));
     assert_eq!(disks[1].source, DiskSource::Empty);
+}
+
+#[test]
+fn a_definition_restored_over_its_vm_keeps_its_mac_addresses() {
+    let mut doc = Element::parse(
+        "<domain><name>web</name><uuid>u</uuid><devices>\
+         <interface type='network'><mac address='52:54:00:00:00:01'/></interface>\
+         </devices></domain>",
+    )
+    .unwrap();
+    restored_definition(
+        &mut doc,
+        &Restored {
+            name: "web",
+            uuid: "u",
+            files: &[],
+            nvram: None,
+            uid: 0,
+            owned: &[],
+            new_identity: false,
+        },
+    );
+    assert!(doc.to_xml().contains("52:54:00:00:00:01"));
 }

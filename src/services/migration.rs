@@ -159,6 +159,11 @@ impl MigrationService {
                 Ok((req, facts.dest_hostname))
             })
             .await?;
+        if progress.cancelled() {
+            return Err(Error::Failed(
+                "the migration was cancelled before it started".into(),
+            ));
+        }
         let started = Instant::now();
         let show = |st: MigrationStatus| {
             let model = self.model.clone();
@@ -231,18 +236,19 @@ impl MigrationService {
                     show(last.clone()).await;
                 }
             }
+            // Until libvirt's job exists an abort fails: asked again each turn.
             if progress.cancelled() && !aborted {
-                aborted = true;
                 progress.update("cancelling", last.data_processed, last.data_total);
-                if let Err(e) = self.hv().on_domain(uuid, |_, d| d.abort_job()).await {
-                    log::warn!(vm_uuid = uuid; "cannot abort the migration: {e}");
+                match self.hv().on_domain(uuid, |_, d| d.abort_job()).await {
+                    Ok(()) => aborted = true,
+                    Err(e) => log::debug!(vm_uuid = uuid; "cannot abort the migration yet: {e}"),
                 }
             }
         }
-        let result = run
-            .await
-            .map_err(|e| Error::Failed(format!("the migration task failed: {e}")))?;
+        let result = run.await;
         self.model.set_migration(uuid, None).await;
+        let result =
+            result.map_err(|e| Error::Failed(format!("the migration task failed: {e}")))?;
         let _ = self.model.refresh_domain(uuid).await;
         let done = match result {
             Err(_) if aborted => Err(Error::Failed(
@@ -268,6 +274,10 @@ impl MigrationService {
             ("downtime_ms", report.downtime_ms),
             ("total_ms", report.total_ms),
         ]);
+        progress.summary(&format!(
+            "migrated to {dest_name} in {} ms, downtime {} ms",
+            report.total_ms, report.downtime_ms
+        ));
         progress.update("migrated", 1, 1);
         Ok(report)
     }

@@ -308,6 +308,15 @@ impl SnapshotService {
                 })?;
                 // Reverting to an external snapshot starts new overlays.
                 keep_ownership(d, &before, None);
+                // The disks changed behind the backups' dirty bitmaps: the
+                // next backup must be full, so their checkpoints go.
+                for c in d.checkpoints().unwrap_or_default() {
+                    if c.starts_with("vapor-") {
+                        let _ = d
+                            .delete_checkpoint_metadata(&c)
+                            .map_err(|e| log::warn!("cannot forget checkpoint {c}: {e}"));
+                    }
+                }
                 Ok(())
             })
             .await;

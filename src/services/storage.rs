@@ -248,6 +248,12 @@ impl StorageService {
         let ticket = self.pools.ticket();
         let listing = self.hv.storage_listing().await?;
         let skipped: HashSet<String> = listing.skipped.iter().cloned().collect();
+        let internal: HashSet<String> = listing
+            .pools
+            .iter()
+            .filter(|p| super::storage_rules::internal_pool(&p.name))
+            .map(|p| p.uuid.clone())
+            .collect();
         let names: HashMap<String, String> = listing
             .pools
             .iter()
@@ -263,7 +269,7 @@ impl StorageService {
         let pools: Vec<PoolView> = listing
             .pools
             .into_iter()
-            .filter(|p| in_removal_scope(&skipped, &p.uuid))
+            .filter(|p| in_removal_scope(&skipped, &p.uuid) && !internal.contains(&p.uuid))
             .map(|p| {
                 let vols = by_pool.get(&p.uuid).map(Vec::as_slice).unwrap_or(&[]);
                 Self::pool_view(p, vols)
@@ -273,7 +279,9 @@ impl StorageService {
             listing
                 .volumes
                 .into_iter()
-                .filter(|v| in_removal_scope(&skipped, &v.pool_uuid))
+                .filter(|v| {
+                    in_removal_scope(&skipped, &v.pool_uuid) && !internal.contains(&v.pool_uuid)
+                })
                 .map(|v| {
                     let pool = names.get(&v.pool_uuid).cloned().unwrap_or_default();
                     self.view_of(v, &pool)
@@ -293,7 +301,12 @@ impl StorageService {
         let _serial = self.refresh_lock.lock().await;
         let ticket = self.pools.ticket();
         let in_pool = |v: &VolumeView| v.rec.pool_uuid == uuid;
-        match self.hv.pool_listing(uuid).await? {
+        let listing = self
+            .hv
+            .pool_listing(uuid)
+            .await?
+            .filter(|(rec, _)| !super::storage_rules::internal_pool(&rec.name));
+        match listing {
             None => {
                 self.pools.apply(uuid, None, ticket);
                 self.volumes.replace_scope(Vec::new(), in_pool, ticket);

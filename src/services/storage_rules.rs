@@ -290,6 +290,15 @@ pub(super) fn in_removal_scope(skipped: &HashSet<String>, pool_uuid: &str) -> bo
     !skipped.contains(pool_uuid)
 }
 
+/// Pools vapord starts for itself (a restore reads a backup's directory as
+/// one): never published, never offered to callers.
+pub const INTERNAL_POOL_PREFIX: &str = "vapor-restore-";
+
+/// Whether a pool is one of vapord's own ([`INTERNAL_POOL_PREFIX`]).
+pub fn internal_pool(name: &str) -> bool {
+    name.starts_with(INTERNAL_POOL_PREFIX)
+}
+
 #[cfg(test)]
 #[path = "storage_rules_tests.rs"]
 mod tests;

@@ -158,6 +158,56 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     let out = busctl_as(ALICE, &restored, "ForceStop", &[]);
     assert!(out.status.success());
 
+    // Restoring over the original VM is for administrators (auth_admin):
+    // refused for alice, done as root. The VM keeps its name, UUID and MAC,
+    // its disk holds exactly the full backup's data, and the image it ran
+    // on is gone.
+    let disk_of = |name: &str| {
+        virsh(&["domblklist", name])
+            .lines()
+            .find(|l| l.trim_start().starts_with("vda"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .to_owned()
+    };
+    let old_disk = disk_of(&g.name);
+    let mac = virsh(&["domiflist", &g.name]);
+    let pool = pools().disk_pool.clone();
+    let replace = [
+        "a{sv}",
+        "2",
+        "replace",
+        "b",
+        "true",
+        "target_pool",
+        "s",
+        &pool,
+    ];
+    let err = call_iface_as(ALICE, &full, BACKUP, "Restore", &replace).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    let out = call_iface_as("root", &full, BACKUP, "Restore", &replace).unwrap();
+    assert!(out.contains(&g.path), "{out}");
+    assert!(
+        !std::path::Path::new(&old_disk).exists(),
+        "{old_disk} stayed"
+    );
+    assert_eq!(virsh(&["domiflist", &g.name]), mac);
+    let new_disk = disk_of(&g.name);
+    let full_id = full.rsplit('/').next().unwrap().to_owned();
+    let out = std::process::Command::new("qemu-img")
+        .args([
+            "compare",
+            &new_disk,
+            &format!("{}/{full_id}/vda.qcow2", repository()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the restored disk differs from the backup: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A stopped VM is copied (full only); restoring into a name in use is
     // refused; a damaged backup restores nothing.
     let err = backup(&g.path, &["1", "kind", "s", "incremental"]).unwrap_err();
