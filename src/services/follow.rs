@@ -79,18 +79,31 @@ impl Followers {
             }
         });
         let mut domains = model.touched();
-        let (refs, snapshots) = (self.refs.clone(), self.snapshots.clone());
+        let refs = self.refs.clone();
+        tokio::spawn(async move {
+            loop {
+                match domains.recv().await {
+                    Ok(uuid) => refs.refresh(&uuid).await,
+                    Err(RecvError::Lagged(_)) => {
+                        let _ = refs.load_all().await;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        // Snapshots follow in a task of their own, so reading them never
+        // delays what the domains use (which hotplug checks rely on).
+        let mut domains = model.touched();
+        let snapshots = self.snapshots.clone();
         tokio::spawn(async move {
             loop {
                 match domains.recv().await {
                     Ok(uuid) => {
-                        refs.refresh(&uuid).await;
                         if let Err(e) = snapshots.resync_vm(&uuid).await {
                             log::debug!(vm_uuid = uuid.as_str(); "cannot re-read snapshots: {e}");
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
-                        let _ = refs.load_all().await;
                         let _ = snapshots.resync().await;
                     }
                     Err(RecvError::Closed) => return,
