@@ -130,6 +130,32 @@ fn virtual_size(path: &str, format: &str) -> Result<u64> {
         .ok_or_else(|| Error::Failed(format!("qemu-img reported no size for {path}")))
 }
 
+/// Run blocking work (qemu-img, file reads) off the async runtime.
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Failed(format!("a backup task failed: {e}")))?
+}
+
+/// Report the `i`-th of `n` disks' step, or stop when the caller asked to.
+fn disk_step(
+    progress: &Arc<dyn Progress>,
+    verb: &str,
+    target: &str,
+    i: usize,
+    n: u64,
+) -> Result<()> {
+    if progress.cancelled() {
+        return Err(Error::Failed("the backup was cancelled".into()));
+    }
+    progress.update(&format!("{verb} {target}"), i as u64, n);
+    Ok(())
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -344,9 +370,7 @@ impl BackupService {
         let mut disk_entries = Vec::new();
         for s in &disks {
             let (p, f) = (s.path.clone(), s.format.clone());
-            let size = tokio::task::spawn_blocking(move || virtual_size(&p, &f))
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))??;
+            let size = blocking(move || virtual_size(&p, &f)).await?;
             disk_entries.push(DiskEntry {
                 target: s.target.clone(),
                 file: format!("{}.qcow2", s.target),
@@ -390,7 +414,7 @@ impl BackupService {
             files: Vec::new(),
         };
         let this = self.clone();
-        let r = tokio::task::spawn_blocking(move || {
+        let r = blocking(move || {
             repo::write_file(&partial, repo::DOMAIN_XML, xml.as_bytes())?;
             repo::write_file(&partial, METADATA_FILE, &meta)?;
             let mut names = vec![repo::DOMAIN_XML.to_owned(), METADATA_FILE.to_owned()];
@@ -407,8 +431,7 @@ impl BackupService {
             }
             this.repo.finish(&partial, &m)
         })
-        .await
-        .map_err(|e| Error::Failed(e.to_string()))?;
+        .await;
         if r.is_err() {
             if let Some(c) = checkpoint {
                 let _ = self
@@ -604,10 +627,7 @@ impl BackupService {
     ) -> Result<()> {
         let n = disks.len() as u64;
         for (i, d) in disks.iter().enumerate() {
-            if progress.cancelled() {
-                return Err(Error::Failed("the backup was cancelled".into()));
-            }
-            progress.update(&format!("compressing {}", d.target), i as u64, n);
+            disk_step(progress, "compressing", &d.target, i, n)?;
             let tmp = partial.join(format!("{}.libvirt.qcow2", d.target));
             let out = partial.join(format!("{}.qcow2", d.target));
             let backing = parent.and_then(|p| {
@@ -624,7 +644,7 @@ impl BackupService {
                 )));
             }
             let dir = partial.to_owned();
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 let (t, o) = (tmp.to_string_lossy(), out.to_string_lossy());
                 match &backing {
                     Some(b) => {
@@ -669,8 +689,7 @@ impl BackupService {
                 std::fs::remove_file(&tmp)
                     .map_err(|e| Error::Failed(format!("cannot remove {t}: {e}")))
             })
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))??;
+            .await?;
         }
         progress.update("compressed", n, n);
         Ok(())
@@ -686,13 +705,10 @@ impl BackupService {
     ) -> Result<()> {
         let n = disks.len() as u64;
         for (i, d) in disks.iter().enumerate() {
-            if progress.cancelled() {
-                return Err(Error::Failed("the backup was cancelled".into()));
-            }
-            progress.update(&format!("copying {}", d.target), i as u64, n);
+            disk_step(progress, "copying", &d.target, i, n)?;
             let out = partial.join(format!("{}.qcow2", d.target));
             let d = d.clone();
-            tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 qemu_img(
                     &[
                         "convert",
@@ -707,8 +723,7 @@ impl BackupService {
                     &format!("cannot copy disk {}", d.target),
                 )
             })
-            .await
-            .map_err(|e| Error::Failed(e.to_string()))??;
+            .await?;
         }
         progress.update("copied", n, n);
         Ok(())
@@ -735,13 +750,12 @@ impl BackupService {
     pub async fn verify(self: &Arc<Self>, id: &str) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
         let this = self.clone();
-        let problems = tokio::task::spawn_blocking(move || {
+        let problems = blocking(move || {
             let p = this.repo.verify(&rec);
             let _ = this.repo.set_verified(rec.id(), p.is_empty(), now_secs());
-            p
+            Ok(p)
         })
-        .await
-        .map_err(|e| Error::Failed(e.to_string()))?;
+        .await?;
         self.resync();
         Ok(problems)
     }
@@ -809,9 +823,7 @@ impl BackupService {
             progress.update(&format!("verifying backup {}", b.id()), done, total);
             let this = self.clone();
             let rec = b.clone();
-            let problems = tokio::task::spawn_blocking(move || this.repo.verify(&rec))
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))?;
+            let problems = blocking(move || Ok(this.repo.verify(&rec))).await?;
             let _ = self
                 .repo
                 .set_verified(b.id(), problems.is_empty(), now_secs());

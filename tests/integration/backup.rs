@@ -239,17 +239,7 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     let out = call_iface_as(ALICE, &copy, BACKUP, "Delete", &["a{sv}", "0"]).unwrap();
     assert!(out.contains(&copy_id), "{out}");
     no_partial_backups();
-    let out = busctl_as(
-        ALICE,
-        &restored,
-        "Delete",
-        &["a{sv}", "1", "remove_storage", "b", "true"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    delete_with_storage(ALICE, &restored);
 }
 
 async fn props(conn: &Connection, path: &str) -> HashMap<String, OwnedVariant> {

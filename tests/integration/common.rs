@@ -543,6 +543,21 @@ pub fn busctl_as(user: &str, path: &str, method: &str, extra: &[&str]) -> Output
     as_user(user, &args)
 }
 
+/// Delete a VM as `user` with `remove_storage`, which must succeed.
+pub fn delete_with_storage(user: &str, path: &str) {
+    let out = busctl_as(
+        user,
+        path,
+        "Delete",
+        &["a{sv}", "1", "remove_storage", "b", "true"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A transient dir pool made by a test, torn down on drop.
 pub struct TestPool {
     pub name: String,

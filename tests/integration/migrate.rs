@@ -104,6 +104,10 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     // Refusals before anything starts, each saying why.
     let err = migrate_as(BOB, &g.path, DEST, &copy_all).unwrap_err();
     assert!(is_refusal(&err), "{err}");
+    let err = call_iface_as(BOB, &g.path, VM, "MigrateStartPostcopy", &[]).unwrap_err();
+    assert!(is_refusal(&err), "{err}");
+    let err = call_iface_as(ALICE, &g.path, VM, "MigrateStartPostcopy", &[]).unwrap_err();
+    assert!(err.contains("no migration of this VM is running"), "{err}");
     let err = migrate_as(ALICE, &g.path, "qemu:///system?socket=/tmp/x", &["0"]).unwrap_err();
     assert!(
         err.contains("destination:") && err.contains("transport qemu"),

@@ -221,17 +221,7 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     assert!(std::path::Path::new(&overlay).exists());
 
     // Deleting the VM takes its snapshots and the overlays made for it.
-    let out = busctl_as(
-        ALICE,
-        &g.path,
-        "Delete",
-        &["a{sv}", "1", "remove_storage", "b", "true"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    delete_with_storage(ALICE, &g.path);
     wait_gone(&conn, &st1).await;
     assert!(
         !std::path::Path::new(&overlay).exists(),
