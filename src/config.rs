@@ -58,6 +58,10 @@ pub struct Config {
     /// The backup repository: a directory only vapord writes (unset:
     /// `<state_dir>/backups`).
     pub backup_dir: Option<PathBuf>,
+    /// The backup repository in a libvirt pool instead (a running `dir`,
+    /// `fs` or `netfs` pool, e.g. an NFS export): the backups go to
+    /// `<pool target>/vapor-backups`. Not together with `backup_dir`.
+    pub backup_pool: Option<String>,
     /// Upper bounds on what one creation request may ask for.
     pub limits: Limits,
 }
@@ -113,6 +117,7 @@ impl Default for Config {
             console_idle_secs: 300,
             hosts: std::collections::BTreeMap::new(),
             backup_dir: None,
+            backup_pool: None,
             limits: Limits::default(),
         }
     }
@@ -237,16 +242,38 @@ impl Config {
         if self.backup_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
             return Err(("backup_dir", "must be an absolute path".into()));
         }
+        if let Some(p) = &self.backup_pool {
+            if self.backup_dir.is_some() {
+                return Err((
+                    "backup_pool",
+                    "set backup_dir or backup_pool, not both".into(),
+                ));
+            }
+            if p.is_empty() || p.len() > 255 || p.contains('/') || p.chars().any(char::is_control) {
+                return Err(("backup_pool", format!("'{p}' is not a pool name")));
+            }
+        }
         self.limits.validate()?;
         Ok(())
     }
 
-    /// The backup repository's directory.
-    pub fn backup_dir(&self) -> PathBuf {
-        self.backup_dir
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("backups"))
+    /// Where the backup repository is.
+    pub fn backup_location(&self) -> BackupLocation {
+        match (&self.backup_pool, &self.backup_dir) {
+            (Some(pool), _) => BackupLocation::Pool(pool.clone()),
+            (None, Some(dir)) => BackupLocation::Dir(dir.clone()),
+            (None, None) => BackupLocation::Dir(self.state_dir.join("backups")),
+        }
     }
+}
+
+/// Where the backup repository lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupLocation {
+    /// A directory of this host.
+    Dir(PathBuf),
+    /// `vapor-backups` in the target directory of this libvirt pool.
+    Pool(String),
 }
 
 #[cfg(test)]
@@ -306,6 +333,30 @@ mod tests {
         assert_eq!(cfg.validate().unwrap_err().0, "console_idle_secs");
         let cfg = Config::parse("console_dir = \"run/x\"\n").unwrap();
         assert_eq!(cfg.validate().unwrap_err().0, "console_dir");
+    }
+
+    #[test]
+    fn the_backup_repository_is_a_directory_or_a_pool() {
+        let cfg = Config::default();
+        assert_eq!(
+            cfg.backup_location(),
+            BackupLocation::Dir(PathBuf::from("/var/lib/vapor/backups"))
+        );
+        let cfg = Config::parse("backup_dir = \"/srv/b\"\n").unwrap();
+        assert_eq!(
+            cfg.backup_location(),
+            BackupLocation::Dir(PathBuf::from("/srv/b"))
+        );
+        let cfg = Config::parse("backup_pool = \"nfs-backups\"\n").unwrap();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(
+            cfg.backup_location(),
+            BackupLocation::Pool("nfs-backups".into())
+        );
+        let cfg = Config::parse("backup_pool = \"a\"\nbackup_dir = \"/srv/b\"\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().0, "backup_pool");
+        let cfg = Config::parse("backup_pool = \"../etc\"\n").unwrap();
+        assert_eq!(cfg.validate().unwrap_err().0, "backup_pool");
     }
 
     #[test]

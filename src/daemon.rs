@@ -177,8 +177,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         auth: auth.clone(),
     });
     let (backups, backup_changes) =
-        BackupService::new(model.clone(), &cfg.backup_dir(), intents.clone())
-            .map_err(|e| format!("backups: {e}"))?;
+        BackupService::new(model.clone(), cfg.backup_location(), intents.clone());
     let backup_ctx = Arc::new(BackupContext {
         backups,
         auth: auth.clone(),
@@ -260,6 +259,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     )
     .await?;
     backup_ctx.backups.stop_leftover_pools().await;
+    // Not fatal: until the repository is there, backup calls say why.
+    let _ = backup_ctx.backups.attach().await;
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");

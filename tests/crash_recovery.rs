@@ -19,6 +19,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(state_dir: &str, log: &str) -> Self {
+        Self::start_with(state_dir, log, &[])
+    }
+
+    fn start_with(state_dir: &str, log: &str, extra: &[&str]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -28,6 +32,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_vapord"))
             .args(["--replace", "--log-level", "debug", "--stats-interval", "0"])
             .args(["--state-dir", state_dir, "--templates-dir", templates])
+            .args(extra)
             .env("VAPOR_LOG_STDERR", "1")
             .stdout(Stdio::null())
             .stderr(log)
@@ -280,5 +285,134 @@ fn an_upload_killed_half_way_is_removed_at_the_next_start() {
         }
     });
     drop(daemon);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// The backup repository in a libvirt pool (`backup_pool`): backups say
+/// why they cannot run while the pool is missing; once it runs, a vapord
+/// that starts finds there what a dead one left of a backup (the libvirt
+/// backup job writing into the repository, its half-written directory,
+/// its checkpoint) and rolls it back, leaving others' checkpoints alone;
+/// then backups land in `<pool>/vapor-backups`, which no volume call can
+/// delete.
+#[test]
+fn a_pool_holds_the_backups_and_a_dead_vapords_half_backup_is_rolled_back() {
+    let _one = ONE_DAEMON.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = env!("CARGO_TARGET_TMPDIR");
+    let pid = std::process::id();
+    let state = format!("{tmp}/crash-backup-state-{pid}");
+    let log = format!("{tmp}/crash-backup-vapord-{pid}.log");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    let pool_name = unique_name("bkpool");
+    let config = format!("{state}/vapord.toml");
+    std::fs::write(&config, format!("backup_pool = \"{pool_name}\"\n")).unwrap();
+    let disks = TestPool::new("bkdisk");
+    let disk = disks.volume("d.qcow2", "qcow2");
+    let d = TestDomain::define_with("bk", &disk_device(&disk, "qcow2"));
+    virsh(&["start", &d.name]);
+
+    // No pool yet: a typed error naming the setting, nothing else fails.
+    let daemon = Daemon::start_with(&state, &log, &["--config", &config]);
+    let err = call_iface_as(ALICE, &d.path(), VM, "Backup", &["a{sv}", "0"]).unwrap_err();
+    assert!(
+        err.contains("backup_pool") && err.contains("does not exist"),
+        "{err}"
+    );
+    daemon.kill();
+
+    // What a vapord killed during a backup leaves: libvirt's backup job
+    // writing into a partial directory, with the checkpoint made for it.
+    let bk = TestPool {
+        name: pool_name.clone(),
+        dir: format!("/var/lib/vapor-tests/{pool_name}"),
+    };
+    std::fs::create_dir_all(&bk.dir).unwrap();
+    virsh(&["pool-create-as", &bk.name, "dir", "--target", &bk.dir]);
+    let partial = format!("{}/vapor-backups/.partial-dead", bk.dir);
+    std::fs::create_dir_all(&partial).unwrap();
+    // Checkpoints of someone else's, and of another vapord's backup.
+    virsh(&["checkpoint-create-as", &d.name, "theirs"]);
+    virsh(&["checkpoint-create-as", &d.name, "vapor-elsewhere"]);
+    let backup_xml = format!("{state}/backup.xml");
+    std::fs::write(
+        &backup_xml,
+        format!(
+            "<domainbackup mode='push'><disks><disk name='vda' type='file'>\
+             <target file='{partial}/vda.qcow2'/><driver type='qcow2'/></disk></disks>\
+             </domainbackup>"
+        ),
+    )
+    .unwrap();
+    let checkpoint_xml = format!("{state}/checkpoint.xml");
+    std::fs::write(
+        &checkpoint_xml,
+        "<domaincheckpoint><name>vapor-dead</name></domaincheckpoint>",
+    )
+    .unwrap();
+    virsh(&[
+        "backup-begin",
+        &d.name,
+        "--backupxml",
+        &backup_xml,
+        "--checkpointxml",
+        &checkpoint_xml,
+    ]);
+    let checkpoints = || {
+        let mut v: Vec<String> = virsh(&["checkpoint-list", &d.name, "--name"])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(checkpoints(), ["theirs", "vapor-dead", "vapor-elsewhere"]);
+
+    let daemon = Daemon::start_with(&state, &log, &["--config", &config]);
+    wait_until("the half-made backup to be rolled back", || {
+        !std::path::Path::new(&partial).exists() && checkpoints() == ["theirs", "vapor-elsewhere"]
+    });
+    // Backups now land in the pool, and the next one is full (its base
+    // checkpoint went with its backup).
+    let out = call_iface_as(ALICE, &d.path(), VM, "Backup", &["a{sv}", "0"]).unwrap();
+    let id = out.rsplit('/').next().unwrap().trim_matches('"').to_owned();
+    let dir = format!("{}/vapor-backups/{id}", bk.dir);
+    assert!(
+        std::path::Path::new(&format!("{dir}/manifest.json")).is_file(),
+        "{dir}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{dir}/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kind"], "full", "{manifest}");
+    // The repository is one volume of the pool, which vapord will not
+    // delete, wipe or hand to a VM.
+    bk.refresh();
+    let vol = format!(
+        "{ROOT}/pool/{}/vapor_2dbackups",
+        virsh(&["pool-uuid", &bk.name]).trim().replace('-', "_")
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = loop {
+        let err = call_iface_as(
+            ALICE,
+            &vol,
+            "org.vapor.Virtualization.Volume",
+            "Delete",
+            &[],
+        )
+        .unwrap_err();
+        if err.contains("is a directory") || Instant::now() > deadline {
+            break err;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(err.contains("not a disk image"), "{err}");
+    assert!(std::path::Path::new(&dir).is_dir());
+
+    drop(daemon);
+    virsh_quiet(&["destroy", &d.name]);
+    virsh(&["undefine", "--checkpoints-metadata", &d.name]);
     let _ = std::fs::remove_dir_all(&state);
 }

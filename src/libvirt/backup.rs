@@ -82,6 +82,23 @@ impl DomainRef {
         })
     }
 
+    /// The document of the domain's running backup job; `None` when no
+    /// backup runs.
+    pub fn running_backup_xml(&self) -> Option<String> {
+        // SAFETY: valid domain pointer; libvirt returns a malloc'd string
+        // (or NULL when no backup job runs), freed below.
+        unsafe {
+            let p = sys::virDomainBackupGetXMLDesc(self.dom.as_ptr(), 0);
+            if p.is_null() {
+                let _ = last_error();
+                return None;
+            }
+            let s = std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned();
+            libc::free(p.cast());
+            Some(s)
+        }
+    }
+
     /// Abort the domain's running job.
     pub fn abort_job(&self) -> Result<()> {
         // SAFETY: valid domain pointer.

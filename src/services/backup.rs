@@ -28,6 +28,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::backup_repo::{self as repo, BackupRecord, DiskEntry, Manifest, Repository};
 use super::rollback;
 use super::snapshot_rules::snapshotted;
+use crate::config::BackupLocation;
 use crate::intent::{now_ns, IntentLog, Step};
 use crate::libvirt::backup::JobEnd;
 use crate::libvirt::xml::{domain_disks, escape, nvram_path, DiskSource, Element};
@@ -100,7 +101,11 @@ struct Source {
 
 pub struct BackupService {
     model: Arc<Model>,
-    repo: Repository,
+    location: BackupLocation,
+    /// The repository once found, or why it is not.
+    repo: std::sync::RwLock<std::result::Result<Repository, String>>,
+    /// One finding of the repository at a time.
+    attaching: tokio::sync::Mutex<()>,
     store: Store<BackupRecord>,
     intents: IntentLog,
 }
@@ -257,26 +262,33 @@ fn skipped_targets(def: &Element, backed: &[Source]) -> Vec<String> {
 }
 
 impl BackupService {
-    /// The service over the repository at `root`; backups a dead vapord
-    /// left half written are removed.
+    /// The service over the repository at `location`, found by
+    /// [`Self::attach`] (once libvirt is connected, for a pool).
     pub fn new(
         model: Arc<Model>,
-        root: &Path,
+        location: BackupLocation,
         intents: IntentLog,
-    ) -> Result<(Arc<Self>, UnboundedReceiver<Change<BackupRecord>>)> {
-        let repo = Repository::open(root)?;
-        for id in repo.sweep_partial() {
-            log::warn!("removed the unfinished backup {id} (vapord stopped while making it)");
-        }
+    ) -> (Arc<Self>, UnboundedReceiver<Change<BackupRecord>>) {
         let (store, rx) = Store::new(Arc::new(AtomicU64::new(1)));
         let s = Arc::new(Self {
             model,
-            repo,
+            location,
+            repo: std::sync::RwLock::new(Err("it has not been looked for yet".into())),
+            attaching: tokio::sync::Mutex::new(()),
             store,
             intents,
         });
-        s.resync();
-        Ok((s, rx))
+        (s, rx)
+    }
+
+    /// The repository if found; why not otherwise.
+    fn repo(&self) -> Result<Repository> {
+        match &*self.repo.read().unwrap_or_else(|e| e.into_inner()) {
+            Ok(r) => Ok(r.clone()),
+            Err(why) => Err(Error::Unavailable(format!(
+                "the backup repository is not available: {why}"
+            ))),
+        }
     }
 
     fn hv(&self) -> &Arc<Hypervisor> {
@@ -305,7 +317,8 @@ impl BackupService {
     /// Re-read the repository.
     pub fn resync(&self) {
         let ticket = self.store.ticket();
-        self.store.replace_scope(self.repo.list(), |_| true, ticket);
+        let list = self.repo().map(|r| r.list()).unwrap_or_default();
+        self.store.replace_scope(list, |_| true, ticket);
     }
 
     pub fn backup_record(&self, id: &str) -> Option<Arc<BackupRecord>> {
@@ -324,9 +337,12 @@ impl BackupService {
         progress: Arc<dyn Progress>,
     ) -> Result<String> {
         let _locked = self.model.lock_vm(uuid).await;
+        let store = self.repository().await?;
         let id = repo::new_id(now_secs());
-        let partial = self.repo.start(&id)?;
-        let r = self.backup_into(uuid, &id, &partial, req, progress).await;
+        let partial = store.start(&id)?;
+        let r = self
+            .backup_into(&store, uuid, &id, &partial, req, progress)
+            .await;
         match r {
             Ok(()) => {
                 self.resync();
@@ -336,7 +352,7 @@ impl BackupService {
                 Ok(id)
             }
             Err(e) => {
-                self.repo.discard(&partial);
+                store.discard(&partial);
                 Err(e)
             }
         }
@@ -344,6 +360,7 @@ impl BackupService {
 
     async fn backup_into(
         self: &Arc<Self>,
+        store: &Repository,
         uuid: &str,
         id: &str,
         partial: &Path,
@@ -413,7 +430,7 @@ impl BackupService {
             disks: disk_entries,
             files: Vec::new(),
         };
-        let this = self.clone();
+        let store = store.clone();
         let r = blocking(move || {
             repo::write_file(&partial, repo::DOMAIN_XML, xml.as_bytes())?;
             repo::write_file(&partial, METADATA_FILE, &meta)?;
@@ -429,7 +446,7 @@ impl BackupService {
             for n in names {
                 m.files.push(repo::file_entry(&partial, &n)?);
             }
-            this.repo.finish(&partial, &m)
+            store.finish(&partial, &m)
         })
         .await;
         if r.is_err() {
@@ -736,8 +753,9 @@ impl BackupService {
             .into_iter()
             .filter(|b| b.manifest.vm_uuid == uuid)
             .collect();
+        let Ok(store) = self.repo() else { return };
         for id in repo::retention(&mine, keep) {
-            match self.repo.remove(&id) {
+            match store.remove(&id) {
                 Ok(()) => log::info!("backup {id} removed (keeping the newest {keep})"),
                 Err(e) => log::warn!("{e}"),
             }
@@ -749,10 +767,10 @@ impl BackupService {
     /// (none: intact). The result is kept as the backup's `Verified`.
     pub async fn verify(self: &Arc<Self>, id: &str) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
-        let this = self.clone();
+        let store = self.repository().await?;
         let problems = blocking(move || {
-            let p = this.repo.verify(&rec);
-            let _ = this.repo.set_verified(rec.id(), p.is_empty(), now_secs());
+            let p = store.verify(&rec);
+            let _ = store.set_verified(rec.id(), p.is_empty(), now_secs());
             Ok(p)
         })
         .await?;
@@ -770,6 +788,7 @@ impl BackupService {
     /// (which deletes them too). The ids deleted.
     pub async fn delete(&self, id: &str, with_dependents: bool) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
+        let store = self.repository().await?;
         // Not while a backup of the VM (which may build on this one) runs.
         let _locked = self.model.lock_vm(&rec.manifest.vm_uuid).await;
         let all = self.all();
@@ -789,7 +808,7 @@ impl BackupService {
             .rev()
             .chain(std::iter::once(&id.to_owned()))
         {
-            self.repo.remove(d)?;
+            store.remove(d)?;
             gone.push(d.clone());
         }
         // Its checkpoint, if it is still the VM's, goes too.
@@ -818,15 +837,13 @@ impl BackupService {
         let all = self.all();
         let chain: Vec<BackupRecord> = repo::chain(id, &all)?.into_iter().cloned().collect();
         let total: u64 = chain.iter().map(|b| b.size_bytes()).sum();
+        let store = self.repository().await?;
         let mut done = 0;
         for b in &chain {
             progress.update(&format!("verifying backup {}", b.id()), done, total);
-            let this = self.clone();
-            let rec = b.clone();
-            let problems = blocking(move || Ok(this.repo.verify(&rec))).await?;
-            let _ = self
-                .repo
-                .set_verified(b.id(), problems.is_empty(), now_secs());
+            let (s, rec) = (store.clone(), b.clone());
+            let problems = blocking(move || Ok(s.verify(&rec))).await?;
+            let _ = store.set_verified(b.id(), problems.is_empty(), now_secs());
             if !problems.is_empty() {
                 self.resync();
                 return Err(Error::Failed(format!(
@@ -850,7 +867,7 @@ impl BackupService {
         let top = self.existing(id)?;
         let (done, total) = self.verify_chain(id, &progress).await?;
         progress.update("restoring", done, total);
-        let dir = self.repo.dir(top.id());
+        let dir = self.repository().await?.dir(top.id());
         let intents = self.intents.clone();
         let uuid = uuid::Uuid::new_v4().to_string();
         let u = uuid.clone();
@@ -1139,6 +1156,9 @@ pub fn restored_definition(doc: &mut Element, r: &Restored<'_>) {
 // Restore over the VM the backup is of.
 #[path = "backup_replace.rs"]
 mod replace;
+
+#[path = "backup_repo_attach.rs"]
+pub mod attach;
 
 #[cfg(test)]
 #[path = "backup_tests.rs"]

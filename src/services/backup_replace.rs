@@ -46,7 +46,7 @@ impl BackupService {
         }
         let (done, total) = self.verify_chain(id, &progress).await?;
         progress.update("restoring", done, total);
-        let dir = self.repo.dir(top.id());
+        let dir = self.repository().await?.dir(top.id());
         let intents = self.intents.clone();
         let rec = (*top).clone();
         let (pool, replaced) = self

@@ -118,13 +118,29 @@ pub struct Repository {
 
 impl Repository {
     /// Open (and create, mode 0711: QEMU must reach the files libvirt
-    /// hands it, nobody may list them) the repository.
-    pub fn open(root: &Path) -> Result<Self> {
+    /// hands it, nobody may list them) the repository. `strict` (a
+    /// directory in a pool others may write volumes into): it must be a
+    /// real directory of vapord's own, not a link or someone's volume.
+    pub fn open(root: &Path, strict: bool) -> Result<Self> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o711)
             .create(root)
-            .map_err(|e| Error::Failed(format!("cannot create {}: {e}", root.display())))?;
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", root.display())))?;
+        if strict {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::symlink_metadata(root)
+                .map_err(|e| Error::Unavailable(format!("{}: {e}", root.display())))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !m.file_type().is_dir() || m.uid() != me {
+                return Err(Error::Unavailable(format!(
+                    "{} is not a directory of vapord's own (a link, a file or \
+                     another user's); move it away",
+                    root.display()
+                )));
+            }
+        }
         let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711));
         Ok(Self {
             root: root.to_owned(),
@@ -171,6 +187,20 @@ impl Repository {
         if partial.starts_with(&self.root) {
             let _ = std::fs::remove_dir_all(partial);
         }
+    }
+
+    /// The ids of the partial directories (backups being made, or left
+    /// half done by a dead vapord).
+    pub fn partial_ids(&self) -> Vec<String> {
+        std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix(PARTIAL).map(str::to_owned)
+            })
+            .collect()
     }
 
     /// Remove every partial directory (at start-up: backups a dead vapord

@@ -93,7 +93,7 @@ fn ids_and_file_names_stay_inside_the_repository() {
 #[test]
 fn only_complete_backups_are_listed_and_tampering_is_found() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repository::open(dir.path()).unwrap();
+    let repo = Repository::open(dir.path(), false).unwrap();
     let part = repo.start("b1").unwrap();
     write_file(&part, "vda.qcow2", b"disk bytes").unwrap();
     assert!(repo.list().is_empty(), "a partial backup is not listed");
@@ -124,4 +124,25 @@ fn only_complete_backups_are_listed_and_tampering_is_found() {
         .to_string()
         .contains("lists the file"));
     assert_eq!(repo.list().len(), 1);
+}
+
+#[test]
+fn a_strict_repository_must_be_a_real_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real");
+    assert!(
+        Repository::open(&real, true).is_ok(),
+        "created when missing"
+    );
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err = Repository::open(&link, true).unwrap_err().to_string();
+    assert!(err.contains("not a directory of vapord's own"), "{err}");
+    assert!(
+        Repository::open(&link, false).is_ok(),
+        "an admin's link is followed"
+    );
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"a volume").unwrap();
+    assert!(Repository::open(&file, true).is_err());
 }

@@ -110,3 +110,55 @@ fn a_definition_restored_over_its_vm_keeps_its_mac_addresses() {
     );
     assert!(doc.to_xml().contains("52:54:00:00:00:01"));
 }
+
+fn pool(
+    kind: &str,
+    state: &'static str,
+    target: &str,
+) -> crate::libvirt::storage_records::PoolRecord {
+    crate::libvirt::storage_records::PoolRecord {
+        uuid: "u".into(),
+        name: "b".into(),
+        kind: kind.into(),
+        state,
+        autostart: true,
+        persistent: true,
+        target_path: target.into(),
+        capacity: 0,
+        allocation: 0,
+        available: 0,
+    }
+}
+
+#[test]
+fn a_pool_holds_the_repository_only_as_a_running_directory() {
+    use attach::pool_root;
+    for kind in ["dir", "fs", "netfs"] {
+        assert_eq!(
+            pool_root(&pool(kind, "running", "/srv/b")).unwrap(),
+            PathBuf::from("/srv/b/vapor-backups")
+        );
+    }
+    let why = |p| pool_root(&p).unwrap_err().to_string();
+    assert!(why(pool("logical", "running", "/dev/vg")).contains("a logical pool"));
+    assert!(why(pool("dir", "inactive", "/srv/b")).contains("is inactive; start it"));
+    assert!(why(pool("dir", "running", "")).contains("no target directory"));
+}
+
+#[test]
+fn what_a_dead_vapord_left_is_recognised() {
+    let xml = "<domainbackup mode='push'><disks>\
+        <disk name='vda' backup='yes' type='file'><target file='/r/.partial-x/vda.libvirt.qcow2'/></disk>\
+        <disk name='sda' backup='no'/></disks></domainbackup>";
+    assert_eq!(
+        attach::backup_target_files(xml),
+        vec!["/r/.partial-x/vda.libvirt.qcow2"]
+    );
+    assert!(attach::backup_target_files("<not xml").is_empty());
+    let names: Vec<String> = ["vapor-1", "vapor-2", "mine", "2"].map(String::from).into();
+    let partial = std::collections::HashSet::from(["2".to_owned()]);
+    assert_eq!(
+        attach::orphan_checkpoints(&names, &partial),
+        vec!["vapor-2"]
+    );
+}

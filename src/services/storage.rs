@@ -514,6 +514,13 @@ impl StorageService {
     /// of the pool's directory (see [`volume_path_problem`]); read off the
     /// async workers.
     async fn ensure_in_pool(&self, v: &VolumeView) -> Result<()> {
+        if matches!(v.rec.kind.as_str(), "dir" | "netdir") {
+            // A directory in a pool (vapord's backup repository, say).
+            return Err(Error::InvalidState(format!(
+                "volume '{}' is a directory, not a disk image",
+                v.rec.name
+            )));
+        }
         let pool = self.need_pool(&v.rec.pool_uuid)?;
         if NOT_FILE_POOLS.contains(&pool.rec.kind.as_str()) {
             return Ok(());

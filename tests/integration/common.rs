@@ -289,6 +289,30 @@ pub fn virsh_quiet(args: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+/// A virtio disk `vda` on the file at `path` (`format`: raw, qcow2).
+pub fn disk_device(path: &str, format: &str) -> String {
+    format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='{format}'/>\
+         <source file='{path}'/><target dev='vda' bus='virtio'/></disk>"
+    )
+}
+
+/// Undefine a domain whatever it has (snapshots, checkpoints, NVRAM),
+/// with the volumes it uses when `storage`; quietly.
+pub fn undefine_all(name: &str, storage: bool) {
+    let mut a = vec![
+        "undefine",
+        name,
+        "--nvram",
+        "--snapshots-metadata",
+        "--checkpoints-metadata",
+    ];
+    if storage {
+        a.push("--remove-all-storage");
+    }
+    virsh_quiet(&a);
+}
+
 /// A domain defined with virsh, destroyed and undefined when dropped.
 pub struct TestDomain {
     pub name: String,
@@ -317,7 +341,7 @@ impl TestDomain {
 impl Drop for TestDomain {
     fn drop(&mut self) {
         virsh_quiet(&["destroy", &self.name]);
-        virsh_quiet(&["undefine", "--nvram", &self.name]);
+        undefine_all(&self.name, false);
     }
 }
 

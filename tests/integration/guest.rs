@@ -55,7 +55,7 @@ fn sweep_stale() {
             continue;
         }
         virsh_quiet(&["destroy", n]);
-        virsh_quiet(&["undefine", n, "--nvram", "--remove-all-storage"]);
+        undefine_all(n, true);
     }
     let pools = virsh(&["pool-list", "--all", "--name"]);
     for n in pools.lines().map(str::trim) {
@@ -322,7 +322,7 @@ extern "C" fn remove_guests() {
         .filter(|n| n.starts_with(&prefix))
     {
         virsh_quiet(&["destroy", n]);
-        virsh_quiet(&["undefine", n, "--nvram", "--remove-all-storage"]);
+        undefine_all(n, true);
     }
     if let Some(p) = POOLS.get() {
         virsh_quiet(&["pool-destroy", &p.image_pool]);

@@ -242,13 +242,7 @@ async fn a_raw_disk_vm_says_why_it_has_no_internal_snapshots_and_refusals_are_ty
     let conn = bus().await;
     let pool = TestPool::new("snapraw");
     let disk = pool.volume("d.raw", "raw");
-    let d = TestDomain::define_with(
-        "snapraw",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='raw'/>\
-             <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
-        ),
-    );
+    let d = TestDomain::define_with("snapraw", &disk_device(&disk, "raw"));
     wait_for_object(&conn, &d.path()).await;
 
     let caps = capabilities(&d.name);

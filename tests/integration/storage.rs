@@ -452,13 +452,7 @@ async fn a_volume_a_vm_uses_cannot_be_deleted_and_names_the_vm() {
     let conn = bus().await;
     let pool = TestPool::new("inuse");
     let disk = pool.volume("base.qcow2", "qcow2");
-    let d = TestDomain::define_with(
-        "inuse",
-        &format!(
-            "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
-             <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>"
-        ),
-    );
+    let d = TestDomain::define_with("inuse", &disk_device(&disk, "qcow2"));
     let uuid = virsh(&["pool-uuid", &pool.name]).trim().to_owned();
     let vol = format!("{}/base_2eqcow2", pool_object(&uuid));
     eventually("the volume shows its user", || async {
