@@ -41,6 +41,8 @@ pub struct MigrateRequest {
     /// Where the migration data goes (`tcp://host[:port]`), when not the
     /// destination's own choice.
     pub data_uri: Option<String>,
+    /// The address the destination listens on for the data.
+    pub listen_address: Option<String>,
 }
 
 impl MigrateRequest {
@@ -85,6 +87,7 @@ impl MigrateRequest {
     fn parameters(&self) -> MigrateParameters {
         MigrateParameters {
             uri: self.data_uri.clone(),
+            listen_address: self.listen_address.clone(),
             bandwidth: (self.bandwidth_mib > 0).then_some(self.bandwidth_mib),
             migrate_disks: self.disks.clone(),
             compression: (!self.compression.is_empty()).then(|| self.compression.join(",")),

@@ -106,6 +106,9 @@ pub struct BackupService {
     repo: std::sync::RwLock<std::result::Result<Repository, String>>,
     /// One finding of the repository at a time.
     attaching: tokio::sync::Mutex<()>,
+    /// One checksum pass over the repository at a time (each reads whole
+    /// backups: callers asking together wait their turn).
+    verifying: tokio::sync::Mutex<()>,
     store: Store<BackupRecord>,
     intents: IntentLog,
 }
@@ -275,6 +278,7 @@ impl BackupService {
             location,
             repo: std::sync::RwLock::new(Err("it has not been looked for yet".into())),
             attaching: tokio::sync::Mutex::new(()),
+            verifying: tokio::sync::Mutex::new(()),
             store,
             intents,
         });
@@ -768,6 +772,7 @@ impl BackupService {
     pub async fn verify(self: &Arc<Self>, id: &str) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
         let store = self.repository().await?;
+        let _turn = self.verifying.lock().await;
         let problems = blocking(move || {
             let p = store.verify(&rec);
             let _ = store.set_verified(rec.id(), p.is_empty(), now_secs());
@@ -838,6 +843,7 @@ impl BackupService {
         let chain: Vec<BackupRecord> = repo::chain(id, &all)?.into_iter().cloned().collect();
         let total: u64 = chain.iter().map(|b| b.size_bytes()).sum();
         let store = self.repository().await?;
+        let _turn = self.verifying.lock().await;
         let mut done = 0;
         for b in &chain {
             progress.update(&format!("verifying backup {}", b.id()), done, total);

@@ -155,6 +155,11 @@ impl MigrationService {
                     bandwidth_mib: opts.bandwidth_mib,
                     compression: opts.compression.clone(),
                     data_uri: opts.data_uri.clone(),
+                    listen_address: opts
+                        .data_uri
+                        .as_deref()
+                        .filter(|_| !opts.tunnelled)
+                        .and_then(migration_rules::listen_address),
                 };
                 Ok((req, facts.dest_hostname))
             })

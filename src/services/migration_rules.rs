@@ -103,6 +103,18 @@ pub fn check_data_uri(uri: &str) -> Result<()> {
     }
 }
 
+/// The address the destination listens on for a checked `migrate_uri`:
+/// its host (the data goes there, so the destination's QEMU and disk
+/// server listen there and nowhere else). Pure.
+pub fn listen_address(data_uri: &str) -> Option<String> {
+    let rest = data_uri.strip_prefix("tcp://")?;
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => rest.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
 /// `compression`: a comma-separated list of methods. Pure.
 pub fn check_compression(list: &str) -> Result<Vec<String>> {
     let methods: Vec<String> = list

@@ -102,3 +102,21 @@ fn what_cannot_work_is_refused_with_its_reason() {
     f.cpu_problem = Some("libvirt finds the VM's CPU incompatible".into());
     assert!(matches!(precheck(&f).unwrap_err(), Error::NotSupported(_)));
 }
+
+#[test]
+fn the_destination_listens_where_the_data_goes() {
+    assert_eq!(
+        listen_address("tcp://10.213.7.1").as_deref(),
+        Some("10.213.7.1")
+    );
+    assert_eq!(
+        listen_address("tcp://b.example:49152").as_deref(),
+        Some("b.example")
+    );
+    assert_eq!(
+        listen_address("tcp://[fe80::1]:49152").as_deref(),
+        Some("fe80::1")
+    );
+    assert_eq!(listen_address("tcp://"), None);
+    assert_eq!(listen_address("rdma://x"), None);
+}

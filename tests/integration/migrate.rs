@@ -2,7 +2,8 @@
 //! on this machine (`tests/env/second-host.sh`: its own network, mount and
 //! UTS namespaces and host UUID): a running Debian guest moves with its
 //! storage while its progress is watched, runs there and is gone here,
-//! comes back, and a throttled migration is cancelled with the guest still
+//! comes back through the second host's own vapord and `vaporctl migrate`,
+//! and a throttled migration is cancelled with the guest still
 //! running here. Refusals before anything starts say why.
 
 use std::process::Command;
@@ -19,6 +20,8 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/second-host
 /// The second host as the real libvirtd reaches it.
 const DEST: &str = "qemu+tcp://10.213.7.2/system";
 const JOB: &str = "org.vapor.Virtualization.Job";
+/// The second libvirtd's socket, as processes of this host reach it.
+const B_SOCKET: &str = "qemu:///system?socket=/var/lib/vapor-second-host/run/libvirt-sock";
 
 static SECOND: OnceLock<()> = OnceLock::new();
 
@@ -38,6 +41,92 @@ fn second_host() {
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(second_host_down) };
     });
+}
+
+/// The second host's own vapord: on a private bus of its own, reaching
+/// the second libvirtd through its socket, with the first host configured
+/// as `home`; stopped when dropped.
+struct SecondVapord {
+    bus_pid: i32,
+    address: String,
+    daemon: std::process::Child,
+}
+
+impl SecondVapord {
+    fn start() -> Self {
+        let out = Command::new("dbus-daemon")
+            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dbus-daemon");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let address = lines.next().unwrap().trim().to_owned();
+        let bus_pid = lines.next().unwrap().trim().parse().unwrap();
+        let dir = format!(
+            "{}/vapord-b-{}",
+            env!("CARGO_TARGET_TMPDIR"),
+            std::process::id()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(format!("{dir}/run")).unwrap();
+        let config = format!("{dir}/vapord.toml");
+        // The first host, through its libvirtd's socket (both hosts'
+        // sockets are reachable from here).
+        std::fs::write(&config, "[hosts]\nhome = \"qemu:///system\"\n").unwrap();
+        let log = std::fs::File::create(format!("{dir}/vapord.log")).unwrap();
+        let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates");
+        let daemon = Command::new(env!("CARGO_BIN_EXE_vapord"))
+            .args(["--session", "--config", &config, "--stats-interval", "0"])
+            .args(["--uri", B_SOCKET, "--templates-dir", templates])
+            .args([
+                "--state-dir",
+                &format!("{dir}/state"),
+                "--log-level",
+                "debug",
+            ])
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            // Its console sockets apart from the first host's vapord's.
+            .env("XDG_RUNTIME_DIR", format!("{dir}/run"))
+            .env("VAPOR_LOG_STDERR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let b = SecondVapord {
+            bus_pid,
+            address,
+            daemon,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !b.vaporctl(&["list"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "the second host's vapord did not start: {}",
+                std::fs::read_to_string(format!("{dir}/vapord.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        b
+    }
+
+    fn vaporctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_vaporctl"))
+            .arg("--session")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for SecondVapord {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        // SAFETY: a plain kill(2) of the bus daemon this test started.
+        unsafe { libc::kill(self.bus_pid, libc::SIGKILL) };
+    }
 }
 
 /// virsh against the second host; stdout (panics on failure).
@@ -217,31 +306,35 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Back, driven from here between the two sockets; the guest's data came
-    // along both ways.
-    let sock = "qemu:///system?socket=/var/lib/vapor-second-host/run/libvirt-sock";
-    let out = Command::new("virsh")
-        .args([
-            "-c",
-            sock,
+    // Back, with the second host's own vapord (as that host would run it:
+    // here on a private bus, reaching its libvirtd's socket) and vaporctl;
+    // the guest's data came along both ways.
+    let b = SecondVapord::start();
+    let name = g.name.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let out = b.vaporctl(&[
             "migrate",
-            "--live",
-            "--persistent",
-            "--undefinesource",
-            "--copy-storage-all",
-            &g.name,
-            "qemu:///system",
-            "--migrateuri",
+            &name,
+            "home",
+            "--copy-storage",
+            "all",
+            "--no-p2p",
+            "--migrate-uri",
             "tcp://10.213.7.1",
-            "--listen-address",
-            "10.213.7.1",
-        ])
-        .output()
-        .unwrap();
+        ]);
+        let list = b.vaporctl(&["list"]);
+        (out, list)
+    })
+    .await
+    .unwrap();
+    let (back, list) = out;
+    let text =
+        String::from_utf8_lossy(&back.stdout).into_owned() + &String::from_utf8_lossy(&back.stderr);
+    assert!(back.status.success(), "vaporctl migrate back: {text}");
+    assert!(text.contains("downtime"), "{text}");
     assert!(
-        out.status.success(),
-        "migrating back: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !String::from_utf8_lossy(&list.stdout).contains(&g.name),
+        "the second host's vapord still lists the VM"
     );
     wait_for_object(&conn, &g.path).await;
     let gg = g.clone();
