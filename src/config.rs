@@ -52,9 +52,14 @@ pub struct Config {
     /// removed.
     pub console_idle_secs: u64,
     /// Other libvirt hosts by name (`[hosts]`: name = "URI"), for
-    /// migrations: a caller may name one of these, or give a remote URI
-    /// without parameters.
+    /// migrations: a caller names one of these (or, with
+    /// `allow_unlisted_destinations`, gives a remote URI without
+    /// parameters).
     pub hosts: std::collections::BTreeMap<String, String>,
+    /// Whether callers may also name hosts not in `[hosts]` by a remote
+    /// URI (vapord connects as root, with root's SSH keys and TLS
+    /// certificates, so the default is no).
+    pub allow_unlisted_destinations: bool,
     /// The backup repository: a directory only vapord writes (unset:
     /// `<state_dir>/backups`).
     pub backup_dir: Option<PathBuf>,
@@ -116,6 +121,7 @@ impl Default for Config {
             console_dir: PathBuf::from("/run/vapor/console"),
             console_idle_secs: 300,
             hosts: std::collections::BTreeMap::new(),
+            allow_unlisted_destinations: false,
             backup_dir: None,
             backup_pool: None,
             limits: Limits::default(),

@@ -192,7 +192,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
         snapshots: snapshot_ctx.clone(),
         backups: backup_ctx.clone(),
-        migrations: Arc::new(MigrationService::new(model.clone(), cfg.hosts.clone())),
+        migrations: Arc::new(MigrationService::new(
+            model.clone(),
+            cfg.hosts.clone(),
+            cfg.allow_unlisted_destinations,
+        )),
     });
     let _ = backup_ctx.vms.set(Arc::downgrade(&ctx));
     let storage_ctx = Arc::new(StorageContext {

@@ -102,10 +102,7 @@ impl VirtualMachine {
         )
         .await?;
         self.sync_from_model(&rec.uuid);
-        Ok(format!(
-            "migrated to {shown} in {} ms, downtime {} ms",
-            report.total_ms, report.downtime_ms
-        ))
+        Ok(report.summary)
     }
 
     pub(super) async fn start_postcopy(&self, header: &Header<'_>) -> Result<(), Error> {

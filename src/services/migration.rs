@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::migration_rules::{self, CopyStorage, Facts};
+use super::storage_ownership;
 use crate::libvirt::migration::{Destination, MigrateRequest};
 use crate::libvirt::records::MigrationStatus;
-use crate::libvirt::xml::{domain_disks, DiskSource};
+use crate::libvirt::xml::{domain_disks, Disk, DiskSource};
 use crate::libvirt::{Definition, Hypervisor};
 use crate::model::Model;
 use crate::progress::Progress;
@@ -37,22 +38,42 @@ pub struct MigrationOptions {
 }
 
 /// How a migration went.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationReport {
     pub total_ms: u64,
     /// As libvirt measured it (or last expected, when it kept no record).
     pub downtime_ms: u64,
+    /// Images left here that the copy replaced, removed (vapord had made
+    /// them for the VM, and nothing else here uses them).
+    pub removed: Vec<String>,
+    /// Images left here, and why they stay.
+    pub kept: Vec<(String, String)>,
+    /// All of it in words (the reply, and the Job's Completed message).
+    pub summary: String,
+}
+
+/// The disks a migration copies, and which of them vapord had made for
+/// the VM (the candidates for removal here once the VM is gone).
+struct Copied {
+    disks: Vec<Disk>,
+    owned: Vec<String>,
 }
 
 pub struct MigrationService {
     model: Arc<Model>,
     /// Destinations configured by name (`[hosts]` in vapord.toml).
     hosts: BTreeMap<String, String>,
+    /// Whether callers may name other hosts by URI.
+    unlisted: bool,
 }
 
 impl MigrationService {
-    pub fn new(model: Arc<Model>, hosts: BTreeMap<String, String>) -> Self {
-        Self { model, hosts }
+    pub fn new(model: Arc<Model>, hosts: BTreeMap<String, String>, unlisted: bool) -> Self {
+        Self {
+            model,
+            hosts,
+            unlisted,
+        }
     }
 
     fn hv(&self) -> &Arc<Hypervisor> {
@@ -61,7 +82,7 @@ impl MigrationService {
 
     /// The libvirt URI a destination names (checked).
     pub fn resolve(&self, destination: &str) -> Result<String> {
-        migration_rules::destination_uri(destination, &self.hosts)
+        migration_rules::destination_uri(destination, &self.hosts, self.unlisted)
     }
 
     /// Migrate the VM to `destination`; `job` is the Job's object path
@@ -79,7 +100,7 @@ impl MigrationService {
         progress.update("checking the destination", 0, 0);
         let u = uri.clone();
         let copy = opts.copy_storage;
-        let (req, dest_name) = self
+        let (req, dest_name, copied_disks) = self
             .hv()
             .on_domain(uuid, move |s, d| {
                 let running = d.is_active()?;
@@ -99,6 +120,7 @@ impl MigrationService {
                 let dest = Destination::open(&u)?;
                 let def = d.definition(Definition::Live)?;
                 let mut copied = Vec::new();
+                let mut copied_disks = Vec::new();
                 let mut shared = Vec::new();
                 for disk in domain_disks(&def) {
                     let (Some(t), DiskSource::Path(p)) = (disk.target.clone(), &disk.source) else {
@@ -107,6 +129,7 @@ impl MigrationService {
                     let writable = disk.device == "disk" && !disk.readonly && !disk.shareable;
                     if writable && copy != CopyStorage::None {
                         copied.push((t, p.clone()));
+                        copied_disks.push(disk.clone());
                     } else {
                         shared.push((t, p.clone(), dest.has_volume(p)));
                     }
@@ -140,6 +163,12 @@ impl MigrationService {
                     cpu_problem,
                 };
                 migration_rules::precheck(&facts)?;
+                let owned: Vec<String> = d
+                    .vapor_metadata()
+                    .owned_volumes
+                    .into_iter()
+                    .filter(|v| copied.iter().any(|(_, p)| p == v))
+                    .collect();
                 let req = MigrateRequest {
                     live,
                     offline: !running,
@@ -161,9 +190,14 @@ impl MigrationService {
                         .filter(|_| !opts.tunnelled)
                         .and_then(migration_rules::listen_address),
                 };
-                Ok((req, facts.dest_hostname))
+                let copied = Copied {
+                    disks: copied_disks,
+                    owned,
+                };
+                Ok((req, facts.dest_hostname, copied))
             })
             .await?;
+        let undefines = req.undefine_source;
         if progress.cancelled() {
             return Err(Error::Failed(
                 "the migration was cancelled before it started".into(),
@@ -262,7 +296,15 @@ impl MigrationService {
             Err(e) => Err(e),
             Ok(stats) => Ok(stats),
         }?;
-        let report = MigrationReport {
+        let (removed, kept) = if undefines {
+            self.remove_copied(uuid, copied_disks).await
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut report = MigrationReport {
+            removed,
+            kept,
+            summary: String::new(),
             total_ms: done
                 .as_ref()
                 .and_then(|s| s.time_elapsed_ms)
@@ -279,12 +321,62 @@ impl MigrationService {
             ("downtime_ms", report.downtime_ms),
             ("total_ms", report.total_ms),
         ]);
-        progress.summary(&format!(
+        let mut summary = format!(
             "migrated to {dest_name} in {} ms, downtime {} ms",
             report.total_ms, report.downtime_ms
-        ));
+        );
+        if !report.removed.is_empty() {
+            summary.push_str(&format!(
+                "; the images left here were removed: {}",
+                report.removed.join(", ")
+            ));
+        }
+        for (path, why) in &report.kept {
+            summary.push_str(&format!("; kept {path}: {why}"));
+        }
+        progress.summary(&summary);
+        report.summary = summary;
         progress.update("migrated", 1, 1);
         Ok(report)
+    }
+
+    /// After a migration that copied the disks and undefined the VM here:
+    /// remove the images it left here that vapord had made for it and that
+    /// nothing else here uses (the rules of `Delete` with remove_storage);
+    /// (removed, kept with why). Nothing is removed while the VM is still
+    /// defined here.
+    async fn remove_copied(
+        &self,
+        uuid: &str,
+        copied: Copied,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        if copied.disks.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let id = uuid.to_owned();
+        let r = self
+            .hv()
+            .session(move |s| {
+                if s.domain(&id).is_ok() {
+                    return Ok((Vec::new(), Vec::new()));
+                }
+                let plan =
+                    storage_ownership::plan(s, &id, &copied.disks, &copied.owned, None, false)?;
+                let mut removed = Vec::new();
+                let mut kept = plan.kept;
+                for (path, vol) in plan.delete {
+                    match vol.delete() {
+                        Ok(()) => removed.push(path),
+                        Err(e) => kept.push((path, format!("deleting failed: {e}"))),
+                    }
+                }
+                Ok((removed, kept))
+            })
+            .await;
+        r.unwrap_or_else(|e| {
+            log::warn!(vm_uuid = uuid; "cannot remove the images the migration left here: {e}");
+            (Vec::new(), Vec::new())
+        })
     }
 
     /// Switch the VM's running migration to post-copy.

@@ -19,13 +19,38 @@ const SCHEMES: &[&str] = &[
 const COMPRESSION: &[&str] = &["xbzrle", "mt", "zlib", "zstd"];
 
 /// The libvirt URI of a destination: a host configured in `vapord.toml`
-/// by name, or a remote URI given whole. A caller's URI may not carry
-/// parameters (`?socket=`, `?command=`, `?keyfile=` … would make vapord,
-/// as root, open local sockets, run commands or read keys). Pure.
-pub fn destination_uri(dest: &str, hosts: &BTreeMap<String, String>) -> Result<String> {
+/// by name, or (only with `unlisted`: vapord connects as root, with
+/// root's keys and certificates, so by default callers cannot point it at
+/// hosts the administrator did not list) a remote URI given whole. A
+/// caller's URI may not carry parameters (`?socket=`, `?command=`,
+/// `?keyfile=` … would make vapord open local sockets, run commands or
+/// read keys). Pure.
+pub fn destination_uri(
+    dest: &str,
+    hosts: &BTreeMap<String, String>,
+    unlisted: bool,
+) -> Result<String> {
     if let Some(uri) = hosts.get(dest) {
         return Ok(uri.clone());
     }
+    let uri = remote_uri(dest)?;
+    if !unlisted {
+        return Err(Error::InvalidArgument(format!(
+            "destination: '{}' is not a host configured in vapord.toml ([hosts]: {}); \
+             other URIs only with allow_unlisted_destinations",
+            crate::text::for_bus(dest),
+            if hosts.is_empty() {
+                "none".to_owned()
+            } else {
+                hosts.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        )));
+    }
+    Ok(uri)
+}
+
+/// A caller's remote libvirt URI, checked. Pure.
+fn remote_uri(dest: &str) -> Result<String> {
     let bad = |why: &str| {
         Err(Error::InvalidArgument(format!(
             "destination: '{}' {why}",

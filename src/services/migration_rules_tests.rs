@@ -8,14 +8,24 @@ fn destinations_are_configured_hosts_or_plain_remote_uris() {
         "qemu:///system?socket=/run/b/libvirt-sock".to_owned(),
     );
     assert_eq!(
-        destination_uri("b", &hosts).unwrap(),
+        destination_uri("b", &hosts, false).unwrap(),
         "qemu:///system?socket=/run/b/libvirt-sock"
     );
     assert_eq!(
-        destination_uri("qemu+tcp://10.0.0.2/system", &hosts).unwrap(),
+        destination_uri("qemu+tcp://10.0.0.2/system", &hosts, true).unwrap(),
         "qemu+tcp://10.0.0.2/system"
     );
-    assert!(destination_uri("qemu+ssh://root@host/system", &hosts).is_ok());
+    assert!(destination_uri("qemu+ssh://root@host/system", &hosts, true).is_ok());
+    // Unless allowed, only the hosts listed.
+    let e = destination_uri("qemu+ssh://root@host/system", &hosts, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("destination:")
+            && e.contains("not a host configured")
+            && e.contains("[hosts]: b"),
+        "{e}"
+    );
     for (bad, why) in [
         ("qemu:///system?socket=/tmp/x", "uses the transport qemu"),
         ("qemu+ssh://h/system?command=rm", "may not carry parameters"),
@@ -28,7 +38,7 @@ fn destinations_are_configured_hosts_or_plain_remote_uris() {
         ("elsewhere", "neither a configured host"),
         ("", "at most 1024 bytes"),
     ] {
-        let e = destination_uri(bad, &hosts).unwrap_err().to_string();
+        let e = destination_uri(bad, &hosts, true).unwrap_err().to_string();
         assert!(
             e.starts_with("destination:") && e.contains(why),
             "{bad}: {e}"

@@ -193,6 +193,33 @@ impl DeviceService {
         Ok(plan)
     }
 
+    /// Refuse to attach writable an image another VM uses (as a disk, or
+    /// below one), asked of libvirt now: the plan's check reads the
+    /// event-fed cache, which may not have seen a VM defined a moment ago.
+    async fn ensure_unused(&self, uuid: &str, plan: &DiskPlan) -> Result<()> {
+        let writable = !(plan.req.readonly || plan.req.shareable);
+        let existing = plan
+            .volume
+            .as_ref()
+            .map(|v| v.rec.path.clone())
+            .or_else(|| plan.host_path.clone());
+        let (true, Some(path)) = (writable, existing) else {
+            return Ok(());
+        };
+        let u = uuid.to_owned();
+        let users = hv(&self.model)
+            .session(move |s| storage_ownership::paths_in_use(s, Some(&u)))
+            .await?;
+        match users.get(&storage_ownership::canonical(&path)) {
+            Some(names) => Err(Error::Conflict(format!(
+                "disk: {path} is in use by VM '{}'; attach it readonly or shareable, or \
+                 detach it there first",
+                names.join("', '")
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Attach the disk of `plan` in `scope`; returns its target.
     pub async fn attach_disk(
         &self,
@@ -207,6 +234,7 @@ impl DeviceService {
         if let Some(v) = &plan.volume {
             self.storage.check_usable(v).await?;
         }
+        self.ensure_unused(uuid, &plan).await?;
         let req = plan.req.clone();
         let defs = hv(&self.model)
             .on_domain(uuid, |_, d| {

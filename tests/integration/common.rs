@@ -104,8 +104,10 @@ pub fn daemon_wrapped(wrapper: &[&str], extra: &[&str]) -> u32 {
             };
             let state_dir = state_dir();
             let templates = format!("{}/tests/fixtures/templates", env!("CARGO_MANIFEST_DIR"));
+            let config = format!("{}/tests/fixtures/vapord.toml", env!("CARGO_MANIFEST_DIR"));
             cmd.args(["--replace", "--log-level", "debug", "--stats-interval", "1"])
                 .args(["--state-dir", &state_dir, "--templates-dir", &templates])
+                .args(["--config", &config])
                 .args(&extra)
                 .env("VAPOR_LOG_STDERR", "1")
                 .stdout(Stdio::null())

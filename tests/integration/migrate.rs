@@ -17,8 +17,10 @@ use crate::common::*;
 use crate::guest::{pools, Guest};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/env/second-host.sh");
-/// The second host as the real libvirtd reaches it.
-const DEST: &str = "qemu+tcp://10.213.7.2/system";
+/// The second host, as tests/fixtures/vapord.toml names it.
+const DEST: &str = "vapor-b";
+/// Its URI, as the real libvirtd reaches it.
+const DEST_URI: &str = "qemu+tcp://10.213.7.2/system";
 const JOB: &str = "org.vapor.Virtualization.Job";
 /// The second libvirtd's socket, as processes of this host reach it.
 const B_SOCKET: &str = "qemu:///system?socket=/var/lib/vapor-second-host/run/libvirt-sock";
@@ -152,6 +154,14 @@ fn migrate_as(user: &str, path: &str, dest: &str, opts: &[&str]) -> Result<Strin
     call_iface_as(user, path, VM, "Migrate", &a)
 }
 
+/// The file behind the VM's disk vda.
+fn disk_file(name: &str) -> String {
+    virsh(&["domblklist", name])
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("vda").map(|p| p.trim().to_owned()))
+        .expect("the guest has a disk vda")
+}
+
 /// The target of the VM's cdrom holding its cloud-init seed.
 fn seed_target(name: &str) -> String {
     virsh(&["domblklist", name, "--details"])
@@ -202,6 +212,13 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         err.contains("destination:") && err.contains("transport qemu"),
         "{err}"
     );
+    // A URI of a host not listed in vapord.toml: vapord would connect there
+    // as root.
+    let err = migrate_as(ALICE, &g.path, DEST_URI, &copy_all).unwrap_err();
+    assert!(
+        err.contains("not a host configured") && err.contains("[hosts]: vapor-b"),
+        "{err}"
+    );
     let err = migrate_as(ALICE, &g.path, DEST, &["1", "copy_storage", "s", "some"]).unwrap_err();
     assert!(err.contains("copy_storage: 'some'"), "{err}");
     // No pool there covers the disk's directory.
@@ -223,6 +240,7 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     // The seed image is not there (and not copied: it is read-only).
     let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
     assert!(err.contains("is not on vapor-b"), "{err}");
+    let disk = disk_file(&g.name);
     let seed = seed_target(&g.name);
     let out = busctl_as(ALICE, &g.path, "ChangeMedia", &["ssa{sv}", &seed, "", "0"]);
     assert!(
@@ -295,6 +313,9 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     let (ok, out) = run.await.unwrap();
     assert!(ok, "vaporctl migrate: {out}");
     assert!(out.contains("downtime"), "{out}");
+    // The image it left here, which vapord had made for it, is gone.
+    assert!(out.contains("were removed"), "{out}");
+    assert!(!std::path::Path::new(&disk).exists(), "{disk} is left");
     assert!(saw_job_figures, "no Job Details with figures were seen");
     assert!(saw_vm_migration, "the VM never showed its migration");
     // Running there, gone from here (and from vapord).
@@ -332,6 +353,11 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         String::from_utf8_lossy(&back.stdout).into_owned() + &String::from_utf8_lossy(&back.stderr);
     assert!(back.status.success(), "vaporctl migrate back: {text}");
     assert!(text.contains("downtime"), "{text}");
+    let left = Command::new("bash")
+        .args([SCRIPT, "exec", "test", "-e", &disk])
+        .status()
+        .unwrap();
+    assert!(!left.success(), "{disk} is left on the second host");
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&g.name),
         "the second host's vapord still lists the VM"

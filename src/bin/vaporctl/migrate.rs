@@ -14,7 +14,8 @@ use crate::Failure;
 #[derive(Args)]
 pub struct MigrateArgs {
     pub vm: String,
-    /// A host named in vapord.toml's [hosts], or qemu+tcp|tls|ssh://host/system.
+    /// A host named in vapord.toml's [hosts] (or qemu+tcp|tls|ssh://host/system
+    /// where vapord allows unlisted destinations).
     pub destination: String,
     /// Copy the disks: all, or incremental (what the destination's backing
     /// files lack); default none (shared storage).
