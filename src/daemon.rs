@@ -176,8 +176,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         snapshots,
         auth: auth.clone(),
     });
-    let (backups, backup_changes) =
-        BackupService::new(model.clone(), cfg.backup_location(), intents.clone());
+    let (backups, backup_changes) = BackupService::new(
+        model.clone(),
+        cfg.backup_location(),
+        intents.clone(),
+        storage.clone(),
+    );
     let backup_ctx = Arc::new(BackupContext {
         backups,
         auth: auth.clone(),
@@ -263,8 +267,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     )
     .await?;
     backup_ctx.backups.stop_leftover_pools().await;
-    // Not fatal: until the repository is there, backup calls say why.
-    let _ = backup_ctx.backups.attach().await;
     let mut touched = model.touched();
     if let Err(e) = pci.load_hostdevs().await {
         log::warn!("cannot read which VMs use which PCI devices yet: {e}");
@@ -280,7 +282,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     published.add(volumes, volume_changes);
     published.add(network_ctx, network_changes);
     published.add(Arc::new(Snapshots(snapshot_ctx)), snapshot_changes);
-    published.add(Arc::new(Backups(backup_ctx)), backup_changes);
+    published.add(Arc::new(Backups(backup_ctx.clone())), backup_changes);
     published.drain(server).await;
 
     // Watch for losing the name before asking for it.
@@ -305,6 +307,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
     }
 
     published.follow(&conn);
+    // Only now, with the name ours (a vapord this one replaced has stopped
+    // making backups), what a dead one left of its backups is rolled back.
+    // Not fatal: until the repository is there, backup calls say why.
+    let _ = backup_ctx.backups.attach().await;
+    backup_ctx.backups.follow();
     tokio::spawn(manager::follow_connected(conn.clone(), model.connected()));
     tokio::spawn(manager::follow_host_load(conn.clone(), model.host_load()));
 

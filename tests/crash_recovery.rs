@@ -322,7 +322,9 @@ fn a_pool_holds_the_backups_and_a_dead_vapords_half_backup_is_rolled_back() {
     daemon.kill();
 
     // What a vapord killed during a backup leaves: libvirt's backup job
-    // writing into a partial directory, with the checkpoint made for it.
+    // writing into a partial directory, with the checkpoint made for it
+    // (a pull-mode job here: it runs until aborted, so the test knows it
+    // is still running when vapord starts).
     let bk = TestPool {
         name: pool_name.clone(),
         dir: format!("/var/lib/vapor-tests/{pool_name}"),
@@ -335,12 +337,13 @@ fn a_pool_holds_the_backups_and_a_dead_vapords_half_backup_is_rolled_back() {
     virsh(&["checkpoint-create-as", &d.name, "theirs"]);
     virsh(&["checkpoint-create-as", &d.name, "vapor-elsewhere"]);
     let backup_xml = format!("{state}/backup.xml");
+    let socket = format!("/tmp/vt-pull-{pid}.sock");
     std::fs::write(
         &backup_xml,
         format!(
-            "<domainbackup mode='push'><disks><disk name='vda' type='file'>\
-             <target file='{partial}/vda.qcow2'/><driver type='qcow2'/></disk></disks>\
-             </domainbackup>"
+            "<domainbackup mode='pull'><server transport='unix' socket='{socket}'/>\
+             <disks><disk name='vda' type='file'><scratch file='{partial}/vda.scratch'/>\
+             </disk></disks></domainbackup>"
         ),
     )
     .unwrap();
@@ -369,11 +372,16 @@ fn a_pool_holds_the_backups_and_a_dead_vapords_half_backup_is_rolled_back() {
         v
     };
     assert_eq!(checkpoints(), ["theirs", "vapor-dead", "vapor-elsewhere"]);
+    let job_runs = || virsh_quiet(&["backup-dumpxml", &d.name]);
+    assert!(job_runs(), "the backup job runs when vapord starts");
 
     let daemon = Daemon::start_with(&state, &log, &["--config", &config]);
     wait_until("the half-made backup to be rolled back", || {
         !std::path::Path::new(&partial).exists() && checkpoints() == ["theirs", "vapor-elsewhere"]
     });
+    assert!(!job_runs(), "the dead vapord's backup job was aborted");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("aborting a backup of"), "{text}");
     // Backups now land in the pool, and the next one is full (its base
     // checkpoint went with its backup).
     let out = call_iface_as(ALICE, &d.path(), VM, "Backup", &["a{sv}", "0"]).unwrap();

@@ -109,6 +109,12 @@ pub struct BackupService {
     /// One checksum pass over the repository at a time (each reads whole
     /// backups: callers asking together wait their turn).
     verifying: tokio::sync::Mutex<()>,
+    /// Whether what a dead vapord left is still to be rolled back.
+    recovery_pending: std::sync::atomic::AtomicBool,
+    /// The backups this vapord is making (recovery leaves them alone).
+    making: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Told where the repository is, so no pool is made inside it.
+    storage: Arc<super::storage::StorageService>,
     store: Store<BackupRecord>,
     intents: IntentLog,
 }
@@ -271,7 +277,11 @@ impl BackupService {
         model: Arc<Model>,
         location: BackupLocation,
         intents: IntentLog,
+        storage: Arc<super::storage::StorageService>,
     ) -> (Arc<Self>, UnboundedReceiver<Change<BackupRecord>>) {
+        if let BackupLocation::Pool(name) = &location {
+            storage.protect_backups(None, Some(name.clone()));
+        }
         let (store, rx) = Store::new(Arc::new(AtomicU64::new(1)));
         let s = Arc::new(Self {
             model,
@@ -279,10 +289,23 @@ impl BackupService {
             repo: std::sync::RwLock::new(Err("it has not been looked for yet".into())),
             attaching: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
+            recovery_pending: std::sync::atomic::AtomicBool::new(true),
+            making: std::sync::Mutex::new(std::collections::HashSet::new()),
+            storage,
             store,
             intents,
         });
         (s, rx)
+    }
+
+    /// Note that this vapord is (or no longer is) making backup `id`.
+    fn making_now(&self, id: &str, on: bool) {
+        let mut m = self.making.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            m.insert(id.to_owned());
+        } else {
+            m.remove(id);
+        }
     }
 
     /// The repository if found; why not otherwise.
@@ -343,10 +366,18 @@ impl BackupService {
         let _locked = self.model.lock_vm(uuid).await;
         let store = self.repository().await?;
         let id = repo::new_id(now_secs());
-        let partial = store.start(&id)?;
+        self.making_now(&id, true);
+        let partial = match store.start(&id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.making_now(&id, false);
+                return Err(e);
+            }
+        };
         let r = self
             .backup_into(&store, uuid, &id, &partial, req, progress)
             .await;
+        self.making_now(&id, false);
         match r {
             Ok(()) => {
                 self.resync();
@@ -784,6 +815,8 @@ impl BackupService {
     }
 
     fn existing(&self, id: &str) -> Result<Arc<BackupRecord>> {
+        // Backups are listed only while the repository is there.
+        self.repo()?;
         self.store
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("backup {id} no longer exists")))

@@ -119,26 +119,43 @@ pub struct Repository {
 impl Repository {
     /// Open (and create, mode 0711: QEMU must reach the files libvirt
     /// hands it, nobody may list them) the repository. `strict` (a
-    /// directory in a pool others may write volumes into): it must be a
-    /// real directory of vapord's own, not a link or someone's volume.
+    /// directory in a pool's target): the target must be a directory only
+    /// root may write (else whoever may could swap the repository for a
+    /// link between two of vapord's steps), and the repository a real
+    /// directory of vapord's own, not a link or someone's volume.
     pub fn open(root: &Path, strict: bool) -> Result<Self> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(root)
-            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", root.display())))?;
+        use std::os::unix::fs::MetadataExt;
+        let unavailable = |why: String| Error::Unavailable(format!("{}: {why}", root.display()));
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
         if strict {
-            use std::os::unix::fs::MetadataExt;
-            let m = std::fs::symlink_metadata(root)
-                .map_err(|e| Error::Unavailable(format!("{}: {e}", root.display())))?;
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
-            if !m.file_type().is_dir() || m.uid() != me {
-                return Err(Error::Unavailable(format!(
-                    "{} is not a directory of vapord's own (a link, a file or \
-                     another user's); move it away",
-                    root.display()
+            let parent = root
+                .parent()
+                .ok_or_else(|| unavailable("has no parent directory".into()))?;
+            let m = std::fs::metadata(parent).map_err(|e| unavailable(e.to_string()))?;
+            if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+                return Err(unavailable(format!(
+                    "the pool's directory {} must be owned by root and writable by root \
+                     alone (an NFS export needs no_root_squash)",
+                    parent.display()
                 )));
+            }
+        }
+        let mut b = std::fs::DirBuilder::new();
+        b.mode(0o711).recursive(!strict);
+        match b.create(root) {
+            Ok(()) => {}
+            Err(e) if strict && e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unavailable(format!("cannot create it: {e}"))),
+        }
+        if strict {
+            let m = std::fs::symlink_metadata(root).map_err(|e| unavailable(e.to_string()))?;
+            if !m.file_type().is_dir() || m.uid() != me {
+                return Err(unavailable(
+                    "is not a directory of vapord's own (a link, a file or another \
+                     user's); move it away"
+                        .into(),
+                ));
             }
         }
         let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711));
@@ -156,9 +173,14 @@ impl Repository {
         self.root.join(id)
     }
 
+    /// The partial directory of backup `id`.
+    pub fn partial_dir(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{PARTIAL}{id}"))
+    }
+
     /// A new partial directory for `id` (mode 0711).
     pub fn start(&self, id: &str) -> Result<PathBuf> {
-        let dir = self.root.join(format!("{PARTIAL}{id}"));
+        let dir = self.partial_dir(id);
         std::fs::DirBuilder::new()
             .mode(0o711)
             .create(&dir)
@@ -201,25 +223,6 @@ impl Repository {
                 name.strip_prefix(PARTIAL).map(str::to_owned)
             })
             .collect()
-    }
-
-    /// Remove every partial directory (at start-up: backups a dead vapord
-    /// left half done); returns their ids.
-    pub fn sweep_partial(&self) -> Vec<String> {
-        let mut gone = Vec::new();
-        for e in std::fs::read_dir(&self.root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_prefix(PARTIAL) {
-                if std::fs::remove_dir_all(e.path()).is_ok() {
-                    gone.push(id.to_owned());
-                }
-            }
-        }
-        gone
     }
 
     /// Every complete backup (a directory with a readable manifest naming

@@ -9,6 +9,8 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{blocking, BackupService, CHECKPOINT_PREFIX};
 use crate::config::BackupLocation;
@@ -45,7 +47,8 @@ pub fn pool_root(pool: &PoolRecord) -> Result<PathBuf> {
     Ok(target.join(POOL_SUBDIR))
 }
 
-/// The files a backup job writes (its `<target file=…>`s). Pure.
+/// The files a backup job writes (its `<target file=…>`s, and in pull
+/// mode its `<scratch file=…>`s). Pure.
 pub fn backup_target_files(backup_xml: &str) -> Vec<String> {
     let Ok(doc) = Element::parse(backup_xml) else {
         return Vec::new();
@@ -53,7 +56,8 @@ pub fn backup_target_files(backup_xml: &str) -> Vec<String> {
     doc.child("disks")
         .into_iter()
         .flat_map(|d| d.children_named("disk"))
-        .filter_map(|d| d.child("target")?.attr("file"))
+        .flat_map(|d| ["target", "scratch"].map(|k| d.child(k).and_then(|e| e.attr("file"))))
+        .flatten()
         .map(str::to_owned)
         .collect()
 }
@@ -80,29 +84,67 @@ impl BackupService {
         }
     }
 
-    /// Find the repository (if not yet found); the first time, roll back
-    /// what a dead vapord left and read the backups. Logged, not fatal:
-    /// until it is found every backup call says why it cannot run.
+    fn needs_attach(&self) -> bool {
+        self.repo().is_err() || self.recovery_pending.load(Ordering::SeqCst)
+    }
+
+    /// Look for the repository again whenever libvirt (re)connects or a
+    /// pool changes, while it is missing or its recovery is unfinished.
+    pub fn follow(self: &Arc<Self>) {
+        let this = self.clone();
+        let mut connected = self.model.connected();
+        let mut pools = self.model.pools_touched();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = connected.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        if !*connected.borrow() {
+                            continue;
+                        }
+                    }
+                    r = pools.recv() => {
+                        if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                            return;
+                        }
+                    }
+                }
+                if this.needs_attach() {
+                    let _ = this.attach().await;
+                }
+            }
+        });
+    }
+
+    /// Find the repository (if not yet found) and, until it has fully
+    /// succeeded once, roll back what a dead vapord left. Logged, not
+    /// fatal: until it is found every backup call says why it cannot run.
     pub async fn attach(&self) -> Result<Repository> {
         let _one = self.attaching.lock().await;
-        if let Ok(r) = self.repo() {
-            return Ok(r);
+        let repo = match self.repo() {
+            Ok(r) => r,
+            Err(_) => match self.find_repository().await {
+                Ok(repo) => {
+                    *self.repo.write().unwrap_or_else(|e| e.into_inner()) = Ok(repo.clone());
+                    self.storage
+                        .protect_backups(std::fs::canonicalize(repo.root()).ok(), None);
+                    log::info!("backup repository: {}", repo.root().display());
+                    repo
+                }
+                Err(e) => {
+                    log::warn!("backups are not available: {e}");
+                    *self.repo.write().unwrap_or_else(|e| e.into_inner()) = Err(e.to_string());
+                    return Err(e);
+                }
+            },
+        };
+        if self.recovery_pending.load(Ordering::SeqCst) && self.recover(&repo).await {
+            self.recovery_pending.store(false, Ordering::SeqCst);
         }
-        let found = self.find_repository().await;
-        match found {
-            Ok(repo) => {
-                self.recover(&repo).await;
-                *self.repo.write().unwrap_or_else(|e| e.into_inner()) = Ok(repo.clone());
-                log::info!("backup repository: {}", repo.root().display());
-                self.resync();
-                Ok(repo)
-            }
-            Err(e) => {
-                log::warn!("backups are not available: {e}");
-                *self.repo.write().unwrap_or_else(|e| e.into_inner()) = Err(e.to_string());
-                Err(e)
-            }
-        }
+        self.resync();
+        Ok(repo)
     }
 
     async fn find_repository(&self) -> Result<Repository> {
@@ -126,25 +168,42 @@ impl BackupService {
         blocking(move || Repository::open(&root, strict)).await
     }
 
-    /// Roll back what a dead vapord left in `repo` (see the module).
-    async fn recover(&self, repo: &Repository) {
+    /// Roll back what a dead vapord left in `repo` (see the module), but
+    /// never a backup this vapord is making. A half-written backup goes
+    /// only once its job is over and its checkpoint gone; whether all of
+    /// it could be done (else it is tried again at the next connect).
+    async fn recover(&self, repo: &Repository) -> bool {
         let root = repo.root().to_owned();
-        let partial: HashSet<String> = repo.partial_ids().into_iter().collect();
+        let making = self
+            .making
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let partial: HashSet<String> = repo
+            .partial_ids()
+            .into_iter()
+            .filter(|id| !making.contains(id))
+            .collect();
+        let ours: Vec<PathBuf> = making.iter().map(|id| repo.partial_dir(id)).collect();
+        let p = partial.clone();
         let r = self
             .hv()
             .session(move |s| {
+                let mut unclean = HashSet::new();
                 for d in s.domains()? {
                     let name = d.name().unwrap_or_default();
                     if let Some(xml) = d.running_backup_xml() {
-                        if backup_target_files(&xml)
-                            .iter()
-                            .any(|f| Path::new(f).starts_with(&root))
-                        {
+                        let files = backup_target_files(&xml);
+                        let stray = files.iter().any(|f| {
+                            let f = Path::new(f);
+                            f.starts_with(&root) && !ours.iter().any(|o| f.starts_with(o))
+                        });
+                        if stray {
                             log::warn!("aborting a backup of {name} a dead vapord had started");
                             let _ = d.abort_job();
                             // Checkpoints cannot be deleted while it winds down.
-                            for _ in 0..50 {
-                                if !matches!(d.job_progress(), Ok(Some(_))) {
+                            for _ in 0..150 {
+                                if d.running_backup_xml().is_none() {
                                     break;
                                 }
                                 std::thread::sleep(std::time::Duration::from_millis(200));
@@ -152,29 +211,41 @@ impl BackupService {
                         }
                     }
                     let active = d.is_active().unwrap_or(true);
-                    for c in orphan_checkpoints(&d.checkpoints().unwrap_or_default(), &partial) {
+                    for c in orphan_checkpoints(&d.checkpoints()?, &p) {
                         log::warn!(
                             "deleting the checkpoint {c} of {name}: its backup never completed"
                         );
                         // A stopped VM's bitmaps libvirt may not edit: then
                         // the record alone goes (as Backup.Delete does).
-                        if let Err(e) = d.delete_checkpoint(&c) {
+                        let gone = d.delete_checkpoint(&c).or_else(|e| {
                             if active {
-                                log::warn!("cannot delete the checkpoint {c} of {name}: {e}");
+                                Err(e)
                             } else {
-                                let _ = d.delete_checkpoint_metadata(&c);
+                                d.delete_checkpoint_metadata(&c)
+                            }
+                        });
+                        if let Err(e) = gone {
+                            log::warn!("cannot delete the checkpoint {c} of {name} yet: {e}");
+                            if let Some(id) = c.strip_prefix(CHECKPOINT_PREFIX) {
+                                unclean.insert(id.to_owned());
                             }
                         }
                     }
                 }
-                Ok(())
+                Ok(unclean)
             })
             .await;
-        if let Err(e) = r {
-            log::warn!("cannot look for what a dead vapord left of its backups: {e}");
-        }
-        for id in repo.sweep_partial() {
+        let unclean = match r {
+            Ok(u) => u,
+            Err(e) => {
+                log::warn!("cannot look for what a dead vapord left of its backups yet: {e}");
+                return false;
+            }
+        };
+        for id in partial.iter().filter(|id| !unclean.contains(*id)) {
+            repo.discard(&repo.partial_dir(id));
             log::warn!("removed the unfinished backup {id} (vapord stopped while making it)");
         }
+        unclean.is_empty()
     }
 }

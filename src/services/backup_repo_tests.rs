@@ -110,9 +110,11 @@ fn only_complete_backups_are_listed_and_tampering_is_found() {
     );
     repo.set_verified("b1", false, 5).unwrap();
     assert_eq!(repo.read("b1").unwrap().verified, Some(false));
-    // A partial directory left by a dead vapord is swept.
-    repo.start("b2").unwrap();
-    assert_eq!(repo.sweep_partial(), vec!["b2".to_owned()]);
+    // A partial directory is known by its id, and goes when discarded.
+    let b2 = repo.start("b2").unwrap();
+    assert_eq!(repo.partial_ids(), vec!["b2".to_owned()]);
+    repo.discard(&b2);
+    assert!(repo.partial_ids().is_empty());
     // A manifest naming a file outside its directory is refused.
     let part = repo.start("b3").unwrap();
     let mut m = rec("b3", 2, None).manifest;

@@ -57,6 +57,9 @@ pub struct MigrationReport {
 struct Copied {
     disks: Vec<Disk>,
     owned: Vec<String>,
+    /// Paths the destination already had a volume at before the copy:
+    /// shared storage, where "the image left here" is the VM's own disk.
+    shared: Vec<String>,
 }
 
 pub struct MigrationService {
@@ -121,6 +124,7 @@ impl MigrationService {
                 let def = d.definition(Definition::Live)?;
                 let mut copied = Vec::new();
                 let mut copied_disks = Vec::new();
+                let mut dest_had = Vec::new();
                 let mut shared = Vec::new();
                 for disk in domain_disks(&def) {
                     let (Some(t), DiskSource::Path(p)) = (disk.target.clone(), &disk.source) else {
@@ -128,6 +132,9 @@ impl MigrationService {
                     };
                     let writable = disk.device == "disk" && !disk.readonly && !disk.shareable;
                     if writable && copy != CopyStorage::None {
+                        if dest.has_volume(p) {
+                            dest_had.push(p.clone());
+                        }
                         copied.push((t, p.clone()));
                         copied_disks.push(disk.clone());
                     } else {
@@ -193,6 +200,7 @@ impl MigrationService {
                 let copied = Copied {
                     disks: copied_disks,
                     owned,
+                    shared: dest_had,
                 };
                 Ok((req, facts.dest_hostname, copied))
             })
@@ -357,13 +365,41 @@ impl MigrationService {
         let r = self
             .hv()
             .session(move |s| {
-                if s.domain(&id).is_ok() {
-                    return Ok((Vec::new(), Vec::new()));
+                match s.domain(&id) {
+                    Err(Error::NotFound(_)) => {}
+                    Ok(_) => return Ok((Vec::new(), Vec::new())),
+                    Err(e) => return Err(e),
                 }
-                let plan =
-                    storage_ownership::plan(s, &id, &copied.disks, &copied.owned, None, false)?;
+                let mut kept = Vec::new();
+                let disks: Vec<Disk> = copied
+                    .disks
+                    .into_iter()
+                    .filter(|d| match &d.source {
+                        DiskSource::Path(p) if copied.shared.contains(p) => {
+                            kept.push((
+                                p.clone(),
+                                "the destination has it too (shared storage)".to_owned(),
+                            ));
+                            false
+                        }
+                        _ => true,
+                    })
+                    .collect();
+                let owned: Vec<String> = copied
+                    .owned
+                    .into_iter()
+                    .filter(|p| !copied.shared.contains(p))
+                    .collect();
+                let plan = storage_ownership::plan(s, &id, &disks, &owned, None, false)?;
                 let mut removed = Vec::new();
-                let mut kept = plan.kept;
+                // Delete's reasons, but Migrate has no remove_foreign_storage.
+                kept.extend(plan.kept.into_iter().map(|(p, why)| {
+                    let why = match why.split_once(" (remove_foreign_storage") {
+                        Some((head, _)) => head.to_owned(),
+                        None => why,
+                    };
+                    (p, why)
+                }));
                 for (path, vol) in plan.delete {
                     match vol.delete() {
                         Ok(()) => removed.push(path),
@@ -375,7 +411,13 @@ impl MigrationService {
             .await;
         r.unwrap_or_else(|e| {
             log::warn!(vm_uuid = uuid; "cannot remove the images the migration left here: {e}");
-            (Vec::new(), Vec::new())
+            (
+                Vec::new(),
+                vec![(
+                    "the images left here".to_owned(),
+                    format!("cannot tell what else uses them: {e}"),
+                )],
+            )
         })
     }
 

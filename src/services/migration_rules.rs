@@ -112,7 +112,9 @@ impl CopyStorage {
 /// `migrate_uri`: where the data goes, `tcp://host[:port]`. Pure.
 pub fn check_data_uri(uri: &str) -> Result<()> {
     let ok = uri.strip_prefix("tcp://").is_some_and(|rest| {
-        !rest.is_empty()
+        // An IPv6 address goes in brackets (else its port is ambiguous).
+        (rest.starts_with('[') || rest.matches(':').count() <= 1)
+            && !rest.is_empty()
             && rest.len() <= 255
             && rest
                 .bytes()

@@ -55,6 +55,7 @@ fn options_are_checked_by_name() {
         .starts_with("copy_storage:"));
     check_data_uri("tcp://10.213.7.1").unwrap();
     check_data_uri("tcp://[fe80::1]:49152").unwrap();
+    assert!(check_data_uri("tcp://fe80::1:4444").is_err());
     for bad in ["udp://x", "tcp://", "tcp://a b", "tcp://x/../y"] {
         assert!(check_data_uri(bad).is_err(), "{bad}");
     }

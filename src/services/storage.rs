@@ -33,6 +33,7 @@ use crate::storage::spec::{self, PoolSpec};
 use crate::store::{Change, Keyed, Store};
 use crate::{Error, Result};
 
+use super::storage_rules::{canonical_existing, in_backup_repository};
 pub use super::storage_rules::{
     forbidden_target, iso_label, iso_label_of, pool_host_paths, volume_path_problem, PathFacts,
     LIBVIRT_DIR, LIBVIRT_IMAGES, POOL_ROOTS,
@@ -110,6 +111,9 @@ pub struct StorageService {
     state_dir: PathBuf,
     /// Uploads and downloads running.
     transfers: Transfers,
+    /// vapord's backup repository (once found) and the pool configured
+    /// to hold it: no pool may lie in the one or take the other's name.
+    backups: Mutex<(Vec<PathBuf>, Option<String>)>,
 }
 
 pub type PoolChange = Change<PoolView>;
@@ -139,6 +143,7 @@ impl StorageService {
             labels: Mutex::new(HashMap::new()),
             state_dir,
             transfers: Transfers::new(MAX_TRANSFERS_PER_CALLER, MAX_TRANSFERS),
+            backups: Mutex::new((Vec::new(), None)),
         });
         (svc, prx, vrx)
     }
@@ -364,15 +369,53 @@ impl StorageService {
     /// async workers.
     pub async fn pool_host_paths(&self, spec: &PoolSpec) -> Result<Option<String>> {
         let (spec, state_dir) = (spec.clone(), self.state_dir.clone());
-        tokio::task::spawn_blocking(move || pool_host_paths(&spec, POOL_ROOTS, &state_dir))
-            .await
-            .map_err(|e| Error::Failed(format!("path check failed: {e}")))?
+        let protected = self.backup_places().0;
+        tokio::task::spawn_blocking(move || {
+            let target = PathBuf::from(canonical_existing(&spec.target));
+            if let Some(why) = in_backup_repository(&target, &protected) {
+                return Err(Error::InvalidArgument(format!(
+                    "target: {} {why}",
+                    spec.target
+                )));
+            }
+            pool_host_paths(&spec, POOL_ROOTS, &state_dir)
+        })
+        .await
+        .map_err(|e| Error::Failed(format!("path check failed: {e}")))?
+    }
+
+    /// Keep pools out of vapord's backup repository at `root` (canonical),
+    /// and the name of the pool configured to hold it for the administrator.
+    pub fn protect_backups(&self, root: Option<PathBuf>, pool: Option<String>) {
+        let mut b = self.backups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = root {
+            if !b.0.contains(&r) {
+                b.0.push(r);
+            }
+        }
+        if pool.is_some() {
+            b.1 = pool;
+        }
+    }
+
+    fn backup_places(&self) -> (Vec<PathBuf>, Option<String>) {
+        self.backups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Define (and build, start, autostart as asked) a pool: all or nothing.
     /// A target no pool may have is refused here too, whoever asks.
     pub async fn create_pool(&self, spec: &PoolSpec) -> Result<String> {
         self.pool_host_paths(spec).await?;
+        if self.backup_places().1.as_deref() == Some(spec.name.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "name: '{}' is the pool vapord.toml names for the backup repository \
+                 (backup_pool); only an administrator defines it",
+                spec.name
+            )));
+        }
         if self.pools.find(|p| p.rec.name == spec.name).is_some() {
             return Err(Error::Conflict(format!(
                 "name: a storage pool named '{}' already exists",
@@ -454,6 +497,18 @@ impl StorageService {
             .filter_map(|id| self.volume(id))
             .collect();
         check_pool_deletion(&pool.rec, delete_volumes, vols.len())?;
+        if let Some(d) = vols
+            .iter()
+            .find(|v| matches!(v.rec.kind.as_str(), "dir" | "netdir"))
+        {
+            // Volume calls never delete directories (a backup repository,
+            // say): the pool would be left half emptied.
+            return Err(Error::InvalidState(format!(
+                "storage pool '{}' was left as it is: it holds the directory '{}', which \
+                 vapord does not delete",
+                pool.rec.name, d.rec.name
+            )));
+        }
         let paths: Vec<String> = vols.iter().map(|v| v.rec.path.clone()).collect();
         let kept = self.check_free(paths).await?;
         if !kept.is_empty() {

@@ -87,6 +87,16 @@ pub fn forbidden_target(
     None
 }
 
+/// Why no pool may have its target at `target`: it is, or lies in, one of
+/// vapord's backup repositories (`protected`; all paths canonical; pure).
+/// A pool there would hand the backups' images to volume calls.
+pub fn in_backup_repository(target: &Path, protected: &[PathBuf]) -> Option<String> {
+    protected
+        .iter()
+        .find(|p| target.starts_with(p))
+        .map(|p| format!("lies in vapord's backup repository {}", p.display()))
+}
+
 /// Why creating this pool needs the `storage-host-path` action, if it
 /// does: it puts a pool (where callers then create and delete files) on a
 /// host path outside `roots`, takes host devices, or mounts or attaches

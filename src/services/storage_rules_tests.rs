@@ -351,3 +351,13 @@ fn iso_labels_are_read_only_from_regular_files() {
     assert_eq!(iso_label(&fifo), None);
     assert_eq!(iso_label(dir.path()), None);
 }
+
+#[test]
+fn no_pool_may_lie_in_the_backup_repository() {
+    let repo = vec![PathBuf::from("/srv/b/vapor-backups")];
+    let why = in_backup_repository(Path::new("/srv/b/vapor-backups/20261130_x"), &repo).unwrap();
+    assert!(why.contains("backup repository"), "{why}");
+    assert!(in_backup_repository(Path::new("/srv/b/vapor-backups"), &repo).is_some());
+    assert!(in_backup_repository(Path::new("/srv/b"), &repo).is_none());
+    assert!(in_backup_repository(Path::new("/srv/b/vapor-backups2"), &repo).is_none());
+}

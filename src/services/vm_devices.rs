@@ -60,6 +60,9 @@ pub struct DetachReport {
 pub struct DeviceService {
     model: Arc<Model>,
     storage: Arc<StorageService>,
+    /// One disk attachment at a time, from the check of who uses the image
+    /// to the attachment (two VMs must not both get one image writable).
+    attaching: tokio::sync::Mutex<()>,
 }
 
 fn hv(model: &Model) -> &Arc<Hypervisor> {
@@ -96,7 +99,11 @@ pub fn scope_for(
 
 impl DeviceService {
     pub fn new(model: Arc<Model>, storage: Arc<StorageService>) -> Self {
-        Self { model, storage }
+        Self {
+            model,
+            storage,
+            attaching: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn name_of(&self, uuid: &str) -> Result<String> {
@@ -209,7 +216,10 @@ impl DeviceService {
         let u = uuid.to_owned();
         let users = hv(&self.model)
             .session(move |s| storage_ownership::paths_in_use(s, Some(&u)))
-            .await?;
+            .await
+            .map_err(|e| {
+                Error::Unavailable(format!("disk: cannot tell which VMs use {path} now: {e}"))
+            })?;
         match users.get(&storage_ownership::canonical(&path)) {
             Some(names) => Err(Error::Conflict(format!(
                 "disk: {path} is in use by VM '{}'; attach it readonly or shareable, or \
@@ -234,6 +244,7 @@ impl DeviceService {
         if let Some(v) = &plan.volume {
             self.storage.check_usable(v).await?;
         }
+        let _one = self.attaching.lock().await;
         self.ensure_unused(uuid, &plan).await?;
         let req = plan.req.clone();
         let defs = hv(&self.model)

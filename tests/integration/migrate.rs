@@ -330,6 +330,12 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     // Back, with the second host's own vapord (as that host would run it:
     // here on a private bus, reaching its libvirtd's socket) and vaporctl;
     // the guest's data came along both ways.
+    // The copy is there (so its absence later means something).
+    let there = Command::new("bash")
+        .args([SCRIPT, "exec", "test", "-e", &disk])
+        .status()
+        .unwrap();
+    assert!(there.success(), "{disk} is not on the second host");
     let b = SecondVapord::start();
     let name = g.name.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -358,6 +364,7 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         .status()
         .unwrap();
     assert!(!left.success(), "{disk} is left on the second host");
+    assert!(list.status.success(), "vaporctl list on the second host");
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&g.name),
         "the second host's vapord still lists the VM"
