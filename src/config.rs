@@ -67,6 +67,9 @@ pub struct Config {
     /// `fs` or `netfs` pool, e.g. an NFS export): the backups go to
     /// `<pool target>/vapor-backups`. Not together with `backup_dir`.
     pub backup_pool: Option<String>,
+    /// How long `WaitForAgent` waits for a guest agent when the caller
+    /// gives no timeout, in seconds.
+    pub agent_timeout_secs: u64,
     /// Upper bounds on what one creation request may ask for.
     pub limits: Limits,
 }
@@ -124,6 +127,7 @@ impl Default for Config {
             allow_unlisted_destinations: false,
             backup_dir: None,
             backup_pool: None,
+            agent_timeout_secs: 300,
             limits: Limits::default(),
         }
     }
@@ -258,6 +262,9 @@ impl Config {
             if p.is_empty() || p.len() > 255 || p.contains('/') || p.chars().any(char::is_control) {
                 return Err(("backup_pool", format!("'{p}' is not a pool name")));
             }
+        }
+        if !(1..=86_400).contains(&self.agent_timeout_secs) {
+            return Err(("agent_timeout_secs", "must be between 1 and 86400".into()));
         }
         self.limits.validate()?;
         Ok(())

@@ -187,6 +187,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         auth: auth.clone(),
         vms: std::sync::OnceLock::new(),
     });
+    let guest = crate::services::guest::GuestService::new(
+        model.clone(),
+        Duration::from_secs(cfg.agent_timeout_secs),
+    );
+    guest.follow();
     let ctx = Arc::new(VmContext {
         vms: VmService::new(model.clone()),
         auth: auth.clone(),
@@ -196,6 +201,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
         clones: Arc::new(CloneService::new(model.clone(), intents.clone())),
         snapshots: snapshot_ctx.clone(),
         backups: backup_ctx.clone(),
+        guest: guest.clone(),
         migrations: Arc::new(MigrationService::new(
             model.clone(),
             cfg.hosts.clone(),

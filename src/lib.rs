@@ -12,6 +12,7 @@
 //! Beside them, [`text`] holds the rules for caller-supplied text: what may
 //! reach bus messages, polkit details, XML, paths, logs and files.
 
+pub mod base64;
 pub mod client;
 pub mod config;
 pub mod creation;

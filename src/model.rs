@@ -24,7 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{watch, Mutex};
 
+use crate::libvirt::agent::GuestInfo;
 use crate::libvirt::conn::Snapshot;
+use crate::libvirt::events::{AGENT_CONNECTED, AGENT_DISCONNECTED};
 use crate::libvirt::records::{MigrationStatus, Rates};
 use crate::libvirt::{DomainRecord, DomainState, Hypervisor, HypervisorEvent};
 use crate::metrics::{HostLoad, HostTracker, Metrics, Reading, Sample};
@@ -67,6 +69,11 @@ pub struct Model {
     pending: std::sync::Mutex<std::collections::HashMap<String, Vec<String>>>,
     /// Migrations running now, by domain (vapord's own, as it follows them).
     migrations: std::sync::Mutex<std::collections::HashMap<String, MigrationStatus>>,
+    /// What the guest agents of running domains report, by domain; an
+    /// entry means the agent is connected.
+    agents: std::sync::Mutex<std::collections::HashMap<String, Option<Arc<GuestInfo>>>>,
+    /// Domains whose guest agent just connected (to read what it reports).
+    agent_connected: tokio::sync::broadcast::Sender<String>,
 }
 
 impl Model {
@@ -88,6 +95,8 @@ impl Model {
             host_tracker: std::sync::Mutex::new(HostTracker::default()),
             pending: std::sync::Mutex::new(std::collections::HashMap::new()),
             migrations: std::sync::Mutex::new(std::collections::HashMap::new()),
+            agents: std::sync::Mutex::new(std::collections::HashMap::new()),
+            agent_connected: tokio::sync::broadcast::channel(1024).0,
             vm_locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         (m, rx)
@@ -208,6 +217,15 @@ impl Model {
             .unwrap_or_else(|e| e.into_inner())
             .get(&rec.uuid)
             .cloned();
+        {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            if !rec.state.is_active() {
+                agents.remove(&rec.uuid);
+            }
+            let agent = agents.get(&rec.uuid);
+            rec.agent_connected = agent.is_some();
+            rec.guest_info = agent.cloned().flatten();
+        }
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if rec.state.is_active() {
             rec.pending_changes = table.get(&rec.uuid).cloned().unwrap_or_default();
@@ -254,12 +272,67 @@ impl Model {
     }
 
     /// Take a running domain's pending changes from the domain itself (its
-    /// live metadata, which a fresh start has not got): after a start, and
-    /// for every running domain after (re)connecting.
+    /// live metadata, which a fresh start has not got), and whether its
+    /// guest agent is connected: after a start, and for every running
+    /// domain after (re)connecting.
     async fn reload_pending(&self, uuid: &str) {
-        if let Ok(fields) = self.hv.on_domain(uuid, |_, d| Ok(d.pending())).await {
+        let read = self
+            .hv
+            .on_domain(uuid, |_, d| {
+                Ok((d.pending(), d.agent_connected().unwrap_or(false)))
+            })
+            .await;
+        if let Ok((fields, agent)) = read {
             self.set_pending(uuid, fields).await;
+            self.set_agent(uuid, agent).await;
         }
+    }
+
+    /// Record whether a running domain's guest agent is connected and
+    /// publish it; a connection is announced on [`Self::agent_connections`].
+    pub async fn set_agent(&self, uuid: &str, connected: bool) {
+        let _serial = self.refresh_lock.lock().await;
+        let Some(cur) = self.get(uuid) else {
+            return;
+        };
+        let was = {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            let was = agents.contains_key(uuid);
+            if connected && cur.state.is_active() {
+                agents.entry(uuid.to_owned()).or_insert(None);
+            } else {
+                agents.remove(uuid);
+            }
+            was
+        };
+        if connected && !was {
+            let _ = self.agent_connected.send(uuid.to_owned());
+        }
+        let ticket = self.ticket();
+        self.apply(uuid, Some((*cur).clone()), ticket);
+    }
+
+    /// Record what a connected guest agent reports and publish it (nothing
+    /// when the agent has gone meanwhile).
+    pub async fn set_guest_info(&self, uuid: &str, info: GuestInfo) {
+        let _serial = self.refresh_lock.lock().await;
+        let Some(cur) = self.get(uuid) else {
+            return;
+        };
+        {
+            let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+            match agents.get_mut(uuid) {
+                Some(slot) => *slot = Some(Arc::new(info)),
+                None => return,
+            }
+        }
+        let ticket = self.ticket();
+        self.apply(uuid, Some((*cur).clone()), ticket);
+    }
+
+    /// Domains whose guest agent connected, as they do.
+    pub fn agent_connections(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.agent_connected.subscribe()
     }
 
     /// [`Self::reload_pending`] for every running domain.
@@ -319,6 +392,10 @@ impl Model {
     /// refresh); anything that may change the definition re-reads the domain.
     async fn on_domain_event(&self, uuid: &str, what: &str) -> Result<()> {
         match what {
+            AGENT_CONNECTED | AGENT_DISCONNECTED => {
+                self.set_agent(uuid, what == AGENT_CONNECTED).await;
+                Ok(())
+            }
             "started" | "suspended" | "resumed" | "shutdown" | "pmsuspended" | "crashed"
                 if self.get(uuid).is_some() =>
             {

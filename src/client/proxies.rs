@@ -278,7 +278,19 @@ interfaces! {
             /// Migrate to a configured host or a remote URI; a summary.
             fn migrate(&self, destination: &str, options: Options<'_>) -> zbus::Result<String>;
             fn migrate_start_postcopy(&self) -> zbus::Result<()>;
+            /// Wait until the guest agent answers (0: vapord's default).
+            fn wait_for_agent(&self, timeout_secs: u32) -> zbus::Result<()>;
+            fn refresh_guest_info(&self) -> zbus::Result<()>;
+            /// Run a program in the guest; options: `input` (ay), `timeout`
+            /// (u), `max_output` (t), `truncate` (b). (status, stdout, stderr).
+            fn exec(&self, argv: &[&str], options: Options<'_>) -> zbus::Result<(i32, Vec<u8>, Vec<u8>)>;
+            /// cloud-init's status as JSON.
+            fn get_cloud_init_status(&self) -> zbus::Result<String>;
         }
+        #[zbus(property)]
+        fn agent_connected(&self) -> zbus::Result<bool>;
+        #[zbus(property)]
+        fn guest_info(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
         #[zbus(property)]
         fn migration(&self) -> zbus::Result<HashMap<String, OwnedVariant>>;
         #[zbus(property)]

@@ -126,6 +126,9 @@ fn signature(ty: &str) -> String {
     if let Some(inner) = ty.strip_prefix("Vec<").and_then(|t| t.strip_suffix('>')) {
         return format!("a{}", signature(inner));
     }
+    if let Some(inner) = ty.strip_prefix("&[").and_then(|t| t.strip_suffix(']')) {
+        return format!("a{}", signature(inner));
+    }
     if let Some(inner) = ty.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
         let parts: String = split_top(inner).into_iter().map(signature).collect();
         return format!("({parts})");
@@ -133,6 +136,7 @@ fn signature(ty: &str) -> String {
     match ty {
         "&str" | "String" => "s",
         "bool" => "b",
+        "u8" => "y",
         "u16" => "q",
         "u32" => "u",
         "u64" => "t",

@@ -53,6 +53,8 @@ pub enum Action {
     SnapshotManage,
     /// Migrating a VM to another host.
     Migrate,
+    /// Running programs inside a guest through its agent (as root there).
+    GuestExec,
     /// Backing up a VM.
     BackupCreate,
     /// Restoring a backup as a new VM.
@@ -85,6 +87,7 @@ impl Action {
             Action::NetworkManage => "org.vapor.virtualization.network-manage",
             Action::SnapshotManage => "org.vapor.virtualization.snapshot-manage",
             Action::Migrate => "org.vapor.virtualization.migrate",
+            Action::GuestExec => "org.vapor.virtualization.guest-exec",
             Action::BackupCreate => "org.vapor.virtualization.backup-create",
             Action::BackupRestore => "org.vapor.virtualization.backup-restore",
             Action::BackupRestoreReplace => "org.vapor.virtualization.backup-restore-replace",

@@ -36,6 +36,8 @@ pub struct VmContext {
     pub backups: Arc<super::backup::BackupContext>,
     /// Live migration to other hosts.
     pub migrations: Arc<crate::services::migration::MigrationService>,
+    /// The guest agent: waiting for it, what it reports, running programs.
+    pub guest: Arc<crate::services::guest::GuestService>,
 }
 
 /// The methods of one VM object; its properties come from [`VmContext`]'s table.
@@ -113,6 +115,14 @@ impl Kind for VmContext {
         // The migration running now (empty when none): destination, job,
         // phase and libvirt's figures.
         prop("Migration", |r| migration_dict(r.migration.as_ref())),
+        // Whether the guest agent is connected (libvirt's agent events).
+        prop("AgentConnected", |r| Variant::from(r.agent_connected)),
+        // What the agent reports (empty until it answers): hostname,
+        // os_id, os_name, os_pretty_name, os_version, kernel_release,
+        // machine, timezone, users, interfaces, filesystems.
+        prop("GuestInfo", |r| {
+            guest::guest_info_dict(r.guest_info.as_deref())
+        }),
         // Live counters, refreshed by the periodic bulk statistics call.
         prop("CpuTimeNs", |r| Variant::from(r.cpu_time_ns)),
         prop("MemoryUsedKiB", |r| Variant::from(r.memory_rss_kib)),
@@ -248,6 +258,10 @@ mod backup;
 // Migrate, MigrateStartPostcopy.
 #[path = "vm_migrate.rs"]
 mod migrate;
+
+// WaitForAgent, RefreshGuestInfo, Exec, GetCloudInitStatus.
+#[path = "vm_guest.rs"]
+mod guest;
 
 #[interface(
     name = "org.vapor.Virtualization.VirtualMachine",
@@ -678,6 +692,48 @@ impl VirtualMachine {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), Error> {
         self.start_postcopy(&header).await
+    }
+
+    /// Wait until the guest agent answers, at most `timeout_secs` (0: the
+    /// configured default, 300 s); a Timeout error after that.
+    async fn wait_for_agent(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        timeout_secs: u32,
+    ) -> Result<(), Error> {
+        self.wait_for_agent_as(&header, timeout_secs).await
+    }
+
+    /// Ask the guest agent again what it reports (GuestInfo).
+    async fn refresh_guest_info(&self, #[zbus(header)] header: Header<'_>) -> Result<(), Error> {
+        self.refresh_guest_info_as(&header).await
+    }
+
+    /// Run a program as root inside the guest through its agent; its exit
+    /// status (128 + signal when killed) and output. Options: `input` (ay:
+    /// its standard input, up to 24 MiB), `timeout` (u seconds, default
+    /// 60: then it is killed and the call fails with Timeout),
+    /// `max_output` (t bytes per stream, default 8 MiB, at most 12 MiB:
+    /// more fails with LimitExceeded naming the stream), `truncate` (b:
+    /// cut the output at max_output instead).
+    #[zbus(out_args("status", "stdout", "stderr"))]
+    async fn exec(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        argv: Vec<String>,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(i32, Vec<u8>, Vec<u8>), Error> {
+        self.exec_as(&header, argv, &options).await
+    }
+
+    /// cloud-init's status in the guest (`cloud-init status --long
+    /// --format json`) as JSON; also written to vapord's journal.
+    #[zbus(out_args("status"))]
+    async fn get_cloud_init_status(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, Error> {
+        self.cloud_init_status_as(&header).await
     }
 
     /// The VM's whole configuration and state as a JSON document.

@@ -117,6 +117,27 @@ unsafe extern "C" fn on_device(
     send_domain(opaque, dom, "device-changed");
 }
 
+/// The guest agent connected or went away (libvirt sees its channel).
+unsafe extern "C" fn on_agent(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    state: c_int,
+    _reason: c_int,
+    opaque: *mut c_void,
+) {
+    let what = if state as u32 == sys::VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED {
+        AGENT_CONNECTED
+    } else {
+        AGENT_DISCONNECTED
+    };
+    send_domain(opaque, dom, what);
+}
+
+/// The `what` of a domain event: the guest agent connected.
+pub const AGENT_CONNECTED: &str = "agent-connected";
+/// The `what` of a domain event: the guest agent went away.
+pub const AGENT_DISCONNECTED: &str = "agent-disconnected";
+
 unsafe extern "C" fn on_close(_conn: sys::virConnectPtr, reason: c_int, opaque: *mut c_void) {
     let why = match reason as u32 {
         sys::VIR_CONNECT_CLOSE_REASON_EOF => "libvirtd closed the connection",
@@ -271,14 +292,18 @@ pub unsafe fn register(
         *mut c_void,
     );
     let device: Generic = std::mem::transmute::<Device, Generic>(on_device);
+    type Agent =
+        unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, c_int, c_int, *mut c_void);
+    let agent: Generic = std::mem::transmute::<Agent, Generic>(on_agent);
     // Device events: hostdevs attached or detached (also by virsh) change
     // which VM uses which PCI device.
-    let events: [(u32, Generic); 5] = [
+    let events: [(u32, Generic); 6] = [
         (sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, lifecycle),
         (sys::VIR_DOMAIN_EVENT_ID_BALLOON_CHANGE, balloon),
         (sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, metadata),
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, device),
         (sys::VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, device),
+        (sys::VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, agent),
     ];
     let mut ids = Registrations::default();
     for (id, cb) in events {

@@ -12,6 +12,7 @@
 //! This layer knows nothing about D-Bus, polkit, services or VM creation
 //! (see the `layering` test in `src/layering_tests.rs`).
 
+pub mod agent;
 pub mod backup;
 pub mod conn;
 pub mod console;

@@ -143,6 +143,12 @@ pub struct DomainRecord {
     /// The migration running now, as vapord follows it (kept by the model;
     /// `None` as read here).
     pub migration: Option<MigrationStatus>,
+    /// Whether the guest agent is connected (kept by the model from
+    /// libvirt's agent events; false as read here).
+    pub agent_connected: bool,
+    /// What the connected guest agent reports (kept by the model; `None`
+    /// as read here, and until the agent has answered).
+    pub guest_info: Option<std::sync::Arc<super::agent::GuestInfo>>,
 }
 
 /// A migration in progress: where to, which Job, and libvirt's figures.
@@ -359,6 +365,8 @@ pub unsafe fn from_stats_record(
         rates: Rates::default(),
         pending_changes: Vec::new(),
         migration: None,
+        agent_connected: false,
+        guest_info: None,
     };
     let mut io = IoSums::default();
     let params = if rec.params.is_null() || rec.nparams <= 0 {

@@ -12,6 +12,7 @@ pub mod console;
 mod console_proxy;
 pub mod creation;
 pub mod follow;
+pub mod guest;
 pub mod migration;
 pub mod migration_rules;
 pub mod network;

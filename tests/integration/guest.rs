@@ -234,7 +234,8 @@ impl Guest {
                 .unwrap();
             if st["exited"].as_bool() == Some(true) {
                 let out = st["out-data"].as_str().unwrap_or("");
-                let text = base64_decode(out);
+                let text = String::from_utf8_lossy(&vapor::base64::decode(out).unwrap_or_default())
+                    .into_owned();
                 return (st["exitcode"].as_i64().unwrap_or(-1), text);
             }
             assert!(
@@ -245,26 +246,6 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(300));
         }
     }
-}
-
-/// Minimal base64 (the agent's output encoding).
-pub fn base64_decode(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u32, 0);
-    for c in s.bytes() {
-        let Some(v) = T.iter().position(|&t| t == c) else {
-            continue;
-        };
-        buf = (buf << 6) | v as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-            buf &= (1 << bits) - 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 static SHARED: OnceLock<Guest> = OnceLock::new();

@@ -4,6 +4,7 @@
 mod common;
 mod guest;
 
+mod agent;
 mod backup;
 mod cli;
 mod cli_storage;

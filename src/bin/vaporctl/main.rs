@@ -13,6 +13,7 @@ mod backup;
 mod bus;
 mod change;
 mod console;
+mod guest;
 mod iso;
 mod job;
 mod metrics;
@@ -156,6 +157,9 @@ enum Cmd {
     Migrate(migrate::MigrateArgs),
     /// Switch a VM's running migration (started with --postcopy) to post-copy.
     MigratePostcopy { vm: String },
+    /// The guest agent: wait, info, exec, cloud-init-status.
+    #[command(subcommand)]
+    Guest(guest::GuestCmd),
     /// A VM's CPU, memory, disk and network use: a live view until Ctrl-C;
     /// with --json, every sample vapord keeps (up to an hour).
     #[command(flatten)]
@@ -323,6 +327,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Snapshot(s) => snapshot::run(&c, s, json).await,
         Cmd::Backup(b) => backup::run(&c, b, json).await,
         Cmd::Migrate(m) => migrate::run(&c, m, json).await,
+        Cmd::Guest(g) => guest::run(&c, g, json).await,
         Cmd::MigratePostcopy { vm } => {
             c.vm(vm).await?.migrate_start_postcopy().await?;
             println!("{vm}: the migration continues in post-copy");
@@ -395,7 +400,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("vaporctl: {}", f.message);
+            // An empty message: the exit code says it all (a guest
+            // program's own status, say).
+            if !f.message.is_empty() {
+                eprintln!("vaporctl: {}", f.message);
+            }
             ExitCode::from(f.code)
         }
     }
