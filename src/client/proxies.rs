@@ -286,6 +286,11 @@ interfaces! {
             fn exec(&self, argv: &[&str], options: Options<'_>) -> zbus::Result<(i32, Vec<u8>, Vec<u8>)>;
             /// cloud-init's status as JSON.
             fn get_cloud_init_status(&self) -> zbus::Result<String>;
+            /// Write what `fd` holds into the guest, as a Job; options: `mode`
+            /// (u), `owner` (s), `overwrite` (b). (bytes, sha256).
+            fn write_file(&self, guest_path: &str, fd: Fd<'_>, options: Options<'_>) -> zbus::Result<(u64, String)>;
+            /// Copy a guest file into `fd`, as a Job. (bytes, sha256).
+            fn read_file(&self, guest_path: &str, fd: Fd<'_>) -> zbus::Result<(u64, String)>;
         }
         #[zbus(property)]
         fn agent_connected(&self) -> zbus::Result<bool>;

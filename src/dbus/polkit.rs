@@ -55,6 +55,8 @@ pub enum Action {
     Migrate,
     /// Running programs inside a guest through its agent (as root there).
     GuestExec,
+    /// Writing and reading files inside a guest through its agent.
+    GuestFile,
     /// Backing up a VM.
     BackupCreate,
     /// Restoring a backup as a new VM.
@@ -88,6 +90,7 @@ impl Action {
             Action::SnapshotManage => "org.vapor.virtualization.snapshot-manage",
             Action::Migrate => "org.vapor.virtualization.migrate",
             Action::GuestExec => "org.vapor.virtualization.guest-exec",
+            Action::GuestFile => "org.vapor.virtualization.guest-file",
             Action::BackupCreate => "org.vapor.virtualization.backup-create",
             Action::BackupRestore => "org.vapor.virtualization.backup-restore",
             Action::BackupRestoreReplace => "org.vapor.virtualization.backup-restore-replace",

@@ -736,6 +736,37 @@ impl VirtualMachine {
         self.cloud_init_status_as(&header).await
     }
 
+    /// Write what `fd` holds to `guest_path` in the guest, as a Job: any
+    /// size, to a temporary name beside it, checked by sha256 inside the
+    /// guest, then renamed into place. Options: `mode` (u, default 0644),
+    /// `owner` (s: user or user:group), `overwrite` (b, default true).
+    /// Returns (bytes, sha256).
+    #[zbus(out_args("bytes", "sha256"))]
+    async fn write_file(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        guest_path: &str,
+        fd: zbus::OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+    ) -> Result<(u64, String), Error> {
+        self.write_file_as(&header, server, guest_path, fd, &options)
+            .await
+    }
+
+    /// Copy `guest_path` from the guest into `fd`, as a Job. Returns
+    /// (bytes, sha256).
+    #[zbus(out_args("bytes", "sha256"))]
+    async fn read_file(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &zbus::ObjectServer,
+        guest_path: &str,
+        fd: zbus::OwnedFd,
+    ) -> Result<(u64, String), Error> {
+        self.read_file_as(&header, server, guest_path, fd).await
+    }
+
     /// The VM's whole configuration and state as a JSON document.
     #[zbus(out_args("json"))]
     async fn describe(&self, #[zbus(header)] header: Header<'_>) -> Result<String, Error> {

@@ -1,8 +1,10 @@
 //! The guest agent methods of `org.vapor.Virtualization.VirtualMachine`:
-//! WaitForAgent, RefreshGuestInfo, Exec and GetCloudInitStatus (declared
-//! in the interface in `vm.rs`, which this file is a child module of).
+//! WaitForAgent, RefreshGuestInfo, Exec, GetCloudInitStatus, WriteFile and
+//! ReadFile (declared in the interface in `vm.rs`, which this file is a
+//! child module of).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use zbus::message::Header;
@@ -14,10 +16,24 @@ use crate::dbus::options;
 use crate::dbus::polkit::Action;
 use crate::dbus::Error;
 use crate::libvirt::agent::GuestInfo;
+use crate::progress::Progress;
 use crate::services::guest::exec::ExecRequest;
+use crate::services::guest::files::{check_guest_path, WriteRequest};
 use crate::text::for_bus;
 
 const EXEC_OPTIONS: &[&str] = &["input", "timeout", "max_output", "truncate"];
+const WRITE_OPTIONS: &[&str] = &["mode", "owner", "overwrite"];
+
+fn write_request(path: &str, opts: &options::Options) -> Result<WriteRequest, Error> {
+    options::known(opts, WRITE_OPTIONS)?;
+    let mode = options::uint(opts, "mode")?.unwrap_or(0o644);
+    Ok(WriteRequest {
+        path: path.to_owned(),
+        mode: u32::try_from(mode).unwrap_or(u32::MAX),
+        owner: options::string(opts, "owner")?,
+        overwrite: options::flag_or(opts, "overwrite", true)?,
+    })
+}
 
 /// The bytes of an `ay` option.
 fn bytes(opts: &options::Options, key: &str) -> Result<Vec<u8>, Error> {
@@ -186,6 +202,84 @@ impl VirtualMachine {
         log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "running in the guest: {command}");
         let out = self.ctx.guest.exec(&rec.uuid, req).await?;
         Ok((out.code, out.stdout, out.stderr))
+    }
+
+    pub(super) async fn write_file_as(
+        &self,
+        header: &Header<'_>,
+        server: &zbus::ObjectServer,
+        guest_path: &str,
+        fd: zbus::OwnedFd,
+        opts: &HashMap<String, OwnedVariant>,
+    ) -> Result<(u64, String), Error> {
+        check_guest_path(guest_path)?;
+        let req = write_request(guest_path, opts)?;
+        let file = super::super::storage::caller_file(fd, false)?;
+        let total = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map_or(0, |m| m.len());
+        let rec = self
+            .authorize_with(
+                header,
+                Action::GuestFile,
+                &format!("write the file {} inside", for_bus(guest_path)),
+                &[("guest.path", guest_path)],
+            )
+            .await?;
+        let uid = self.ctx.auth.caller_uid(header).await?;
+        log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "writing {} in the guest", for_bus(guest_path));
+        let guest = self.ctx.guest.clone();
+        let uuid = rec.uuid.clone();
+        crate::dbus::job::run(
+            server,
+            &self.ctx.auth,
+            "guest-write-file",
+            vec![super::vm_path(&rec.uuid)],
+            uid,
+            |job| async move {
+                guest
+                    .write_file(&uuid, req, file, total, job as Arc<dyn Progress>)
+                    .await
+            },
+        )
+        .await
+    }
+
+    pub(super) async fn read_file_as(
+        &self,
+        header: &Header<'_>,
+        server: &zbus::ObjectServer,
+        guest_path: &str,
+        fd: zbus::OwnedFd,
+    ) -> Result<(u64, String), Error> {
+        check_guest_path(guest_path)?;
+        let file = super::super::storage::caller_file(fd, true)?;
+        let rec = self
+            .authorize_with(
+                header,
+                Action::GuestFile,
+                &format!("read the file {} inside", for_bus(guest_path)),
+                &[("guest.path", guest_path)],
+            )
+            .await?;
+        let uid = self.ctx.auth.caller_uid(header).await?;
+        let guest = self.ctx.guest.clone();
+        let (uuid, path) = (rec.uuid.clone(), guest_path.to_owned());
+        crate::dbus::job::run(
+            server,
+            &self.ctx.auth,
+            "guest-read-file",
+            vec![super::vm_path(&rec.uuid)],
+            uid,
+            |job| async move {
+                guest
+                    .read_file(&uuid, path, file, job as Arc<dyn Progress>)
+                    .await
+            },
+        )
+        .await
     }
 
     pub(super) async fn cloud_init_status_as(&self, header: &Header<'_>) -> Result<String, Error> {

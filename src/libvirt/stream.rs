@@ -133,7 +133,7 @@ pub(super) fn wait_any(
 /// only after [`wait_ready`], and a write then takes at most `PIPE_BUF`
 /// bytes (what a ready pipe always has room for). A regular file is read
 /// and written as it is.
-struct CallerIo {
+pub struct CallerIo {
     file: std::fs::File,
     pipe: bool,
     nowait: bool,
@@ -148,7 +148,7 @@ fn nowait_unsupported(e: &std::io::Error) -> bool {
 }
 
 impl CallerIo {
-    fn new(file: std::fs::File) -> Self {
+    pub fn new(file: std::fs::File) -> Self {
         let pipe = file.metadata().is_ok_and(|m| m.file_type().is_fifo());
         CallerIo {
             file,
@@ -197,6 +197,41 @@ impl CallerIo {
             }
             _ => Some(Err(e)),
         }
+    }
+
+    /// Read at most `buf.len()` bytes, waiting for them (see
+    /// [`wait_ready`]: `cancel`, and at most [`IDLE_LIMIT`] without data);
+    /// 0 at the end.
+    pub fn read_some(&mut self, buf: &mut [u8], cancel: &AtomicBool) -> Result<usize> {
+        let since = Instant::now();
+        loop {
+            let idle = "the source sent nothing";
+            wait_ready(self.fd(), libc::POLLIN, cancel, since, IDLE_LIMIT, idle)?;
+            match self.read(buf) {
+                Ok(None) => continue,
+                Ok(Some(n)) => return Ok(n),
+                Err(e) => return Err(Error::Failed(format!("cannot read the caller's file: {e}"))),
+            }
+        }
+    }
+
+    /// Write all of `data`, waiting for room as [`Self::read_some`] waits.
+    pub fn write_all_of(&mut self, mut data: &[u8], cancel: &AtomicBool) -> Result<()> {
+        while !data.is_empty() {
+            let since = Instant::now();
+            let idle = "the destination took nothing";
+            wait_ready(self.fd(), libc::POLLOUT, cancel, since, IDLE_LIMIT, idle)?;
+            match self.write(data) {
+                Ok(None) => {}
+                Ok(Some(n)) => data = &data[n..],
+                Err(e) => {
+                    return Err(Error::Failed(format!(
+                        "cannot write the caller's file: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read what is there; `Ok(None)`: nothing yet (wait and try again).

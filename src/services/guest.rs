@@ -15,6 +15,8 @@ use crate::{Error, Result};
 
 #[path = "guest_exec.rs"]
 pub mod exec;
+#[path = "guest_files.rs"]
+pub mod files;
 
 /// What cloud-init is asked for its status (older ones, such as Debian
 /// 12's 22.4, have no `--format`: then [`CLOUD_INIT_STATUS_TEXT`]).
@@ -25,6 +27,8 @@ pub struct GuestService {
     model: Arc<Model>,
     /// How long `WaitForAgent` waits when the caller gives no timeout.
     default_wait: Duration,
+    /// File transfers running (each holds a daemon thread).
+    transfers: super::storage_transfers::Transfers,
 }
 
 impl GuestService {
@@ -32,6 +36,7 @@ impl GuestService {
         Arc::new(Self {
             model,
             default_wait,
+            transfers: super::storage_transfers::Transfers::new(8, 8),
         })
     }
 

@@ -14,7 +14,7 @@ use crate::libvirt::DomainRef;
 use crate::{Error, Result};
 
 /// Each agent command may take this long (seconds).
-const AGENT_TIMEOUT: i32 = 30;
+pub(super) const AGENT_TIMEOUT: i32 = 30;
 /// The most argv may hold, in bytes (it travels in one agent message).
 pub const MAX_ARGV_BYTES: usize = 48 * 1024;
 /// The most input a caller may send (the system bus refuses messages over
@@ -148,12 +148,17 @@ fn wait_exit(d: &DomainRef, pid: i64, deadline: Instant) -> Result<ExecStatus> {
     }
 }
 
-/// Run a short helper (mkdir, rm) to its end; its exit code.
-fn helper(d: &DomainRef, argv: &[&str]) -> Result<i32> {
+/// Run a short helper (mkdir, rm, a small script) to its end, its output
+/// captured by the agent.
+pub(super) fn run_small(d: &DomainRef, argv: &[&str]) -> Result<ExecStatus> {
     let args: Vec<String> = argv[1..].iter().map(|s| s.to_string()).collect();
     let pid = d.guest_exec(argv[0], &args, &[], true, AGENT_TIMEOUT)?;
-    let st = wait_exit(d, pid, Instant::now() + Duration::from_secs(60))?;
-    Ok(st.code)
+    wait_exit(d, pid, Instant::now() + Duration::from_secs(120))
+}
+
+/// [`run_small`]'s exit code.
+fn helper(d: &DomainRef, argv: &[&str]) -> Result<i32> {
+    Ok(run_small(d, argv)?.code)
 }
 
 /// Read a guest file whole, at most `max` bytes; (bytes, more was there).
@@ -270,18 +275,35 @@ fn run_direct(d: &DomainRef, req: &ExecRequest) -> Result<ExecOutput> {
 }
 
 impl GuestService {
-    /// Run a program in the guest (see the module).
-    pub async fn exec(&self, uuid: &str, req: ExecRequest) -> Result<ExecOutput> {
-        let req = req.checked()?;
+    /// Whether the guest is Windows (no POSIX shell), as its agent says
+    /// (asked first when it has not said yet); the agent must be there.
+    pub(super) async fn windows(&self, uuid: &str) -> Result<bool> {
         self.need_agent(uuid)?;
         if self.model.get(uuid).is_some_and(|r| r.guest_info.is_none()) {
             let _ = self.refresh_info(uuid).await;
         }
-        let windows = self
+        Ok(self
             .model
             .get(uuid)
             .and_then(|r| r.guest_info.clone())
-            .is_some_and(|g| g.os_id.eq_ignore_ascii_case("mswindows"));
+            .is_some_and(|g| g.os_id.eq_ignore_ascii_case("mswindows")))
+    }
+
+    /// Refuse guests without a POSIX shell (what file transfers need).
+    pub(super) async fn need_posix(&self, uuid: &str) -> Result<()> {
+        if self.windows(uuid).await? {
+            return Err(Error::NotSupported(
+                "this guest has no POSIX shell: vapord moves files only into guests that have one"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Run a program in the guest (see the module).
+    pub async fn exec(&self, uuid: &str, req: ExecRequest) -> Result<ExecOutput> {
+        let req = req.checked()?;
+        let windows = self.windows(uuid).await?;
         self.hv()
             .on_domain(uuid, move |_, d| {
                 if windows {

@@ -183,6 +183,62 @@ async fn the_guest_agent_answers_reports_and_runs_programs_for_whom_polkit_allow
         text(&out)
     );
 
+    // Files in and out, several MiB (the agent takes 64 KiB per message
+    // and libvirt returns at most about 4 MiB).
+    let pid = std::process::id();
+    let (local, back) = (
+        format!("/tmp/vt-agent-{pid}.bin"),
+        format!("/tmp/vt-agent-back-{pid}.bin"),
+    );
+    let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    std::fs::write(&local, &data).unwrap();
+    let target = format!("{name}:/var/tmp/injected.bin");
+    let cp = |who: &str, args: &[&str]| {
+        let mut a = vec!["guest", "cp"];
+        a.extend_from_slice(args);
+        vaporctl_as(who, &a)
+    };
+    let out = cp(CAROL, &[&local, &target]);
+    assert!(is_refusal(&text(&out)), "{}", text(&out));
+    let out = cp(
+        ALICE,
+        &[&local, &target, "--mode", "600", "--owner", "root:root"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let want = format!("{:x}", Sha256::digest(&data));
+    assert!(text(&out).contains(&want), "{}", text(&out));
+    let out = exec(
+        &name,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "sha256sum /var/tmp/injected.bin; stat -c %a /var/tmp/injected.bin",
+        ],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.starts_with(&want) && shown.ends_with("\n600\n"),
+        "{shown}"
+    );
+    let out = cp(ALICE, &[&local, &target, "--no-overwrite"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("exists in the guest"), "{}", text(&out));
+    let out = cp(ALICE, &[&local, &format!("{name}:/no/such/dir/x")]);
+    assert!(
+        text(&out).contains("the directory /no/such/dir does not exist"),
+        "{}",
+        text(&out)
+    );
+    let out = cp(ALICE, &[&target, &back]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the file read back differs"
+    );
+    let _ = std::fs::remove_file(&local);
+    let _ = std::fs::remove_file(&back);
+
     // cloud-init's status, as JSON and in words (it may still be running
     // right after boot).
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 
 use crate::bus::{Client, VM};
+use crate::job::with_progress;
 use crate::output::{print_json, props_json_value};
 use crate::Failure;
 
@@ -48,6 +49,84 @@ pub enum GuestCmd {
     },
     /// cloud-init's status in the guest (`cloud-init status --long`).
     CloudInitStatus { vm: String },
+    /// Copy a file into a guest (`cp FILE VM:/path`, FILE `-` for standard
+    /// input) or out of one (`cp VM:/path FILE`, `-` for standard output).
+    Cp {
+        from: String,
+        to: String,
+        /// Octal permission bits of the file written (default 644).
+        #[arg(long)]
+        mode: Option<String>,
+        /// user or user:group in the guest.
+        #[arg(long)]
+        owner: Option<String>,
+        /// Fail instead of replacing an existing file.
+        #[arg(long)]
+        no_overwrite: bool,
+    },
+}
+
+/// `VM:/path` → (VM, /path).
+fn guest_side(arg: &str) -> Option<(&str, &str)> {
+    arg.split_once(':')
+        .filter(|(vm, p)| !vm.is_empty() && p.starts_with('/'))
+}
+
+async fn copy(
+    c: &Client,
+    from: &str,
+    to: &str,
+    opts: HashMap<&str, zbus::Variant<'_>>,
+    json_out: bool,
+) -> Result<(), Failure> {
+    use std::os::fd::AsFd;
+    use zbus::Fd;
+    let (bytes, sha) = match (guest_side(from), guest_side(to)) {
+        (None, Some((vm, path))) => {
+            let unreadable =
+                |e: std::io::Error| Failure::new(66, format!("cannot read {from}: {e}"));
+            let file = if from == "-" {
+                std::fs::File::from(
+                    std::io::stdin()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(unreadable)?,
+                )
+            } else {
+                std::fs::File::open(from).map_err(unreadable)?
+            };
+            let v = c.vm(vm).await?;
+            with_progress(&c.conn, v.write_file(path, Fd::from(&file), opts)).await?
+        }
+        (Some((vm, path)), None) => {
+            let v = c.vm(vm).await?;
+            if to == "-" {
+                let out = std::io::stdout();
+                with_progress(&c.conn, v.read_file(path, Fd::from(&out))).await?
+            } else {
+                let existed = std::path::Path::new(to).exists();
+                let out = std::fs::File::create(to)
+                    .map_err(|e| Failure::new(73, format!("cannot create {to}: {e}")))?;
+                let r = with_progress(&c.conn, v.read_file(path, Fd::from(&out))).await;
+                if r.is_err() && !existed {
+                    let _ = std::fs::remove_file(to);
+                }
+                r?
+            }
+        }
+        _ => {
+            return Err(Failure::new(
+                2,
+                "give exactly one side as VM:/absolute/path (the other is a local file or -)",
+            ))
+        }
+    };
+    if json_out {
+        print_json(&json!({"from": from, "to": to, "bytes": bytes, "sha256": sha}));
+    } else if to != "-" {
+        println!("{from} → {to}: {bytes} bytes, sha256 {sha}");
+    }
+    Ok(())
 }
 
 pub async fn run(c: &Client, cmd: &GuestCmd, json_out: bool) -> Result<(), Failure> {
@@ -126,6 +205,27 @@ pub async fn run(c: &Client, cmd: &GuestCmd, json_out: bool) -> Result<(), Failu
                 // The program's own status, as a shell would give it.
                 Err(Failure::new(status.clamp(1, 255) as u8, String::new()))
             }
+        }
+        GuestCmd::Cp {
+            from,
+            to,
+            mode,
+            owner,
+            no_overwrite,
+        } => {
+            let mut o: HashMap<&str, zbus::Variant<'_>> = HashMap::new();
+            if let Some(m) = mode {
+                let bits = u32::from_str_radix(m, 8)
+                    .map_err(|_| Failure::new(2, format!("--mode {m}: not an octal mode")))?;
+                o.insert("mode", bits.into());
+            }
+            if let Some(w) = owner {
+                o.insert("owner", w.as_str().into());
+            }
+            if *no_overwrite {
+                o.insert("overwrite", false.into());
+            }
+            copy(c, from, to, o, json_out).await
         }
         GuestCmd::CloudInitStatus { vm } => {
             let text = c.vm(vm).await?.get_cloud_init_status().await?;
