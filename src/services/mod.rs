@@ -16,6 +16,7 @@ pub mod guest;
 pub mod migration;
 pub mod migration_rules;
 pub mod network;
+pub mod nfs_rules;
 pub mod pci;
 pub mod references;
 pub mod rollback;
