@@ -15,7 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 # ---------------------------------------------------------------- packages
 pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients
       libvirt-dev qemu-system-x86 polkitd pkexec libvirt-dbus libudev-dev dbus pkg-config
-      xorriso hwdata pciutils udev ovmf qemu-utils iproute2 util-linux)
+      xorriso hwdata pciutils udev ovmf qemu-utils iproute2 util-linux
+      nfs-ganesha nfs-ganesha-vfs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

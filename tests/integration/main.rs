@@ -22,6 +22,7 @@ mod limits;
 mod metrics;
 mod migrate;
 mod network;
+mod nfs;
 mod pci_real;
 mod polkit_access;
 mod snapshot;
