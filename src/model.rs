@@ -70,11 +70,16 @@ pub struct Model {
     /// Migrations running now, by domain (vapord's own, as it follows them).
     migrations: std::sync::Mutex<std::collections::HashMap<String, MigrationStatus>>,
     /// What the guest agents of running domains report, by domain; an
-    /// entry means the agent is connected.
-    agents: std::sync::Mutex<std::collections::HashMap<String, Option<Arc<GuestInfo>>>>,
+    /// entry means the agent is connected. Each connection has its number,
+    /// so a reading that outlived its connection is dropped.
+    agents: std::sync::Mutex<std::collections::HashMap<String, AgentSlot>>,
+    agent_connections: AtomicU64,
     /// Domains whose guest agent just connected (to read what it reports).
     agent_connected: tokio::sync::broadcast::Sender<String>,
 }
+
+/// A connected guest agent: its connection's number, what it reported.
+type AgentSlot = (u64, Option<Arc<GuestInfo>>);
 
 impl Model {
     pub fn new(hv: Arc<Hypervisor>) -> (Arc<Self>, UnboundedReceiver<Change>) {
@@ -96,6 +101,7 @@ impl Model {
             pending: std::sync::Mutex::new(std::collections::HashMap::new()),
             migrations: std::sync::Mutex::new(std::collections::HashMap::new()),
             agents: std::sync::Mutex::new(std::collections::HashMap::new()),
+            agent_connections: AtomicU64::new(1),
             agent_connected: tokio::sync::broadcast::channel(1024).0,
             vm_locks: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
@@ -224,7 +230,7 @@ impl Model {
             }
             let agent = agents.get(&rec.uuid);
             rec.agent_connected = agent.is_some();
-            rec.guest_info = agent.cloned().flatten();
+            rec.guest_info = agent.and_then(|(_, info)| info.clone());
         }
         let mut table = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if rec.state.is_active() {
@@ -299,7 +305,10 @@ impl Model {
             let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
             let was = agents.contains_key(uuid);
             if connected && cur.state.is_active() {
-                agents.entry(uuid.to_owned()).or_insert(None);
+                let n = self
+                    .agent_connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                agents.entry(uuid.to_owned()).or_insert((n, None));
             } else {
                 agents.remove(uuid);
             }
@@ -312,9 +321,19 @@ impl Model {
         self.apply(uuid, Some((*cur).clone()), ticket);
     }
 
-    /// Record what a connected guest agent reports and publish it (nothing
-    /// when the agent has gone meanwhile).
-    pub async fn set_guest_info(&self, uuid: &str, info: GuestInfo) {
+    /// The number of the guest agent connection of a domain, if connected.
+    pub fn agent_connection(&self, uuid: &str) -> Option<u64> {
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uuid)
+            .map(|(n, _)| *n)
+    }
+
+    /// Record what a connected guest agent reports, read during connection
+    /// `connection`, and publish it (nothing when that connection has gone
+    /// meanwhile).
+    pub async fn set_guest_info(&self, uuid: &str, connection: u64, info: GuestInfo) {
         let _serial = self.refresh_lock.lock().await;
         let Some(cur) = self.get(uuid) else {
             return;
@@ -322,8 +341,8 @@ impl Model {
         {
             let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
             match agents.get_mut(uuid) {
-                Some(slot) => *slot = Some(Arc::new(info)),
-                None => return,
+                Some((n, slot)) if *n == connection => *slot = Some(Arc::new(info)),
+                _ => return,
             }
         }
         let ticket = self.ticket();

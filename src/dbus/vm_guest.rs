@@ -27,9 +27,17 @@ const WRITE_OPTIONS: &[&str] = &["mode", "owner", "overwrite"];
 fn write_request(path: &str, opts: &options::Options) -> Result<WriteRequest, Error> {
     options::known(opts, WRITE_OPTIONS)?;
     let mode = options::uint(opts, "mode")?.unwrap_or(0o644);
+    let mode = u32::try_from(mode)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "options.mode: {mode} ({mode:o} in octal) is not a file mode (at most 0o7777)"
+            ))
+        })?;
     Ok(WriteRequest {
         path: path.to_owned(),
-        mode: u32::try_from(mode).unwrap_or(u32::MAX),
+        mode,
         owner: options::string(opts, "owner")?,
         overwrite: options::flag_or(opts, "overwrite", true)?,
     })
@@ -265,6 +273,7 @@ impl VirtualMachine {
             )
             .await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
+        log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "reading {} from the guest", for_bus(guest_path));
         let guest = self.ctx.guest.clone();
         let (uuid, path) = (rec.uuid.clone(), guest_path.to_owned());
         crate::dbus::job::run(
@@ -292,6 +301,8 @@ impl VirtualMachine {
                 &[("guest.command", command)],
             )
             .await?;
+        let uid = self.ctx.auth.caller_uid(header).await?;
+        log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "running in the guest: {command}");
         let status = self.ctx.guest.cloud_init_status(&rec.uuid).await?;
         Ok(crate::text::json_for_bus(status))
     }

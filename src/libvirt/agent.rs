@@ -84,12 +84,26 @@ pub struct GuestFilesystem {
     pub used_bytes: u64,
 }
 
+/// The longest text kept of what a guest reports (a field).
+pub const INFO_TEXT_MAX: usize = 256;
+/// The most users, interfaces, file systems, addresses per interface kept:
+/// the guest decides what it reports, and all of it ends up in one bus
+/// property.
+pub const INFO_ITEMS_MAX: u64 = 64;
+
 impl GuestInfo {
     /// From libvirt's flat parameters (`hostname`, `os.id`, `fs.0.name`,
-    /// `if.1.addr.0.addr` …). Pure.
+    /// `if.1.addr.0.addr` …), each text cut at [`INFO_TEXT_MAX`] bytes and
+    /// each list at [`INFO_ITEMS_MAX`] items. Pure.
     pub fn from_params(p: &BTreeMap<String, Param>) -> Self {
         let s = |k: &str| match p.get(k) {
-            Some(Param::Str(v)) => v.clone(),
+            Some(Param::Str(v)) => {
+                let mut end = v.len().min(INFO_TEXT_MAX);
+                while !v.is_char_boundary(end) {
+                    end -= 1;
+                }
+                v[..end].to_owned()
+            }
             _ => String::new(),
         };
         let u = |k: &str| match p.get(k) {
@@ -97,8 +111,8 @@ impl GuestInfo {
             Some(Param::Int(v)) => (*v).max(0) as u64,
             _ => 0,
         };
-        // Counts come from the guest: bounded by what is actually there.
-        let count = |k: &str| u(k).min(p.len() as u64);
+        // Counts come from the guest.
+        let count = |k: &str| u(k).min(INFO_ITEMS_MAX);
         GuestInfo {
             hostname: s("hostname"),
             os_id: s("os.id"),
@@ -146,11 +160,10 @@ impl DomainRef {
         Ok(GuestInfo::from_params(&self.guest_info_params(0)?))
     }
 
-    /// Whether the guest agent answers (the cheapest supported question:
-    /// the guest's host name).
-    pub fn agent_answers(&self) -> bool {
-        self.guest_info_params(sys::VIR_DOMAIN_GUEST_INFO_HOSTNAME)
-            .is_ok()
+    /// Whether the guest agent answers a ping within `timeout_secs`
+    /// (libvirt's supported calls may wait for an agent without end).
+    pub fn agent_answers(&self, timeout_secs: i32) -> bool {
+        self.agent_command("guest-ping", None, timeout_secs).is_ok()
     }
 
     /// Whether the guest agent is connected now (the live definition).
@@ -232,8 +245,9 @@ pub struct ExecStatus {
     pub code: i32,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// The agent kept only the start of the output.
-    pub truncated: bool,
+    /// The agent kept only the start of standard output / error.
+    pub out_truncated: bool,
+    pub err_truncated: bool,
 }
 
 impl ExecStatus {
@@ -251,7 +265,7 @@ impl ExecStatus {
         let int = |k: &str| v.get(k).and_then(Value::as_i64);
         let code = match (int("exitcode"), int("signal")) {
             (Some(c), _) => c as i32,
-            (None, Some(s)) => 128 + s as i32,
+            (None, Some(s)) => 128i32.saturating_add(s.clamp(0, 127) as i32),
             (None, None) => 0,
         };
         Ok(ExecStatus {
@@ -259,7 +273,8 @@ impl ExecStatus {
             code,
             stdout: data("out-data")?,
             stderr: data("err-data")?,
-            truncated: flag("out-truncated") || flag("err-truncated"),
+            out_truncated: flag("out-truncated"),
+            err_truncated: flag("err-truncated"),
         })
     }
 }
@@ -361,7 +376,7 @@ mod tests {
     fn an_exec_status_is_read_with_its_output_and_how_it_ended() {
         let v = json!({"exited": true, "exitcode": 3, "out-data": "aGk=", "err-truncated": true});
         let st = ExecStatus::from_reply(&v).unwrap();
-        assert!(st.exited && st.truncated);
+        assert!(st.exited && st.err_truncated && !st.out_truncated);
         assert_eq!((st.code, st.stdout.as_slice()), (3, &b"hi"[..]));
         let killed = ExecStatus::from_reply(&json!({"exited": true, "signal": 9})).unwrap();
         assert_eq!(killed.code, 137);
@@ -398,10 +413,15 @@ mod tests {
         );
         assert_eq!(g.filesystems[0].mountpoint, "/");
         assert_eq!(g.filesystems[0].total_bytes, 2048);
-        assert!(
-            g.filesystems.len() <= p.len(),
-            "a count from the guest is bounded by what is there"
+        assert_eq!(
+            g.filesystems.len() as u64,
+            INFO_ITEMS_MAX,
+            "a count from the guest is bounded"
         );
+        let mut p = BTreeMap::new();
+        p.insert("hostname".to_owned(), Param::Str("é".repeat(1000)));
+        let g = GuestInfo::from_params(&p);
+        assert!(g.hostname.len() <= INFO_TEXT_MAX && g.hostname.starts_with('é'));
     }
 
     #[test]

@@ -23,8 +23,15 @@ pub mod files;
 const CLOUD_INIT_STATUS: [&str; 5] = ["cloud-init", "status", "--long", "--format", "json"];
 const CLOUD_INIT_STATUS_TEXT: [&str; 3] = ["cloud-init", "status", "--long"];
 
+/// How long reading what an agent reports may take.
+const INFO_WAIT: Duration = Duration::from_secs(30);
+/// The longest WaitForAgent may wait.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
 pub struct GuestService {
     model: Arc<Model>,
+    /// One reading of what an agent reports per VM at a time.
+    reading: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// How long `WaitForAgent` waits when the caller gives no timeout.
     default_wait: Duration,
     /// File transfers running (each holds a daemon thread).
@@ -35,6 +42,7 @@ impl GuestService {
     pub fn new(model: Arc<Model>, default_wait: Duration) -> Arc<Self> {
         Arc::new(Self {
             model,
+            reading: std::sync::Mutex::new(std::collections::HashMap::new()),
             default_wait,
             transfers: super::storage_transfers::Transfers::new(8, 8),
         })
@@ -45,7 +53,7 @@ impl GuestService {
     }
 
     /// Read what each guest agent reports when it connects (off the event
-    /// loop: an agent may take seconds to answer).
+    /// loop, each VM on its own: an agent may take long to answer).
     pub fn follow(self: &Arc<Self>) {
         let mut connections = self.model.agent_connections();
         let this = self.clone();
@@ -53,9 +61,12 @@ impl GuestService {
             loop {
                 match connections.recv().await {
                     Ok(uuid) => {
-                        if let Err(e) = this.refresh_info(&uuid).await {
-                            log::debug!(vm_uuid = uuid.as_str(); "cannot read the guest's information yet: {e}");
-                        }
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.refresh_info(&uuid).await {
+                                log::debug!(vm_uuid = uuid.as_str(); "cannot read the guest's information yet: {e}");
+                            }
+                        });
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -64,11 +75,30 @@ impl GuestService {
         });
     }
 
-    /// Ask the guest agent what it reports now, and keep it on the VM.
+    /// Ask the guest agent what it reports now, and keep it on the VM. One
+    /// reading per VM at a time (a caller asking meanwhile waits for it),
+    /// and at most [`INFO_WAIT`]: libvirt's call waits for an agent without
+    /// end, so a silent one keeps only its own thread.
     pub async fn refresh_info(&self, uuid: &str) -> Result<()> {
         self.need_agent(uuid)?;
-        let info = self.hv().on_domain(uuid, |_, d| d.guest_info()).await?;
-        self.model.set_guest_info(uuid, info).await;
+        let connection = self.model.agent_connection(uuid).unwrap_or(0);
+        let one = {
+            let mut m = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(uuid.to_owned()).or_default().clone()
+        };
+        let Ok(_turn) = one.try_lock() else {
+            // Someone is reading it now: wait for that reading.
+            let _ = tokio::time::timeout(INFO_WAIT, one.lock()).await;
+            return Ok(());
+        };
+        let read = self.hv().on_domain(uuid, |_, d| d.guest_info());
+        let info = tokio::time::timeout(INFO_WAIT, read).await.map_err(|_| {
+            Error::Timeout(format!(
+                "the guest agent did not report within {} s",
+                INFO_WAIT.as_secs()
+            ))
+        })??;
+        self.model.set_guest_info(uuid, connection, info).await;
         Ok(())
     }
 
@@ -101,6 +131,12 @@ impl GuestService {
     /// Wait until the VM's guest agent answers, at most `timeout` (0: the
     /// configured default); how long it took.
     pub async fn wait_for_agent(&self, uuid: &str, timeout: Duration) -> Result<Duration> {
+        if timeout > MAX_WAIT {
+            return Err(Error::InvalidArgument(format!(
+                "timeout_secs: at most {}",
+                MAX_WAIT.as_secs()
+            )));
+        }
         let timeout = if timeout.is_zero() {
             self.default_wait
         } else {
@@ -127,7 +163,7 @@ impl GuestService {
             if connected
                 && self
                     .hv()
-                    .on_domain(uuid, |_, d| Ok(d.agent_answers()))
+                    .on_domain(uuid, |_, d| Ok(d.agent_answers(5)))
                     .await?
             {
                 return Ok(started.elapsed());
@@ -160,6 +196,8 @@ impl GuestService {
         let run = |argv: &[&str]| exec::ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_secs(60),
+            // cloud-init's report is small; the guest decides its size.
+            max_output: 256 * 1024,
             ..Default::default()
         };
         let out = self.exec(uuid, run(&CLOUD_INIT_STATUS)).await?;
@@ -175,11 +213,12 @@ impl GuestService {
             .get(uuid)
             .map(|r| r.name.clone())
             .unwrap_or_default();
+        let errors = status["errors"].as_array().map_or(0, Vec::len);
+        let state = crate::text::for_bus(status["status"].as_str().unwrap_or("?")).into_owned();
         log::info!(
             vm_name = name.as_str(), vm_uuid = uuid,
-            cloud_init_status = status["status"].as_str().unwrap_or("?");
-            "cloud-init: {}",
-            status
+            cloud_init_status = state.as_str(), cloud_init_errors = errors;
+            "cloud-init: {state}, {errors} error(s)"
         );
         Ok(status.to_string())
     }

@@ -35,10 +35,13 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// is one; output to `$1/out` and `$1/err`.
 const WRAPPER: &str = r#"d=$1; t=$2; shift 2
 if [ -e "$d/in" ]; then exec <"$d/in"; fi
-if command -v timeout >/dev/null 2>&1; then
-  exec timeout -s KILL "$t" "$@" >"$d/out" 2>"$d/err"
+if ! command -v timeout >/dev/null 2>&1; then
+  echo "vapor-exec: no timeout command" >"$d/err"; exit 98
 fi
-exec "$@" >"$d/out" 2>"$d/err""#;
+exec timeout -s KILL "$t" "$@" >"$d/out" 2>"$d/err""#;
+
+/// What the wrapper says when the guest cannot bound a program's time.
+const NO_TIMEOUT: &[u8] = b"vapor-exec: no timeout command\n";
 
 /// What a caller asks to run.
 #[derive(Debug, Clone, Default)]
@@ -148,17 +151,20 @@ fn wait_exit(d: &DomainRef, pid: i64, deadline: Instant) -> Result<ExecStatus> {
     }
 }
 
-/// Run a short helper (mkdir, rm, a small script) to its end, its output
-/// captured by the agent.
-pub(super) fn run_small(d: &DomainRef, argv: &[&str]) -> Result<ExecStatus> {
+/// Run a short helper (mkdir, rm, a small script) to its end (at most
+/// `limit`), its output captured by the agent.
+pub(super) fn run_small(d: &DomainRef, argv: &[&str], limit: Duration) -> Result<ExecStatus> {
     let args: Vec<String> = argv[1..].iter().map(|s| s.to_string()).collect();
     let pid = d.guest_exec(argv[0], &args, &[], true, AGENT_TIMEOUT)?;
-    wait_exit(d, pid, Instant::now() + Duration::from_secs(120))
+    wait_exit(d, pid, Instant::now() + limit)
 }
+
+/// How long a helper may take.
+pub(super) const HELPER_LIMIT: Duration = Duration::from_secs(120);
 
 /// [`run_small`]'s exit code.
 fn helper(d: &DomainRef, argv: &[&str]) -> Result<i32> {
-    Ok(run_small(d, argv)?.code)
+    Ok(run_small(d, argv, HELPER_LIMIT)?.code)
 }
 
 /// Read a guest file whole, at most `max` bytes; (bytes, more was there).
@@ -215,6 +221,16 @@ fn run_posix(d: &DomainRef, req: &ExecRequest) -> Result<ExecOutput> {
         // The wrapper kills the program at its timeout; a little more for
         // the agent to notice.
         let st = wait_exit(d, pid, started + req.timeout + Duration::from_secs(10))?;
+        if st.code == 98 {
+            let (err, _) = read_all(d, &format!("{dir}/err"), NO_TIMEOUT.len())?;
+            if err == NO_TIMEOUT {
+                return Err(Error::NotSupported(
+                    "timeout: the guest has no timeout command (coreutils or busybox), so a \
+                     program could not be stopped in time; nothing was run"
+                        .into(),
+                ));
+            }
+        }
         if st.code == 137 && started.elapsed() >= req.timeout {
             return Err(Error::Timeout(format!(
                 "timeout: the program ran longer than {} s and was killed",
@@ -260,14 +276,14 @@ fn run_direct(d: &DomainRef, req: &ExecRequest) -> Result<ExecOutput> {
         stdout: within(
             "stdout",
             st.stdout,
-            st.truncated,
+            st.out_truncated,
             req.max_output,
             req.truncate,
         )?,
         stderr: within(
             "stderr",
             st.stderr,
-            st.truncated,
+            st.err_truncated,
             req.max_output,
             req.truncate,
         )?,
@@ -304,6 +320,8 @@ impl GuestService {
     pub async fn exec(&self, uuid: &str, req: ExecRequest) -> Result<ExecOutput> {
         let req = req.checked()?;
         let windows = self.windows(uuid).await?;
+        // Each holds a daemon thread until the program ends.
+        let _slot = self.transfers.take(0)?;
         self.hv()
             .on_domain(uuid, move |_, d| {
                 if windows {

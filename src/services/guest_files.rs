@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::exec::{run_small, AGENT_TIMEOUT};
+use std::time::Duration;
+
+use super::exec::{run_small, AGENT_TIMEOUT, HELPER_LIMIT};
 use super::GuestService;
 use crate::libvirt::agent::{READ_CHUNK, WRITE_CHUNK};
 use crate::libvirt::stream::CallerIo;
@@ -87,26 +89,34 @@ fn temp_path(path: &str) -> String {
     format!("{dir}/.{name}.vapor-{}", &tag[..12])
 }
 
-/// Before a write: the destination's directory exists, it is no directory
-/// itself and (unless overwriting) does not exist; the temporary file is
-/// made, 0600. `$1` temporary, `$2` destination, `$3` overwrite (1/0).
+/// Before a write: the destination's directory exists and is root's alone
+/// (or sticky, as /tmp: else someone there could swap the temporary file
+/// for a link between two steps and have root write or chown whatever it
+/// points at), the destination is no directory and (unless overwriting)
+/// does not exist; the temporary file is made new (never through an
+/// existing name), 0600. `$1` temporary, `$2` destination, `$3` overwrite.
 const PREPARE: &str = r#"t=$1; d=$2
 p=$(dirname -- "$d")
 [ -d "$p" ] || { echo "the directory $p does not exist" >&2; exit 92; }
+set -- "$t" "$d" "$3" $(stat -L -c '%u %a' -- "$p")
+perm=$((0$5))
+[ "$4" = 0 ] && { [ $((perm & 18)) = 0 ] || [ $((perm & 512)) != 0 ]; } ||
+  { echo "the directory $p may be written by others than root" >&2; exit 97; }
 [ ! -d "$d" ] || { echo "$d is a directory" >&2; exit 93; }
 [ "$3" = 1 ] || [ ! -e "$d" ] || { echo "$d exists" >&2; exit 91; }
-umask 077 && : > "$t""#;
+set -C; umask 077; : > "$t""#;
 
 /// After a write: the sha256 checked, mode and owner set, the file renamed
 /// into place (`$1` temporary, `$2` destination, `$3` sha256, `$4` mode,
 /// `$5` owner or empty, `$6` overwrite); the temporary file gone on any
-/// failure.
+/// failure. The owner first: chown clears setuid and setgid bits.
 const FINISH: &str = r#"t=$1; d=$2
 fail() { rm -f -- "$t"; echo "$2" >&2; exit "$1"; }
+[ -f "$t" ] && [ ! -L "$t" ] || fail 90 "the temporary file was replaced"
 got=$(sha256sum -- "$t" | cut -d' ' -f1)
 [ "$got" = "$3" ] || fail 90 "sha256 in the guest is $got"
+[ -z "$5" ] || chown -h -- "$5" "$t" || fail 95 "chown $5 failed"
 chmod "$4" -- "$t" || fail 94 "chmod $4 failed"
-[ -z "$5" ] || chown -- "$5" "$t" || fail 95 "chown $5 failed"
 if [ "$6" = 1 ]; then mv -f -- "$t" "$d" || fail 96 "cannot rename into $d"
 else [ ! -e "$d" ] || fail 91 "$d exists"; mv -- "$t" "$d" || fail 96 "cannot rename into $d"; fi"#;
 
@@ -120,6 +130,7 @@ fn script_error(code: i32, stderr: &[u8], path: &str) -> Error {
         )),
         92 => Error::NotFound(format!("guest_path: {why}")),
         93 => Error::InvalidArgument(format!("guest_path: {path} is a directory in the guest")),
+        97 => Error::InvalidArgument(format!("guest_path: {why}; write it elsewhere")),
         90 => Error::Failed(format!(
             "the file written to the guest does not match what was sent ({why}); nothing was replaced"
         )),
@@ -129,10 +140,16 @@ fn script_error(code: i32, stderr: &[u8], path: &str) -> Error {
     }
 }
 
-fn run_script(d: &DomainRef, script: &str, args: &[&str], path: &str) -> Result<()> {
+fn run_script(
+    d: &DomainRef,
+    script: &str,
+    args: &[&str],
+    path: &str,
+    limit: Duration,
+) -> Result<()> {
     let mut argv = vec!["/bin/sh", "-c", script, "vapor-file"];
     argv.extend_from_slice(args);
-    let st = run_small(d, &argv)?;
+    let st = run_small(d, &argv, limit)?;
     if st.code != 0 {
         return Err(script_error(st.code, &st.stderr, path));
     }
@@ -150,7 +167,13 @@ fn write_blocking(
 ) -> Result<(u64, String)> {
     let temp = temp_path(&req.path);
     let overwrite = if req.overwrite { "1" } else { "0" };
-    run_script(d, PREPARE, &[&temp, &req.path, overwrite], &req.path)?;
+    run_script(
+        d,
+        PREPARE,
+        &[&temp, &req.path, overwrite],
+        &req.path,
+        HELPER_LIMIT,
+    )?;
     let copied = (|| {
         let h = d.guest_file_open(&temp, "w", AGENT_TIMEOUT)?;
         let mut src = CallerIo::new(src);
@@ -194,19 +217,27 @@ fn write_blocking(
     let (done, sha) = match copied {
         Ok(v) => v,
         Err(e) => {
-            let _ = run_small(d, &["/bin/rm", "-f", "--", &temp]);
+            let _ = run_small(d, &["/bin/rm", "-f", "--", &temp], HELPER_LIMIT);
             return Err(e);
         }
     };
     progress.update("checking in the guest", done, done);
     let mode = format!("{:o}", req.mode);
     let owner = req.owner.clone().unwrap_or_default();
-    run_script(
+    // sha256sum inside the guest reads it all again: time for that too.
+    let limit = HELPER_LIMIT + Duration::from_secs(done / (10 * 1024 * 1024));
+    let finished = run_script(
         d,
         FINISH,
         &[&temp, &req.path, &sha, &mode, &owner, overwrite],
         &req.path,
-    )?;
+        limit,
+    );
+    if let Err(e) = finished {
+        // The script removes it on its own failures, not on the agent's.
+        let _ = run_small(d, &["/bin/rm", "-f", "--", &temp], HELPER_LIMIT);
+        return Err(e);
+    }
     Ok((done, sha))
 }
 
@@ -218,12 +249,15 @@ fn read_blocking(
     progress: &Arc<dyn Progress>,
     cancel: &AtomicBool,
 ) -> Result<(u64, String)> {
-    let size = run_small(d, &["stat", "-c", "%s", "--", path])?;
+    let size = run_small(d, &["stat", "-L", "-c", "%s", "--", path], HELPER_LIMIT)?;
     if size.code != 0 {
-        return Err(Error::NotFound(format!(
-            "guest_path: {}",
-            crate::text::for_bus(String::from_utf8_lossy(&size.stderr).trim())
-        )));
+        let why = String::from_utf8_lossy(&size.stderr);
+        let why = crate::text::for_bus(why.trim()).into_owned();
+        return Err(if why.contains("No such file") {
+            Error::NotFound(format!("guest_path: {why}"))
+        } else {
+            Error::Failed(format!("guest_path: {why}"))
+        });
     }
     let total: u64 = String::from_utf8_lossy(&size.stdout)
         .trim()

@@ -202,7 +202,7 @@ async fn the_guest_agent_answers_reports_and_runs_programs_for_whom_polkit_allow
     assert!(is_refusal(&text(&out)), "{}", text(&out));
     let out = cp(
         ALICE,
-        &[&local, &target, "--mode", "600", "--owner", "root:root"],
+        &[&local, &target, "--mode", "4750", "--owner", "root:root"],
     );
     assert!(out.status.success(), "{}", text(&out));
     let want = format!("{:x}", Sha256::digest(&data));
@@ -218,7 +218,7 @@ async fn the_guest_agent_answers_reports_and_runs_programs_for_whom_polkit_allow
     );
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        shown.starts_with(&want) && shown.ends_with("\n600\n"),
+        shown.starts_with(&want) && shown.ends_with("\n4750\n"),
         "{shown}"
     );
     let out = cp(ALICE, &[&local, &target, "--no-overwrite"]);
@@ -227,6 +227,46 @@ async fn the_guest_agent_answers_reports_and_runs_programs_for_whom_polkit_allow
     let out = cp(ALICE, &[&local, &format!("{name}:/no/such/dir/x")]);
     assert!(
         text(&out).contains("the directory /no/such/dir does not exist"),
+        "{}",
+        text(&out)
+    );
+    // A directory others may write into is refused (they could swap the
+    // temporary file for a link); failed writes leave no temporary file.
+    let out = exec(
+        &name,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /var/tmp/vt-open && chmod 777 /var/tmp/vt-open",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = cp(ALICE, &[&local, &format!("{name}:/var/tmp/vt-open/x")]);
+    assert!(
+        text(&out).contains("may be written by others than root"),
+        "{}",
+        text(&out)
+    );
+    // A failure after the data went in (no such owner) leaves nothing.
+    let out = cp(ALICE, &[&local, &target, "--owner", "nosuchuser"]);
+    assert!(
+        text(&out).contains("owner: ") && text(&out).contains("chown nosuchuser failed"),
+        "{}",
+        text(&out)
+    );
+    let out = exec(
+        &name,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "ls -a /var/tmp | grep -c '^[.].*[.]vapor-' || true",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
         "{}",
         text(&out)
     );
@@ -275,6 +315,9 @@ async fn waiting_for_an_agent_that_cannot_answer_says_why() {
     virsh(&["start", &silent.name]);
     let err = call_iface_as(ALICE, &silent.path(), VM, "WaitForAgent", &["u", "2"]).unwrap_err();
     assert!(err.contains("did not answer within 2 s"), "{err}");
+    let err =
+        call_iface_as(ALICE, &silent.path(), VM, "WaitForAgent", &["u", "90000"]).unwrap_err();
+    assert!(err.contains("timeout_secs: at most 86400"), "{err}");
     assert_eq!(prop_string(&conn, &silent.path(), "State").await, "running");
     let err = call_iface_as(
         ALICE,

@@ -238,6 +238,11 @@ pub async fn run(c: &Client, cmd: &GuestCmd, json_out: bool) -> Result<(), Failu
                     v["status"].as_str().unwrap_or("(unknown)")
                 );
                 if let Some(d) = v["detail"].as_str() {
+                    // The guest wrote it: no terminal control sequences.
+                    let d: String = d
+                        .chars()
+                        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+                        .collect();
                     println!("  detail: {d}");
                 }
                 for key in ["errors", "recoverable_errors"] {
