@@ -277,8 +277,8 @@ fn info(name: String, source: TemplateSource, t: TemplateFile) -> TemplateInfo {
     }
 }
 
-/// `^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`
-fn valid_name(name: &str) -> bool {
+/// `^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$` (VM and template names).
+pub fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
         && b.len() <= 64

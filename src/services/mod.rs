@@ -6,6 +6,7 @@
 //! [`crate::model::Model`] current after every change; they know nothing
 //! about D-Bus or polkit.
 
+pub mod apply_doc;
 pub mod backup;
 pub mod backup_repo;
 pub mod console;

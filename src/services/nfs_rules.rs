@@ -61,15 +61,16 @@ fn plain(field: &str, v: &str, extra: &[u8]) -> Result<()> {
 }
 
 impl NfsShare {
-    /// A share as declared, checked field by field (`index` names it in
-    /// errors: `nfs_shares[1].guest_path: …`). Pure.
+    /// A share as declared, checked field by field (`at` names it in
+    /// errors: `vms[0].nfs_shares[1]` → `vms[0].nfs_shares[1].guest_path: …`).
+    /// Pure.
     pub fn checked(
-        index: usize,
+        at: &str,
         host_path: &str,
         guest_path: &str,
         options: Option<&str>,
     ) -> Result<Self> {
-        let f = |k: &str| format!("nfs_shares[{index}].{k}");
+        let f = |k: &str| format!("{at}.{k}");
         let Some((server, export)) = host_path.split_once(":/") else {
             return Err(Error::InvalidArgument(format!(
                 "{}: '{}' is not server:/export",
@@ -166,7 +167,7 @@ mod tests {
     use super::*;
 
     fn share(host: &str, guest: &str) -> NfsShare {
-        NfsShare::checked(0, host, guest, None).unwrap()
+        NfsShare::checked("nfs_shares[0]", host, guest, None).unwrap()
     }
 
     const FSTAB: &str = "# /etc/fstab\nLABEL=root / ext4 rw 0 1\n";
@@ -206,7 +207,9 @@ mod tests {
     #[test]
     fn shares_are_checked_field_by_field() {
         let err = |h: &str, g: &str, o: Option<&str>| {
-            NfsShare::checked(2, h, g, o).unwrap_err().to_string()
+            NfsShare::checked("nfs_shares[2]", h, g, o)
+                .unwrap_err()
+                .to_string()
         };
         assert!(err("srv/export", "/mnt", None).starts_with("nfs_shares[2].host_path:"));
         assert!(err("srv:/ex port", "/mnt", None).starts_with("nfs_shares[2].host_path:"));
@@ -214,6 +217,6 @@ mod tests {
         assert!(err("srv:/e", "/", None).starts_with("nfs_shares[2].guest_path:"));
         assert!(err("srv:/e", "/a/../etc", None).starts_with("nfs_shares[2].guest_path:"));
         assert!(err("srv:/e", "/mnt", Some("rw;reboot")).starts_with("nfs_shares[2].options:"));
-        assert!(NfsShare::checked(0, "[fd00::2]:/e", "/mnt/", Some("vers=4.2")).is_ok());
+        assert!(NfsShare::checked("s", "[fd00::2]:/e", "/mnt/", Some("vers=4.2")).is_ok());
     }
 }

@@ -1,0 +1,301 @@
+//! The declarative document `Manager.Apply` takes
+//! (`dbus/schemas/apply.schema.json`): the VMs a caller wants, each with
+//! how to make it when it is missing, its CPU and memory, how long to wait
+//! for its guest agent, NFS shares, files to inject and the final snapshot
+//! (the seed's `phoenix_vm_configs.json`). Parsed and checked here, as a
+//! pure function, field by field: every refusal names its place
+//! (`vms[1].file_injections[0].destination: …`) before anything is done.
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::guest::files::{check_guest_path, check_owner};
+use super::nfs_rules::NfsShare;
+use crate::{Error, Result};
+
+/// The most VMs one document may declare, and shares and files per VM.
+pub const MAX_VMS: usize = 64;
+pub const MAX_SHARES: usize = 64;
+pub const MAX_FILES: usize = 256;
+/// The snapshot made when an apply changed something, unless told.
+pub const DEFAULT_SNAPSHOT: &str = "final-form";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDoc {
+    vms: Vec<RawVm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: String,
+    #[serde(default)]
+    spec: Option<Value>,
+    #[serde(default)]
+    template: Option<String>,
+    #[serde(default)]
+    overrides: Option<Value>,
+    #[serde(default)]
+    vcpus: Option<u32>,
+    #[serde(default)]
+    memory: Option<u64>,
+    #[serde(default)]
+    agent_timeout_secs: Option<u32>,
+    #[serde(default)]
+    nfs_shares: Vec<RawShare>,
+    #[serde(default)]
+    file_injections: Vec<RawFile>,
+    #[serde(default)]
+    final_snapshot: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShare {
+    host_path: String,
+    guest_path: String,
+    #[serde(default)]
+    options: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    source: String,
+    destination: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+/// How a missing VM is made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A creation spec (its `name` is the VM's).
+    Spec(Value),
+    /// A template with overrides.
+    Template { name: String, overrides: Value },
+}
+
+/// One file to put into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileInjection {
+    /// A host path (authorized as storage-host-path), or the name under
+    /// which the caller passed a file descriptor.
+    pub source: String,
+    pub destination: String,
+    pub mode: u32,
+    pub owner: Option<String>,
+}
+
+/// One VM as declared, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmDecl {
+    pub name: String,
+    /// `None`: it must exist already.
+    pub origin: Option<Origin>,
+    pub vcpus: Option<u32>,
+    /// MiB.
+    pub memory: Option<u64>,
+    /// 0: vapord's default.
+    pub agent_timeout_secs: u32,
+    pub nfs_shares: Vec<NfsShare>,
+    pub files: Vec<FileInjection>,
+    /// `None`: no final snapshot.
+    pub final_snapshot: Option<String>,
+}
+
+/// A document, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApplyDoc {
+    pub vms: Vec<VmDecl>,
+}
+
+fn bad<T>(msg: String) -> Result<T> {
+    Err(Error::InvalidArgument(msg))
+}
+
+/// A snapshot name as the document may give it: 1-64 letters, digits,
+/// `.`, `_`, `-`, starting with a letter or digit. Pure.
+fn snapshot_name(at: &str, v: Option<&Value>) -> Result<Option<String>> {
+    match v {
+        None | Some(Value::Bool(true)) => Ok(Some(DEFAULT_SNAPSHOT.into())),
+        Some(Value::Bool(false)) | Some(Value::Null) => Ok(None),
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= 64
+                && s.as_bytes()[0].is_ascii_alphanumeric()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => bad(format!(
+            "{at}.final_snapshot: a snapshot name (1-64 letters, digits, . _ -), true or false"
+        )),
+    }
+}
+
+fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
+    let at = format!("vms[{i}]");
+    if !crate::creation::template::valid_name(&raw.name) {
+        return bad(format!(
+            "{at}.name: '{}' is not a VM name (1-64 letters, digits, . _ + -)",
+            crate::text::for_bus(&raw.name)
+        ));
+    }
+    let origin = match (raw.spec, raw.template, raw.overrides) {
+        (Some(_), Some(_), _) => {
+            return bad(format!("{at}: give spec or template, not both"));
+        }
+        (Some(Value::Object(mut spec)), None, None) => {
+            match spec.get("name") {
+                None => {
+                    spec.insert("name".into(), Value::String(raw.name.clone()));
+                }
+                Some(Value::String(n)) if *n == raw.name => {}
+                Some(_) => return bad(format!("{at}.spec.name: must be the VM's name or absent")),
+            }
+            Some(Origin::Spec(Value::Object(spec)))
+        }
+        (Some(_), None, None) => return bad(format!("{at}.spec: must be an object")),
+        (Some(_), None, Some(_)) => return bad(format!("{at}.overrides: only with template")),
+        (None, Some(t), o) => {
+            if !crate::creation::template::valid_name(&t) {
+                return bad(format!(
+                    "{at}.template: '{}' is not a template name",
+                    crate::text::for_bus(&t)
+                ));
+            }
+            let overrides = match o.unwrap_or_else(|| Value::Object(Default::default())) {
+                Value::Object(mut m) => {
+                    m.insert("name".into(), Value::String(raw.name.clone()));
+                    Value::Object(m)
+                }
+                _ => return bad(format!("{at}.overrides: must be an object")),
+            };
+            Some(Origin::Template { name: t, overrides })
+        }
+        (None, None, Some(_)) => return bad(format!("{at}.overrides: only with template")),
+        (None, None, None) => None,
+    };
+    if raw.vcpus == Some(0) || raw.vcpus.is_some_and(|v| v > 4096) {
+        return bad(format!("{at}.vcpus: between 1 and 4096"));
+    }
+    if raw
+        .memory
+        .is_some_and(|m| !(16..=16 * 1024 * 1024).contains(&m))
+    {
+        return bad(format!("{at}.memory: MiB between 16 and 16777216"));
+    }
+    let agent_timeout_secs = raw.agent_timeout_secs.unwrap_or(0);
+    if agent_timeout_secs > 86_400 {
+        return bad(format!("{at}.agent_timeout_secs: at most 86400"));
+    }
+    if raw.nfs_shares.len() > MAX_SHARES {
+        return bad(format!("{at}.nfs_shares: at most {MAX_SHARES}"));
+    }
+    let mut points = BTreeSet::new();
+    let mut nfs_shares = Vec::new();
+    for (j, s) in raw.nfs_shares.into_iter().enumerate() {
+        let share = NfsShare::checked(
+            &format!("{at}.nfs_shares[{j}]"),
+            &s.host_path,
+            &s.guest_path,
+            s.options.as_deref(),
+        )?;
+        if !points.insert(share.guest_path.clone()) {
+            return bad(format!(
+                "{at}.nfs_shares[{j}].guest_path: {} is declared twice",
+                share.guest_path
+            ));
+        }
+        nfs_shares.push(share);
+    }
+    if raw.file_injections.len() > MAX_FILES {
+        return bad(format!("{at}.file_injections: at most {MAX_FILES}"));
+    }
+    let mut files = Vec::new();
+    let mut destinations = BTreeSet::new();
+    for (j, f) in raw.file_injections.into_iter().enumerate() {
+        let fat = format!("{at}.file_injections[{j}]");
+        let named = |e: Error, field: &str| {
+            Error::InvalidArgument(format!(
+                "{fat}.{field}: {}",
+                e.to_string()
+                    .split_once(": ")
+                    .map_or(e.to_string(), |(_, m)| m.to_owned())
+            ))
+        };
+        check_guest_path(&f.destination).map_err(|e| named(e, "destination"))?;
+        if !destinations.insert(f.destination.clone()) {
+            return bad(format!(
+                "{fat}.destination: {} is declared twice",
+                f.destination
+            ));
+        }
+        if f.source.is_empty() || f.source.len() > 4096 || f.source.chars().any(char::is_control) {
+            return bad(format!(
+                "{fat}.source: a host path or the name of a passed file"
+            ));
+        }
+        let mode = match f.mode.as_deref() {
+            None => 0o644,
+            Some(m) => match u32::from_str_radix(m, 8) {
+                Ok(v) if v <= 0o7777 && !m.is_empty() => v,
+                _ => return bad(format!("{fat}.mode: an octal mode such as \"0644\"")),
+            },
+        };
+        if let Some(o) = &f.owner {
+            check_owner(o).map_err(|e| named(e, "owner"))?;
+        }
+        files.push(FileInjection {
+            source: f.source,
+            destination: f.destination,
+            mode,
+            owner: f.owner,
+        });
+    }
+    Ok(VmDecl {
+        name: raw.name,
+        origin,
+        vcpus: raw.vcpus,
+        memory: raw.memory,
+        agent_timeout_secs,
+        nfs_shares,
+        files,
+        final_snapshot: snapshot_name(&at, raw.final_snapshot.as_ref())?,
+    })
+}
+
+impl ApplyDoc {
+    /// Parse and check a document. Pure.
+    pub fn parse(text: &str) -> Result<Self> {
+        if text.len() > 4 * 1024 * 1024 {
+            return bad("document: larger than 4 MiB".into());
+        }
+        let raw: RawDoc = serde_json::from_str(text)
+            .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+        if raw.vms.is_empty() || raw.vms.len() > MAX_VMS {
+            return bad(format!("vms: between 1 and {MAX_VMS} VMs"));
+        }
+        let mut names = BTreeSet::new();
+        let mut vms = Vec::new();
+        for (i, v) in raw.vms.into_iter().enumerate() {
+            let vm = check_vm(i, v)?;
+            if !names.insert(vm.name.clone()) {
+                return bad(format!("vms[{i}].name: '{}' is declared twice", vm.name));
+            }
+            vms.push(vm);
+        }
+        Ok(ApplyDoc { vms })
+    }
+}
+
+#[cfg(test)]
+#[path = "apply_doc_tests.rs"]
+mod tests;
