@@ -48,8 +48,14 @@ struct RawVm {
     nfs_shares: Vec<RawShare>,
     #[serde(default)]
     file_injections: Vec<RawFile>,
-    #[serde(default)]
-    final_snapshot: Option<Value>,
+    /// Absent: the default name; `null` is refused like any other
+    /// non-name.
+    #[serde(default = "yes")]
+    final_snapshot: Value,
+}
+
+fn yes() -> Value {
+    Value::Bool(true)
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,11 +127,11 @@ fn bad<T>(msg: String) -> Result<T> {
 
 /// A snapshot name as the document may give it: 1-64 letters, digits,
 /// `.`, `_`, `-`, starting with a letter or digit. Pure.
-fn snapshot_name(at: &str, v: Option<&Value>) -> Result<Option<String>> {
+fn snapshot_name(at: &str, v: &Value) -> Result<Option<String>> {
     match v {
-        None | Some(Value::Bool(true)) => Ok(Some(DEFAULT_SNAPSHOT.into())),
-        Some(Value::Bool(false)) | Some(Value::Null) => Ok(None),
-        Some(Value::String(s))
+        Value::Bool(true) => Ok(Some(DEFAULT_SNAPSHOT.into())),
+        Value::Bool(false) => Ok(None),
+        Value::String(s)
             if !s.is_empty()
                 && s.len() <= 64
                 && s.as_bytes()[0].is_ascii_alphanumeric()
@@ -134,7 +140,7 @@ fn snapshot_name(at: &str, v: Option<&Value>) -> Result<Option<String>> {
         {
             Ok(Some(s.clone()))
         }
-        Some(_) => bad(format!(
+        _ => bad(format!(
             "{at}.final_snapshot: a snapshot name (1-64 letters, digits, . _ -), true or false"
         )),
     }
@@ -238,17 +244,25 @@ fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
                 f.destination
             ));
         }
-        if f.source.is_empty() || f.source.len() > 4096 || f.source.chars().any(char::is_control) {
+        // An absolute host path (no . or .. parts), or the plain name under
+        // which the caller passed a descriptor: never something between.
+        let src = &f.source;
+        let host_path = src.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..")
+        });
+        let passed_name = !src.is_empty() && !src.contains('/') && src != "." && src != "..";
+        if src.len() > 4096 || src.chars().any(char::is_control) || !(host_path || passed_name) {
             return bad(format!(
-                "{fat}.source: a host path or the name of a passed file"
+                "{fat}.source: an absolute host path or the plain name of a passed file"
             ));
         }
+        let octal =
+            |m: &str| (1..=4).contains(&m.len()) && m.bytes().all(|b| (b'0'..=b'7').contains(&b));
         let mode = match f.mode.as_deref() {
             None => 0o644,
-            Some(m) => match u32::from_str_radix(m, 8) {
-                Ok(v) if v <= 0o7777 && !m.is_empty() => v,
-                _ => return bad(format!("{fat}.mode: an octal mode such as \"0644\"")),
-            },
+            Some(m) if octal(m) => u32::from_str_radix(m, 8).unwrap_or(0o644),
+            Some(_) => return bad(format!("{fat}.mode: an octal mode such as \"0644\"")),
         };
         if let Some(o) = &f.owner {
             check_owner(o).map_err(|e| named(e, "owner"))?;
@@ -268,7 +282,7 @@ fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
         agent_timeout_secs,
         nfs_shares,
         files,
-        final_snapshot: snapshot_name(&at, raw.final_snapshot.as_ref())?,
+        final_snapshot: snapshot_name(&at, &raw.final_snapshot)?,
     })
 }
 

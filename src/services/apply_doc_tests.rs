@@ -116,6 +116,22 @@ fn every_refusal_names_its_place() {
             vm(json!({"final_snapshot": "a b"})),
             "vms[0].final_snapshot:",
         ),
+        (
+            vm(json!({"final_snapshot": null})),
+            "vms[0].final_snapshot:",
+        ),
+        (
+            vm(json!({"file_injections": [{"source": "a", "destination": "/x", "mode": "+644"}]})),
+            "vms[0].file_injections[0].mode:",
+        ),
+        (
+            vm(json!({"file_injections": [{"source": "dir/a", "destination": "/x"}]})),
+            "vms[0].file_injections[0].source:",
+        ),
+        (
+            vm(json!({"file_injections": [{"source": "/etc/../x", "destination": "/x"}]})),
+            "vms[0].file_injections[0].source:",
+        ),
         (vm(json!({"colour": 1})), "document: unknown field"),
     ] {
         let e = err(doc.clone());
@@ -154,6 +170,12 @@ fn the_schema_agrees_with_the_parser() {
         json!({"vms": [{"name": "x", "file_injections": [{"source": "a", "destination": "/x", "mode": "999"}]}]}),
         json!({"vms": [{"name": "x", "file_injections": [{"source": "a", "destination": "/x/"}]}]}),
         json!({"vms": [{"name": "x", "final_snapshot": "a b"}]}),
+        json!({"vms": [{"name": "x", "final_snapshot": null}]}),
+        json!({"vms": [{"name": "x", "overrides": {}}]}),
+        json!({"vms": [{"name": "x", "file_injections": [{"source": "a", "destination": "/x", "mode": "+644"}]}]}),
+        json!({"vms": [{"name": "x", "file_injections": [{"source": "/srv/a", "destination": "/x", "mode": "0600"}]}]}),
+        json!({"vms": [{"name": "x", "file_injections": [{"source": "dir/a", "destination": "/x"}]}]}),
+        json!({"vms": [{"name": "x", "file_injections": [{"source": "/etc/../x", "destination": "/x"}]}]}),
         json!({"vms": [{"name": "x", "colour": 1}]}),
         json!({"hosts": []}),
     ] {

@@ -80,14 +80,32 @@ impl NfsShare {
         };
         plain(&f("host_path"), server, b"[]:")?;
         plain(&f("host_path"), &format!("/{export}"), b"")?;
-        if !guest_path.starts_with('/') || guest_path == "/" || guest_path.contains("..") {
+        let trimmed = guest_path.trim_end_matches('/');
+        let parts_ok = trimmed.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/')
+                .all(|p| !p.is_empty() && p != "." && p != "..")
+        });
+        if !parts_ok {
             return Err(Error::InvalidArgument(format!(
-                "{}: '{}' is not an absolute path below /",
+                "{}: '{}' is not an absolute path below / (no empty, . or .. parts)",
                 f("guest_path"),
                 crate::text::for_bus(guest_path)
             )));
         }
         plain(&f("guest_path"), guest_path, b"")?;
+        if server.starts_with('-') || server.contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "{}: '{}' does not name a server",
+                f("host_path"),
+                crate::text::for_bus(server)
+            )));
+        }
+        if options.is_some_and(|o| o.split(',').any(str::is_empty)) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: an empty option",
+                f("options")
+            )));
+        }
         let options = options.unwrap_or(DEFAULT_OPTIONS);
         plain(&f("options"), options, b",=:")?;
         Ok(NfsShare {
@@ -127,8 +145,16 @@ fn same_entry(a: &str, b: &str) -> bool {
     a.split_whitespace().eq(b.split_whitespace())
 }
 
-/// fstab with `shares` applied, and what each share did. Pure.
-pub fn plan_fstab(current: &str, shares: &[NfsShare]) -> (String, Vec<FstabChange>) {
+/// The file system type of an fstab entry.
+fn fs_type(line: &str) -> Option<&str> {
+    line.split_whitespace().nth(2)
+}
+
+/// fstab with `shares` applied, and what each share did; the text as it
+/// was when nothing changed. A mount point fstab gives to something other
+/// than NFS is refused, naming it: replacing `/boot` would unmount a disk.
+/// Pure.
+pub fn plan_fstab(current: &str, shares: &[NfsShare]) -> Result<(String, Vec<FstabChange>)> {
     let mut lines: Vec<String> = current.lines().map(str::to_owned).collect();
     let mut changes = Vec::new();
     for share in shares {
@@ -139,6 +165,16 @@ pub fn plan_fstab(current: &str, shares: &[NfsShare]) -> (String, Vec<FstabChang
             .filter(|(_, l)| mount_point(l) == Some(share.guest_path.as_str()))
             .map(|(i, _)| i)
             .collect();
+        if let Some(i) = at
+            .iter()
+            .find(|i| !matches!(fs_type(&lines[**i]), Some("nfs" | "nfs4")))
+        {
+            return Err(Error::Conflict(format!(
+                "guest_path: {} is in the guest's fstab for something else ({})",
+                share.guest_path,
+                crate::text::for_bus(lines[*i].trim())
+            )));
+        }
         let change = match at.as_slice() {
             [] => {
                 lines.push(want);
@@ -155,11 +191,14 @@ pub fn plan_fstab(current: &str, shares: &[NfsShare]) -> (String, Vec<FstabChang
         };
         changes.push(change);
     }
+    if changes.iter().all(|c| *c == FstabChange::Unchanged) {
+        return Ok((current.to_owned(), changes));
+    }
     let mut text = lines.join("\n");
     if !text.is_empty() {
         text.push('\n');
     }
-    (text, changes)
+    Ok((text, changes))
 }
 
 #[cfg(test)]
@@ -175,13 +214,13 @@ mod tests {
     #[test]
     fn a_share_is_added_once_and_then_left_alone() {
         let s = [share("192.168.151.2:/export", "/mnt/data")];
-        let (once, c) = plan_fstab(FSTAB, &s);
+        let (once, c) = plan_fstab(FSTAB, &s).unwrap();
         assert_eq!(c, [FstabChange::Added]);
         assert!(
             once.ends_with("192.168.151.2:/export /mnt/data nfs vers=4.1,proto=tcp,_netdev 0 0\n")
         );
         assert!(once.starts_with(FSTAB), "other lines stay as they were");
-        let (twice, c) = plan_fstab(&once, &s);
+        let (twice, c) = plan_fstab(&once, &s).unwrap();
         assert_eq!(c, [FstabChange::Unchanged]);
         assert_eq!(twice, once);
     }
@@ -189,7 +228,7 @@ mod tests {
     #[test]
     fn a_line_for_the_same_mount_point_is_replaced_never_duplicated() {
         let old = format!("{FSTAB}old:/x /mnt/data nfs ro 0 0\n#old:/y /mnt/data nfs\nold:/z /mnt/data/ nfs rw 0 0\n");
-        let (new, c) = plan_fstab(&old, &[share("srv:/export", "/mnt/data")]);
+        let (new, c) = plan_fstab(&old, &[share("srv:/export", "/mnt/data")]).unwrap();
         assert_eq!(c, [FstabChange::Replaced]);
         assert_eq!(
             new,
@@ -197,7 +236,7 @@ mod tests {
         );
         // Spacing alone is no change.
         let spaced = format!("{FSTAB}srv:/export\t/mnt/data  nfs vers=4.1,proto=tcp,_netdev 0 0\n");
-        let (same, c) = plan_fstab(&spaced, &[share("srv:/export", "/mnt/data")]);
+        let (same, c) = plan_fstab(&spaced, &[share("srv:/export", "/mnt/data")]).unwrap();
         assert_eq!(
             (same.as_str(), c[0]),
             (spaced.as_str(), FstabChange::Unchanged)
@@ -218,5 +257,26 @@ mod tests {
         assert!(err("srv:/e", "/a/../etc", None).starts_with("nfs_shares[2].guest_path:"));
         assert!(err("srv:/e", "/mnt", Some("rw;reboot")).starts_with("nfs_shares[2].options:"));
         assert!(NfsShare::checked("s", "[fd00::2]:/e", "/mnt/", Some("vers=4.2")).is_ok());
+        for bad in ["//", "/mnt/./d", "/mnt//d", "/"] {
+            assert!(
+                err("srv:/e", bad, None).starts_with("nfs_shares[2].guest_path:"),
+                "{bad}"
+            );
+        }
+        assert!(err("-o:/e", "/m", None).starts_with("nfs_shares[2].host_path:"));
+        assert!(err("srv:/e", "/m", Some("rw,,ro")).starts_with("nfs_shares[2].options:"));
+    }
+
+    #[test]
+    fn a_mount_point_of_something_else_is_refused_and_crlf_survives_no_change() {
+        let e = plan_fstab("UUID=2 /boot ext4 rw 0 2\n", &[share("srv:/e", "/boot")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/boot is in the guest's fstab for something else"),
+            "{e}"
+        );
+        let crlf = "srv:/e /m nfs vers=4.1,proto=tcp,_netdev 0 0\r\n";
+        let (same, _) = plan_fstab(crlf, &[share("srv:/e", "/m")]).unwrap();
+        assert_eq!(same, crlf);
     }
 }

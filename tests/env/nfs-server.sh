@@ -21,10 +21,12 @@ NS_IP=192.168.151.2
 STATE=/var/lib/vapor-tests/nfs-server
 EXPORT=/var/lib/vapor-tests/nfs-export
 
+# The pid in the pid file, only while it is still our ganesha (a pid can be
+# reused by anything).
 ganesha_pid() {
   local p
   p=$(cat "$STATE/ganesha.pid" 2>/dev/null) || return 1
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null && echo "$p"
+  [ -n "$p" ] && [ "$(cat /proc/"$p"/comm 2>/dev/null)" = ganesha.nfsd ] && echo "$p"
 }
 
 listening() { ip netns exec "$NS" ss -ltn 2>/dev/null | grep -q ":2049 "; }
@@ -37,6 +39,7 @@ up() {
 <network>
   <name>$NET</name>
   <bridge name='$BR' stp='off' delay='0'/>
+  <dns enable='no'/>
   <ip address='192.168.151.1' netmask='255.255.255.0'>
     <dhcp><range start='192.168.151.100' end='192.168.151.200'/></dhcp>
   </ip>
@@ -45,10 +48,21 @@ EOF
     virsh -q net-create "$xml" >/dev/null
     rm -f "$xml"
   fi
+  # Ours only if isolated and running (a network of that name made by
+  # something else is not used).
+  # (Whole outputs first: grep -q closing a pipe early fails it under pipefail.)
+  local xml_now info
+  xml_now=$(virsh -q net-dumpxml "$NET")
+  info=$(virsh -q net-info "$NET")
+  if grep -q '<forward' <<<"$xml_now"; then log "$NET forwards traffic: not ours"; exit 1; fi
+  grep -q '^Active: *yes' <<<"$info" || virsh -q net-start "$NET" >/dev/null
   if ! ip netns list | grep -qx "$NS\( .*\)\?"; then
     ip netns add "$NS"
   fi
-  if ! ip -n "$NS" link show "$NS_IF" >/dev/null 2>&1; then
+  # (Re)built whole unless the namespace's end has its address and is up.
+  if ! ip -n "$NS" -4 addr show dev "$NS_IF" up 2>/dev/null | grep -q "$NS_IP/24" ||
+     ! ip link show "$HOST_IF" >/dev/null 2>&1; then
+    ip -n "$NS" link del "$NS_IF" 2>/dev/null || true
     ip link del "$HOST_IF" 2>/dev/null || true
     ip link add "$HOST_IF" type veth peer name "$NS_IF"
     ip link set "$NS_IF" netns "$NS"
@@ -101,6 +115,10 @@ down() {
     kill -9 "$p" 2>/dev/null || true
   fi
   rm -f "$STATE/ganesha.pid"
+  # Anything else left running in the namespace (a ganesha whose pid file
+  # was lost) goes with it.
+  local q
+  for q in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$q" 2>/dev/null || true; done
   ip netns del "$NS" 2>/dev/null || true
   ip link del "$HOST_IF" 2>/dev/null || true
   virsh -q net-destroy "$NET" >/dev/null 2>&1 || true

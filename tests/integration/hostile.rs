@@ -96,6 +96,10 @@ fn variant(sig: &str, text: &str) -> Variant<'static> {
         "t" => Variant::from(0u64),
         "i" => Variant::from(0i32),
         "as" => Variant::from(vec![text.to_owned()]),
+        // A harmless descriptor (vapord refuses a device anyway).
+        "h" => Variant::from(zbus::Fd::from(std::os::fd::OwnedFd::from(
+            std::fs::File::open("/dev/null").unwrap(),
+        ))),
         "a{sv}" => {
             // Never empty: empty options would be a harmless, valid call
             // (Delete with no options deletes the test VM).

@@ -23,14 +23,15 @@ extern "C" fn nfs_server_down() {
 /// export's directory on the host.
 pub fn nfs_server() -> &'static str {
     SERVER.get_or_init(|| {
+        // Down at exit even when bringing it up fails half way.
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(nfs_server_down) };
         let out = Command::new("bash").args([SCRIPT, "up"]).output().unwrap();
         assert!(
             out.status.success(),
             "nfs server: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(nfs_server_down) };
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     })
 }
@@ -71,6 +72,20 @@ async fn the_guest_mounts_the_test_export_over_an_isolated_network() {
             .trim_start_matches("s ")
             .trim_matches('"')
             .to_owned();
+        // Detached again even when an assertion below fails.
+        struct Nic(String, String);
+        impl Drop for Nic {
+            fn drop(&mut self) {
+                let _ = call_iface_as(
+                    ALICE,
+                    &self.0,
+                    VM,
+                    "DetachInterface",
+                    &["sa{sv}", &self.1, "0"],
+                );
+            }
+        }
+        let _nic = Nic(path.clone(), mac.clone());
         let deadline = Instant::now() + Duration::from_secs(180);
         while !sh(&name, "ip -4 -o addr").1.contains("192.168.151.") {
             assert!(
@@ -91,7 +106,6 @@ async fn the_guest_mounts_the_test_export_over_an_isolated_network() {
         let back = format!("{export}/from-guest-{}.txt", std::process::id());
         assert_eq!(std::fs::read_to_string(&back).unwrap().trim(), "from-guest");
         let _ = std::fs::remove_file(back);
-        call_iface_as(ALICE, &path, VM, "DetachInterface", &["sa{sv}", &mac, "0"]).unwrap();
     })
     .await
     .unwrap();
