@@ -20,7 +20,7 @@ fn vaporctl_as(user: &str, args: &[&str]) -> Output {
 }
 
 /// `vaporctl guest exec VM [opts] -- argv` as alice.
-fn exec(vm: &str, opts: &[&str], argv: &[&str]) -> Output {
+pub fn exec(vm: &str, opts: &[&str], argv: &[&str]) -> Output {
     let mut a = vec!["guest", "exec", vm];
     a.extend_from_slice(opts);
     a.push("--");
@@ -28,7 +28,7 @@ fn exec(vm: &str, opts: &[&str], argv: &[&str]) -> Output {
     vaporctl_as(ALICE, &a)
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
 }
 

@@ -284,17 +284,7 @@ async fn remove_foreign_storage_needs_its_own_polkit_action() {
     assert!(virsh_quiet(&["dominfo", &d.name]), "the VM is untouched");
     assert!(Path::new(&data).exists());
     // Plain remove_storage is hers, and keeps the attached disk.
-    let out = busctl_as(
-        ALICE,
-        &d.path(),
-        "Delete",
-        &["a{sv}", "1", "remove_storage", "b", "true"],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    delete_with_storage(ALICE, &d.path());
     assert!(!virsh_quiet(&["dominfo", &d.name]));
     assert!(Path::new(&data).exists(), "the attached disk survives");
 }

@@ -36,26 +36,11 @@ pub fn nfs_server() -> &'static str {
     })
 }
 
-/// Run `script` in the guest through vapord's Exec as alice: (status, stdout).
+/// Run `script` in the guest through vapord's Exec as alice: (status,
+/// output).
 fn sh(vm: &str, script: &str) -> (i32, String) {
-    let out = as_user(
-        ALICE,
-        &[
-            env!("CARGO_BIN_EXE_vaporctl"),
-            "--no-ask-password",
-            "guest",
-            "exec",
-            vm,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ],
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let out = crate::agent::exec(vm, &[], &["sh", "-c", script]);
+    (out.status.code().unwrap_or(-1), crate::agent::text(&out))
 }
 
 #[tokio::test(flavor = "multi_thread")]
