@@ -253,6 +253,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                     pools: pools.clone(),
                     networks: network_ctx.clone(),
                     registry: registry.clone(),
+                    apply: crate::services::apply::ApplyService::new(
+                        model.clone(),
+                        guest.clone(),
+                        snapshot_ctx.snapshots.clone(),
+                        engine.clone(),
+                    ),
                 },
                 registry,
             },

@@ -40,6 +40,22 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The kind, as the last part of its D-Bus error name
+    /// (`org.vapor.Virtualization.Error.Timeout` → `Timeout`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "NotFound",
+            Error::InvalidArgument(_) => "InvalidArgument",
+            Error::InvalidState(_) => "InvalidState",
+            Error::Conflict(_) => "Conflict",
+            Error::LimitExceeded(_) => "LimitExceeded",
+            Error::NotSupported(_) => "NotSupported",
+            Error::Unavailable(_) => "Unavailable",
+            Error::Timeout(_) => "Timeout",
+            Error::Failed(_) => "Failed",
+        }
+    }
+
     /// Prefix the message with what was being attempted, keeping the kind.
     pub fn context(self, what: impl std::fmt::Display) -> Self {
         let wrap = |m: String| format!("{what}: {m}");

@@ -177,6 +177,10 @@ interfaces! {
             fn create_virtual_machine(&self, spec: &str) -> zbus::Result<OwnedObjectPath>;
             /// The dry run: (resolved spec JSON, domain XML).
             fn plan_virtual_machine(&self, spec: &str) -> zbus::Result<(String, String)>;
+            /// Bring the VMs of a declarative document to what it declares,
+            /// as a Job; `files` passes sources by name; options: `dry_run`
+            /// (b). The report, as JSON.
+            fn apply(&self, document: &str, files: HashMap<&str, Fd<'_>>, options: Options<'_>) -> zbus::Result<String>;
             /// Every template: (name, source, description).
             fn list_templates(&self) -> zbus::Result<Vec<(String, String, String)>>;
             /// One template as JSON.

@@ -145,6 +145,7 @@ fn signature(ty: &str) -> String {
         "OwnedObjectPath" => "o",
         "Fd<'_>" | "OwnedFd" => "h",
         "Options<'_>" | "HashMap<String, OwnedVariant>" => "a{sv}",
+        "HashMap<&str, Fd<'_>>" => "a{sh}",
         "i64" => "x",
         "OwnedVariant" | "zbus::OwnedVariant" => "v",
         other => panic!("no signature known for {other}"),

@@ -54,6 +54,8 @@ pub struct Manager {
     pub networks: Arc<NetworkContext>,
     /// What the bus shows of every object (see `managed`).
     pub registry: Arc<super::managed::Registry>,
+    /// Declarative provisioning (`Apply`).
+    pub apply: Arc<crate::services::apply::ApplyService>,
 }
 
 impl Manager {
@@ -152,6 +154,9 @@ impl Manager {
     }
 }
 
+#[path = "manager_apply.rs"]
+mod apply;
+
 fn path(uuid: &str) -> OwnedObjectPath {
     OwnedObjectPath::try_from(vm_path(uuid)).expect("VM paths are valid object paths")
 }
@@ -233,6 +238,27 @@ impl Manager {
         let resolved = serde_json::to_string_pretty(&plan.resolved)
             .map_err(|e| Error::Failed(e.to_string()))?;
         Ok((resolved, plan.xml))
+    }
+
+    /// Bring the VMs a declarative document lists to what it declares
+    /// (see dbus/schemas/apply.schema.json): create the missing ones,
+    /// converge vCPUs and memory, start, wait for the guest agent, read
+    /// cloud-init's status, mount NFS shares, put files in place and make
+    /// the final snapshot when something changed. `files` passes the
+    /// injections' sources by the names the document gives them; options:
+    /// `dry_run` (b). Progress on a Job (`apply`); returns the report, as
+    /// JSON, of every step of every VM.
+    #[zbus(out_args("report"))]
+    async fn apply(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(object_server)] server: &ObjectServer,
+        document: &str,
+        files: std::collections::HashMap<String, zbus::OwnedFd>,
+        options: super::options::Options,
+    ) -> Result<String, Error> {
+        self.apply_as(&header, server, document, files, &options)
+            .await
     }
 
     /// Every template: (name, source "shipped" or "user", description).

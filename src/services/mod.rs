@@ -6,7 +6,9 @@
 //! [`crate::model::Model`] current after every change; they know nothing
 //! about D-Bus or polkit.
 
+pub mod apply;
 pub mod apply_doc;
+pub mod apply_rules;
 pub mod backup;
 pub mod backup_repo;
 pub mod console;

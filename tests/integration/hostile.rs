@@ -100,6 +100,16 @@ fn variant(sig: &str, text: &str) -> Variant<'static> {
         "h" => Variant::from(zbus::Fd::from(std::os::fd::OwnedFd::from(
             std::fs::File::open("/dev/null").unwrap(),
         ))),
+        "a{sh}" => {
+            let mut m: HashMap<String, zbus::Fd<'static>> = HashMap::new();
+            m.insert(
+                text.to_owned(),
+                zbus::Fd::from(std::os::fd::OwnedFd::from(
+                    std::fs::File::open("/dev/null").unwrap(),
+                )),
+            );
+            Variant::from(m)
+        }
         "a{sv}" => {
             // Never empty: empty options would be a harmless, valid call
             // (Delete with no options deletes the test VM).
@@ -113,7 +123,7 @@ fn variant(sig: &str, text: &str) -> Variant<'static> {
 }
 
 fn carries_strings(sig: &str) -> bool {
-    matches!(sig, "s" | "as" | "a{sv}")
+    matches!(sig, "s" | "as" | "a{sv}" | "a{sh}")
 }
 
 /// (interface, method, [(argument, type)]).

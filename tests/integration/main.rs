@@ -5,6 +5,7 @@ mod common;
 mod guest;
 
 mod agent;
+mod apply;
 mod backup;
 mod cli;
 mod cli_storage;

@@ -9,6 +9,7 @@
 //! One file per noun; every call to vapord goes through the typed clients of
 //! `vapor::client::proxies` (see `bus.rs`).
 
+mod apply;
 mod backup;
 mod bus;
 mod change;
@@ -97,6 +98,20 @@ enum Cmd {
         /// Only print the resolved spec and the domain XML; change nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Bring the VMs of a declarative document (dbus/schemas/apply.schema.json)
+    /// to what it declares: create, converge CPU and memory, start, wait for
+    /// the agent, cloud-init status, NFS shares, files, final snapshot. The
+    /// files it injects are read here and passed to vapord.
+    Apply {
+        file: String,
+        /// Only look: report what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave absolute sources for vapord to open (polkit storage-host-path)
+        /// instead of passing them.
+        #[arg(long)]
+        host_files: bool,
     },
     /// VM templates.
     #[command(subcommand)]
@@ -323,6 +338,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Autostart { vm, state } => vm::autostart(&c, vm, state, json).await,
         Cmd::Create { spec, dry_run } => vm::create(&c, spec, *dry_run, json).await,
+        Cmd::Apply {
+            file,
+            dry_run,
+            host_files,
+        } => apply::run(&c, file, *dry_run, *host_files, json).await,
         Cmd::Change(ch) => change::run(&c, ch, json).await,
         Cmd::Snapshot(s) => snapshot::run(&c, s, json).await,
         Cmd::Backup(b) => backup::run(&c, b, json).await,
