@@ -258,6 +258,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), String> {
                         guest.clone(),
                         snapshot_ctx.snapshots.clone(),
                         engine.clone(),
+                        ctx.clones.clone(),
+                        &cfg.state_dir,
                     ),
                 },
                 registry,

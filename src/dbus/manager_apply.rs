@@ -3,7 +3,8 @@
 //! source files opened, then the work (`services::apply`) run as a Job.
 //!
 //! Per VM: `vm-create` (per pool, as CreateVirtualMachine) when it is
-//! missing, `vm-modify` when it declares vCPUs or memory, `vm-lifecycle`
+//! missing (a clone: as the Clone method, `vm-modify` on the source and
+//! `vm-create` per pool), `vm-modify` when it declares vCPUs or memory, `vm-lifecycle`
 //! (it may be started), `guest-exec` (cloud-init's status, NFS mounts and
 //! the checks of files run as root in the guest), `guest-file` for each
 //! file it declares and for `/etc/fstab` when it has shares, and
@@ -22,26 +23,34 @@ use super::{Manager, NewVm};
 use crate::dbus::options::{self, Options};
 use crate::dbus::polkit::{Action, Host, Target};
 use crate::dbus::Error;
-use crate::services::apply::{ApplyRequest, Sources};
+use crate::services::apply::{ApplyRequest, Making, Sources};
 use crate::services::apply_doc::{ApplyDoc, Origin, VmDecl};
-use crate::services::creation::Plan;
+use crate::services::vm_clone::CloneRequest;
+use crate::services::vm_clone_plan::CloneMode;
 use crate::text::for_bus;
+
+/// The most different source files one apply takes: what one message on
+/// the system bus may carry (`max_message_unix_fds`), host files included
+/// so vapord holds no more than that open for one apply.
+const MAX_SOURCES: usize = 16;
 
 /// What the guest-exec check of an apply tells polkit it runs.
 const APPLY_COMMANDS: &str =
     "vapord apply: cloud-init status, NFS client install and mounts, file checks";
 
-/// The creation spec of a missing VM, as CreateVirtualMachine takes it.
-fn spec_text(origin: &Origin) -> String {
+/// The creation spec of a missing VM, as CreateVirtualMachine takes it
+/// (`None`: it is made as a clone).
+fn spec_text(origin: &Origin) -> Option<String> {
     match origin {
-        Origin::Spec(v) => v.to_string(),
+        Origin::Spec(v) => Some(v.to_string()),
         Origin::Template { name, overrides } => {
             let mut v = overrides.clone();
             if let Some(m) = v.as_object_mut() {
                 m.insert("template".into(), serde_json::Value::String(name.clone()));
             }
-            v.to_string()
+            Some(v.to_string())
         }
+        Origin::Clone { .. } => None,
     }
 }
 
@@ -60,39 +69,53 @@ fn placed(i: usize, e: crate::Error) -> crate::Error {
     }
 }
 
-/// Open a host file the document names (symlinks followed), once polkit
-/// allows `storage-host-path` for the path it resolves to; it must be a
-/// regular file, and the one that path names when it is opened.
+/// Open a host file the document names, once polkit allows
+/// `storage-host-path` for the path as written and, when symlinks lead
+/// elsewhere, for the path it resolves to (nothing about the host is looked
+/// at before the first answer); it must be a regular file, opened without
+/// opening anything else first (a device's open has effects).
 async fn host_file(m: &Manager, header: &Header<'_>, source: &str) -> Result<std::fs::File, Error> {
     let field = format!("files.{}", for_bus(source));
+    let allow = |path: String| async move {
+        m.auth
+            .check_with(
+                header,
+                Action::StorageHostPath,
+                &Host,
+                &format!("copy the host file {} into a guest", for_bus(&path)),
+                &[("storage.path", &path)],
+            )
+            .await
+    };
+    allow(source.to_owned()).await?;
     let real =
         std::fs::canonicalize(source).map_err(|e| Error::NotFound(format!("{field}: {e}")))?;
     let real = real
         .to_str()
         .ok_or_else(|| Error::InvalidArgument(format!("{field}: not UTF-8 once resolved")))?
         .to_owned();
-    m.auth
-        .check_with(
-            header,
-            Action::StorageHostPath,
-            &Host,
-            &format!("copy the host file {} into a guest", for_bus(&real)),
-            &[("storage.path", &real)],
-        )
-        .await?;
+    if real != source {
+        allow(real.clone()).await?;
+    }
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
+    // A handle on the path alone (no open of the file itself) to look at
+    // what it is; then the file, opened through that handle.
+    let handle = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&real)
         .map_err(|e| Error::NotFound(format!("{field}: {e}")))?;
-    let now = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map_err(|e| Error::Failed(format!("{field}: {e}")))?;
-    if now.to_str() != Some(real.as_str()) {
-        return Err(Error::Conflict(format!(
-            "{field}: {real} changed while it was opened; try again"
+    if !handle.metadata().is_ok_and(|md| md.is_file()) {
+        return Err(Error::InvalidArgument(format!(
+            "{field}: {} is not a regular file",
+            for_bus(&real)
         )));
     }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .map_err(|e| Error::Failed(format!("{field}: {e}")))?;
     regular(f, &field)
 }
 
@@ -128,10 +151,21 @@ impl Manager {
                 for_bus(k)
             )));
         }
+        if declared.len() > MAX_SOURCES {
+            return Err(Error::LimitExceeded(format!(
+                "files: {} different sources, more than {MAX_SOURCES} (what one bus message may carry)",
+                declared.len()
+            )));
+        }
         let uid = self.auth.caller_uid(header).await?;
         let mut plans = HashMap::new();
+        let mut found = HashMap::new();
         for (i, d) in doc.vms.iter().enumerate() {
-            if let Some(plan) = self.authorize_apply(header, i, d, uid).await? {
+            let existing = self.model.find(&d.name);
+            if let Some(rec) = &existing {
+                found.insert(d.name.clone(), rec.uuid.clone());
+            }
+            if let Some(plan) = self.authorize_apply(header, i, d, existing, uid).await? {
                 plans.insert(d.name.clone(), plan);
             }
         }
@@ -157,15 +191,11 @@ impl Manager {
         }
         let names: Vec<&str> = doc.vms.iter().map(|v| v.name.as_str()).collect();
         log::info!(uid = uid, dry_run = dry_run; "apply: {}", names.join(", "));
-        let objects = doc
-            .vms
-            .iter()
-            .filter_map(|v| self.model.find(&v.name))
-            .map(|r| super::super::vm_path(&r.uuid))
-            .collect();
+        let objects = found.values().map(|u| super::super::vm_path(u)).collect();
         let req = ApplyRequest {
             doc,
             plans,
+            found,
             sources,
             dry_run,
             uid,
@@ -190,39 +220,77 @@ impl Manager {
             }
         }
         serde_json::to_string_pretty(&report)
-            .map(|t| crate::text::for_bus(&t).into_owned())
+            .map(crate::text::json_for_bus)
             .map_err(|e| Error::Failed(e.to_string()))
     }
 
-    /// Ask polkit for every action VM `i` may need; the creation plan when
-    /// it is missing (and can be made).
+    /// A clone as the `Clone` method authorizes it: `vm-modify` on the
+    /// source, `vm-create` for each pool the copies go to.
+    async fn authorize_clone(
+        &self,
+        header: &Header<'_>,
+        i: usize,
+        d: &VmDecl,
+        source: &str,
+        linked: bool,
+        uid: u32,
+    ) -> Result<Making, Error> {
+        let src = self.model.find(source).ok_or_else(|| {
+            Error::NotFound(format!(
+                "vms[{i}].clone.source: no virtual machine named '{source}'"
+            ))
+        })?;
+        let mode = if linked {
+            CloneMode::Linked
+        } else {
+            CloneMode::Full
+        };
+        crate::dbus::vm::authorize_clone(&self.vm_ctx, header, &src, &d.name, mode).await?;
+        Ok(Making::Clone(CloneRequest {
+            source_uuid: src.uuid.clone(),
+            new_name: d.name.clone(),
+            mode,
+            uid,
+        }))
+    }
+
+    /// Ask polkit for every action VM `i` may need; how to make it when it
+    /// is missing (and can be made).
     async fn authorize_apply(
         &self,
         header: &Header<'_>,
         i: usize,
         d: &VmDecl,
+        existing: Option<Arc<crate::libvirt::DomainRecord>>,
         uid: u32,
-    ) -> Result<Option<Plan>, Error> {
-        let existing = self.model.find(&d.name);
+    ) -> Result<Option<Making>, Error> {
         let new_vm = NewVm(&d.name);
         let target: &dyn Target = match &existing {
             Some(rec) => &**rec,
             None => &new_vm,
         };
         let mut plan = None;
-        if existing.is_none() {
-            if let Some(origin) = &d.origin {
+        match (&existing, &d.origin) {
+            (None, Some(Origin::Clone { source, linked })) => {
+                plan = Some(
+                    self.authorize_clone(header, i, d, source, *linked, uid)
+                        .await?,
+                );
+            }
+            (None, Some(origin)) => {
                 self.auth
                     .check(header, Action::VmCreate, target, "create")
                     .await?;
+                let text = spec_text(origin).unwrap_or_default();
                 let p = self
                     .engine
-                    .plan(&spec_text(origin), uid)
+                    .plan(&text, uid)
                     .await
                     .map_err(|e| placed(i, e))?;
                 self.authorize_create(header, &p).await?;
-                plan = Some(p);
+                plan = Some(Making::Create(Box::new(p)));
             }
+            _ => {}
         }
         if d.vcpus.is_some() || d.memory.is_some() {
             let fields = match (d.vcpus, d.memory) {

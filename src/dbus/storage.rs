@@ -130,6 +130,13 @@ pub(super) fn caller_file(fd: OwnedFd, write: bool) -> Result<std::fs::File, Err
             "fd: not an open file descriptor".into(),
         ));
     }
+    // An O_PATH descriptor reads nothing itself, and must not get vapord
+    // to open its file with vapord's rights.
+    if flags & libc::O_PATH != 0 {
+        return Err(Error::InvalidArgument(
+            "fd: an O_PATH descriptor; pass one open for reading or writing".into(),
+        ));
+    }
     let mode = flags & libc::O_ACCMODE;
     let ok = if write {
         mode == libc::O_WRONLY || mode == libc::O_RDWR

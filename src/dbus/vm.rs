@@ -242,6 +242,7 @@ fn pci_scope(
 // Update, SetVcpus, SetMemory, disks, media, interfaces.
 #[path = "vm_change.rs"]
 mod change;
+pub(crate) use change::authorize_clone;
 
 // OpenConsole, OpenGraphics, GetConsoleSocket.
 #[path = "vm_console.rs"]

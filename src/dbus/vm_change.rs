@@ -40,6 +40,42 @@ fn scope_text(s: DeviceScope) -> &'static str {
     }
 }
 
+/// What a clone of `src` as `new_name` needs from polkit: `vm-modify` on
+/// the source, and `vm-create` for each pool its copies go to, as a
+/// creation has it (a clone of a VM with no disks of its own: once).
+pub(crate) async fn authorize_clone(
+    ctx: &super::VmContext,
+    header: &Header<'_>,
+    src: &DomainRecord,
+    new_name: &str,
+    mode: CloneMode,
+) -> Result<(), Error> {
+    let mode_text = if mode == CloneMode::Full {
+        "full"
+    } else {
+        "linked"
+    };
+    let details = [("vm.clone.name", new_name), ("vm.clone.mode", mode_text)];
+    let verb = format!("clone ({mode_text}) as '{new_name}'");
+    ctx.auth
+        .check_with(header, Action::VmModify, src, &verb, &details)
+        .await?;
+    let pools = ctx.clones.pools_for(&src.uuid, mode).await?;
+    let verb = format!("create the VM '{new_name}' as a clone of");
+    for pool in pools
+        .iter()
+        .map(String::as_str)
+        .chain(pools.is_empty().then_some(""))
+    {
+        let mut d = details.to_vec();
+        d.push(("pool.name", pool));
+        ctx.auth
+            .check_with(header, Action::VmCreate, src, &verb, &d)
+            .await?;
+    }
+    Ok(())
+}
+
 impl VirtualMachine {
     /// `Update`: parse, validate, authorize with the changed fields, apply.
     pub(super) async fn update_vm(
@@ -436,38 +472,8 @@ impl VirtualMachine {
                 ))
             }
         };
-        let mode_text = if mode == CloneMode::Full {
-            "full"
-        } else {
-            "linked"
-        };
-        let details = [("vm.clone.name", new_name), ("vm.clone.mode", mode_text)];
-        let rec = self
-            .authorize_with(
-                header,
-                Action::VmModify,
-                &format!("clone ({mode_text}) as '{new_name}'"),
-                &details,
-            )
-            .await?;
-        // A new VM with volumes in these pools: vm-create for each, as for
-        // a creation (a clone of a VM with no disks of its own needs it once).
-        let pools = self.ctx.clones.pools_for(&rec.uuid, mode).await?;
-        for pool in pools
-            .iter()
-            .map(String::as_str)
-            .chain(pools.is_empty().then_some(""))
-        {
-            let mut d = details.to_vec();
-            d.push(("pool.name", pool));
-            self.authorize_with(
-                header,
-                Action::VmCreate,
-                &format!("create the VM '{new_name}' as a clone of"),
-                &d,
-            )
-            .await?;
-        }
+        let rec = self.record();
+        authorize_clone(&self.ctx, header, &rec, new_name, mode).await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
         let req = CloneRequest {
             source_uuid: rec.uuid.clone(),

@@ -18,7 +18,7 @@ use crate::dbus::Error;
 use crate::libvirt::agent::GuestInfo;
 use crate::progress::Progress;
 use crate::services::guest::exec::ExecRequest;
-use crate::services::guest::files::{check_guest_path, WriteRequest};
+use crate::services::guest::files::{check_guest_path, Source, WriteRequest};
 use crate::text::for_bus;
 
 const EXEC_OPTIONS: &[&str] = &["input", "timeout", "max_output", "truncate"];
@@ -40,6 +40,7 @@ fn write_request(path: &str, opts: &options::Options) -> Result<WriteRequest, Er
         mode,
         owner: options::string(opts, "owner")?,
         overwrite: options::flag_or(opts, "overwrite", true)?,
+        expect_sha256: None,
     })
 }
 
@@ -248,7 +249,13 @@ impl VirtualMachine {
             uid,
             |job| async move {
                 guest
-                    .write_file(&uuid, req, file, total, job as Arc<dyn Progress>)
+                    .write_file(
+                        &uuid,
+                        req,
+                        Source::Caller(file),
+                        total,
+                        job as Arc<dyn Progress>,
+                    )
                     .await
             },
         )

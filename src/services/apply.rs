@@ -12,7 +12,8 @@
 //! the creation plans of the VMs that are missing and opens the source
 //! files (the caller's descriptors, or host files it was allowed).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +27,7 @@ use super::guest::GuestService;
 use super::snapshot::{snapshot_id, NewSnapshot, SnapshotService};
 use super::snapshot_rules::{Request, Requested};
 use super::vm::{LifecycleAction, VmService};
+use super::vm_clone::{CloneRequest, CloneService};
 use super::vm_update::VmChanges;
 use crate::libvirt::snapshot::SnapshotDelete;
 use crate::libvirt::{Definition, DomainState};
@@ -46,11 +48,20 @@ const CLOUD_INIT_WAIT: Duration = Duration::from_secs(300);
 /// document gives them.
 pub type Sources = HashMap<String, Arc<std::fs::File>>;
 
+/// How a missing VM is made, authorized.
+pub enum Making {
+    Create(Box<Plan>),
+    Clone(CloneRequest),
+}
+
 /// An authorized apply.
 pub struct ApplyRequest {
     pub doc: ApplyDoc,
-    /// The creation plans of the VMs that were missing, by name.
-    pub plans: HashMap<String, Plan>,
+    /// How each VM that was missing is made, by name.
+    pub plans: HashMap<String, Making>,
+    /// The UUID of each VM that existed when the apply was authorized, by
+    /// name: the steps act on that VM and no other.
+    pub found: HashMap<String, String>,
     pub sources: Sources,
     pub dry_run: bool,
     pub uid: u32,
@@ -62,15 +73,25 @@ pub struct ApplyService {
     guest: Arc<GuestService>,
     snapshots: Arc<SnapshotService>,
     engine: Arc<CreationService>,
+    clones: Arc<CloneService>,
     /// VMs an apply is working on: one apply per VM at a time.
     busy: Mutex<HashSet<String>>,
+    /// VMs (UUIDs) an apply changed and then failed on: their final
+    /// snapshot is made by the next apply that gets that far, whatever
+    /// that one changes. Kept in `owed_file` across restarts.
+    owed: Mutex<BTreeSet<String>>,
+    owed_file: PathBuf,
 }
+
+/// Where the owed snapshots are kept, in vapord's state directory.
+const OWED_FILE: &str = "apply-owed-snapshots.json";
 
 /// What every VM's steps share.
 struct Ctx {
     /// sha256 and size of each source.
     hashes: HashMap<String, (String, u64)>,
     sources: Sources,
+    found: HashMap<String, String>,
     dry_run: bool,
     uid: u32,
     progress: Arc<dyn Progress>,
@@ -87,6 +108,33 @@ impl Ctx {
         self.progress
             .update(&format!("{vm}: {step}"), done, self.total);
         Ok(())
+    }
+}
+
+/// The Job's progress while one VM's step runs longer work (a creation,
+/// a copy, a snapshot): its steps named after the VM and step, as VMs run
+/// side by side.
+struct Within {
+    job: Arc<dyn Progress>,
+    prefix: String,
+}
+
+impl Progress for Within {
+    fn update(&self, step: &str, done: u64, total: u64) {
+        self.job
+            .update(&format!("{}: {step}", self.prefix), done, total);
+    }
+    fn cancelled(&self) -> bool {
+        self.job.cancelled()
+    }
+}
+
+impl Ctx {
+    fn within(&self, vm: &str, step: &str) -> Arc<dyn Progress> {
+        Arc::new(Within {
+            job: self.progress.clone(),
+            prefix: format!("{vm}: {step}"),
+        })
     }
 }
 
@@ -113,7 +161,7 @@ fn push(r: &mut VmReport, step: &'static str, status: Status, detail: impl Into<
     r.steps.push(Step {
         step,
         status,
-        detail: detail.into(),
+        detail: rules::cut(detail.into(), rules::MAX_DETAIL),
     });
 }
 
@@ -127,15 +175,36 @@ fn rest(r: &mut VmReport, after: &str, status: Status, detail: &str) {
     }
 }
 
+/// The largest source file an apply copies.
+pub const MAX_SOURCE_BYTES: u64 = 16 << 30;
+
 /// sha256 and size of a file, read from its start with `pread` (the
-/// descriptor's offset is left alone). Blocking.
-fn hash_file(f: &std::fs::File) -> Result<(String, u64)> {
+/// descriptor's offset is left alone), at most [`MAX_SOURCE_BYTES`], until
+/// `progress` is cancelled. Blocking.
+fn hash_file(name: &str, f: &std::fs::File, progress: &dyn Progress) -> Result<(String, u64)> {
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::FileExt;
+    let size = f
+        .metadata()
+        .map_err(|e| Error::Failed(format!("files.{name}: {e}")))?
+        .len();
+    if size > MAX_SOURCE_BYTES {
+        return Err(Error::LimitExceeded(format!(
+            "files.{name}: {size} bytes, more than {MAX_SOURCE_BYTES}"
+        )));
+    }
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1024 * 1024];
     let mut at = 0u64;
     loop {
+        if progress.cancelled() {
+            return Err(Error::Failed("the apply was cancelled".into()));
+        }
+        if at > MAX_SOURCE_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "files.{name}: grew past {MAX_SOURCE_BYTES} bytes while it was read"
+            )));
+        }
         let n = f
             .read_at(&mut buf, at)
             .map_err(|e| Error::Failed(format!("cannot read a source file: {e}")))?;
@@ -154,15 +223,52 @@ impl ApplyService {
         guest: Arc<GuestService>,
         snapshots: Arc<SnapshotService>,
         engine: Arc<CreationService>,
+        clones: Arc<CloneService>,
+        state_dir: &Path,
     ) -> Arc<Self> {
+        let owed_file = state_dir.join(OWED_FILE);
+        let owed = std::fs::read(&owed_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Arc::new(Self {
+            owed: Mutex::new(owed),
+            owed_file,
             vms: VmService::new(model.clone()),
             model,
             guest,
             snapshots,
             engine,
+            clones,
             busy: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Whether VM `uuid` is owed its final snapshot.
+    fn owed(&self, uuid: &str) -> bool {
+        self.owed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uuid)
+    }
+
+    /// Note (or clear) that VM `uuid` is owed its final snapshot.
+    fn owe(&self, uuid: &str, yes: bool) {
+        let text = {
+            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = if yes {
+                owed.insert(uuid.to_owned())
+            } else {
+                owed.remove(uuid)
+            };
+            if !changed {
+                return;
+            }
+            serde_json::to_vec(&*owed).unwrap_or_default()
+        };
+        if let Err(e) = crate::fsutil::write_atomic(&self.owed_file, &text) {
+            log::warn!(vm_uuid = uuid; "cannot write {}: {e}", self.owed_file.display());
+        }
     }
 
     /// Apply an authorized document; the report of every VM.
@@ -174,11 +280,11 @@ impl ApplyService {
         progress.update("reading the source files", 0, 0);
         let sources = req.sources;
         let hashes = {
-            let sources = sources.clone();
+            let (sources, progress) = (sources.clone(), progress.clone());
             tokio::task::spawn_blocking(move || {
                 sources
                     .iter()
-                    .map(|(k, f)| Ok((k.clone(), hash_file(f)?)))
+                    .map(|(k, f)| Ok((k.clone(), hash_file(k, f, &*progress)?)))
                     .collect::<Result<HashMap<_, _>>>()
             })
             .await
@@ -187,6 +293,7 @@ impl ApplyService {
         let ctx = Arc::new(Ctx {
             hashes,
             sources,
+            found: req.found,
             dry_run: req.dry_run,
             uid: req.uid,
             progress: progress.clone(),
@@ -212,7 +319,7 @@ impl ApplyService {
     }
 
     /// One VM, all its steps.
-    async fn one(&self, d: &VmDecl, plan: Option<Plan>, c: &Ctx) -> VmReport {
+    async fn one(&self, d: &VmDecl, plan: Option<Making>, c: &Ctx) -> VmReport {
         let mut r = VmReport {
             name: d.name.clone(),
             ..Default::default()
@@ -237,11 +344,18 @@ impl ApplyService {
         if let Err((step, e)) = outcome {
             log::warn!(vm_name = d.name.as_str(), vm_uuid = r.uuid.as_str(), step = step;
                 "apply: {step} failed: {e}");
+            // What changed before (or within) the failing step is not in a
+            // final snapshot yet: the next apply that gets there makes it.
+            let may_have_changed =
+                r.changed_something() || ["resources", "nfs", "files", "snapshot"].contains(&step);
+            if !c.dry_run && !r.uuid.is_empty() && d.final_snapshot.is_some() && may_have_changed {
+                self.owe(&r.uuid, true);
+            }
             r.steps.retain(|s| s.step != step);
             push(&mut r, step, Status::Failed, e.to_string());
             rest(&mut r, step, Status::Skipped, &format!("{step} failed"));
             r.error_kind = Some(e.kind().to_owned());
-            r.error = Some(e.to_string());
+            r.error = Some(rules::cut(e.to_string(), rules::MAX_DETAIL));
         }
         if let Some(rec) = self.model.get(&r.uuid) {
             r.pending = rec.pending_changes.clone();
@@ -256,17 +370,37 @@ impl ApplyService {
     async fn steps(
         &self,
         d: &VmDecl,
-        plan: Option<Plan>,
+        plan: Option<Making>,
         c: &Ctx,
         r: &mut VmReport,
     ) -> std::result::Result<(), Failure> {
         c.step(&d.name, "create").map_err(at("create"))?;
-        let uuid = match (self.model.find(&d.name), plan) {
-            (Some(rec), _) => {
+        let now = self.model.find(&d.name);
+        let uuid = match (c.found.get(&d.name), now, plan) {
+            (Some(uuid), now, _) => {
+                // The VM polkit was asked about, still under this name.
+                if now.is_none_or(|rec| rec.uuid != *uuid) {
+                    return Err((
+                        "create",
+                        Error::Conflict(format!(
+                            "VM '{}' was deleted or renamed since the apply was authorized; apply again",
+                            d.name
+                        )),
+                    ));
+                }
                 push(r, "create", Status::Unchanged, "it exists");
-                rec.uuid.clone()
+                uuid.clone()
             }
-            (None, None) => {
+            (None, Some(_), _) => {
+                return Err((
+                    "create",
+                    Error::Conflict(format!(
+                        "a VM named '{}' appeared since the apply was authorized; apply again",
+                        d.name
+                    )),
+                ))
+            }
+            (None, None, None) => {
                 return Err((
                     "create",
                     Error::NotFound(format!(
@@ -275,20 +409,40 @@ impl ApplyService {
                     )),
                 ))
             }
-            (None, Some(_)) if c.dry_run => {
+            (None, None, Some(_)) if c.dry_run => {
                 push(r, "create", Status::WouldChange, "it would be created");
                 rest(r, "create", Status::Unknown, "decided once it exists");
                 return Ok(());
             }
-            (None, Some(plan)) => {
-                let uuid = self
-                    .engine
-                    .create(plan, c.uid, c.progress.clone())
-                    .await
-                    .map_err(at("create"))?;
+            (None, None, Some(making)) => {
+                let (made, how) = match making {
+                    Making::Create(plan) => (
+                        self.engine
+                            .create(*plan, c.uid, c.within(&d.name, "create"))
+                            .await,
+                        "created".to_owned(),
+                    ),
+                    Making::Clone(req) => {
+                        let how = format!(
+                            "cloned ({}) from '{}'",
+                            if req.mode == super::vm_clone_plan::CloneMode::Linked {
+                                "linked"
+                            } else {
+                                "full"
+                            },
+                            self.model
+                                .get(&req.source_uuid)
+                                .map(|s| s.name.clone())
+                                .unwrap_or_default()
+                        );
+                        let progress = c.within(&d.name, "create");
+                        (self.clones.clone_vm(req, progress).await, how)
+                    }
+                };
+                let uuid = made.map_err(at("create"))?;
                 let _ = self.model.refresh_domain(&uuid).await;
-                log::info!(vm_name = d.name.as_str(), vm_uuid = uuid.as_str(), uid = c.uid; "apply: created");
-                push(r, "create", Status::Changed, "created");
+                log::info!(vm_name = d.name.as_str(), vm_uuid = uuid.as_str(), uid = c.uid; "apply: {how}");
+                push(r, "create", Status::Changed, how);
                 uuid
             }
         };
@@ -302,7 +456,16 @@ impl ApplyService {
         c.step(&d.name, "start").map_err(at("start"))?;
         let rec = self.vms.get(&uuid).map_err(at("start"))?;
         let action = match rec.state {
-            DomainState::Paused | DomainState::PmSuspended => Some(LifecycleAction::Resume),
+            DomainState::Paused => Some(LifecycleAction::Resume),
+            DomainState::PmSuspended => {
+                return Err((
+                    "start",
+                    Error::InvalidState(format!(
+                        "VM '{}' was suspended by its guest; wake it (or start it again) first",
+                        d.name
+                    )),
+                ))
+            }
             s if !s.is_active() => Some(LifecycleAction::Start),
             _ => None,
         };
@@ -341,11 +504,20 @@ impl ApplyService {
             );
             return Ok(());
         }
-        let took = self
+        let wait = self
             .guest
-            .wait_for_agent(&uuid, Duration::from_secs(d.agent_timeout_secs.into()))
-            .await
-            .map_err(at("agent"))?;
+            .wait_for_agent(&uuid, Duration::from_secs(d.agent_timeout_secs.into()));
+        let cancelled = async {
+            while !c.progress.cancelled() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let took = tokio::select! {
+            r = wait => r.map_err(at("agent"))?,
+            () = cancelled => {
+                return Err(("agent", Error::Failed("the apply was cancelled".into())))
+            }
+        };
         push(
             r,
             "agent",
@@ -360,6 +532,7 @@ impl ApplyService {
             g: &self.guest,
             uuid: &uuid,
             c,
+            name: &d.name,
         };
         c.step(&d.name, "nfs").map_err(at("nfs"))?;
         inside.nfs(d, r).await.map_err(at("nfs"))?;
@@ -457,7 +630,7 @@ impl ApplyService {
                         Status::Unchanged,
                         format!("status {status}, {errors} error(s)"),
                     );
-                    r.cloud_init = Some(v);
+                    r.cloud_init = Some(rules::kept_cloud_init(v));
                 }
                 Err(e) => push(
                     r,
@@ -483,7 +656,8 @@ impl ApplyService {
             .of_vm(uuid)
             .iter()
             .any(|s| s.rec.name == *name);
-        let Some(why) = rules::snapshot_due(r.changed_something(), exists) else {
+        let owed = self.owed(uuid);
+        let Some(why) = rules::snapshot_due(r.changed_something() || owed, exists) else {
             push(r, "snapshot", Status::Unchanged, format!("'{name}' exists"));
             return Ok(());
         };
@@ -512,7 +686,14 @@ impl ApplyService {
                 quiesce: false,
             },
         };
-        self.snapshots.create(uuid, new, c.progress.clone()).await?;
+        let progress = c.within(&d.name, "snapshot");
+        self.snapshots.create(uuid, new, progress).await?;
+        self.owe(uuid, false);
+        let why = if owed && !r.changed_something() {
+            "made: an earlier apply changed the VM and failed before it"
+        } else {
+            why
+        };
         log::info!(vm_name = d.name.as_str(), vm_uuid = uuid; "apply: snapshot '{name}' {why}");
         push(r, "snapshot", Status::Changed, format!("'{name}' {why}"));
         Ok(())

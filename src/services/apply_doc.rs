@@ -15,7 +15,7 @@ use super::guest::files::{check_guest_path, check_owner};
 use super::nfs_rules::NfsShare;
 use crate::{Error, Result};
 
-/// The most VMs one document may declare, and shares and files per VM.
+/// The most VMs one document may declare, shares per VM, and files in all.
 pub const MAX_VMS: usize = 64;
 pub const MAX_SHARES: usize = 64;
 pub const MAX_FILES: usize = 256;
@@ -39,6 +39,8 @@ struct RawVm {
     #[serde(default)]
     overrides: Option<Value>,
     #[serde(default)]
+    clone: Option<RawClone>,
+    #[serde(default)]
     vcpus: Option<u32>,
     #[serde(default)]
     memory: Option<u64>,
@@ -56,6 +58,14 @@ struct RawVm {
 
 fn yes() -> Value {
     Value::Bool(true)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClone {
+    source: String,
+    #[serde(default)]
+    mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +95,8 @@ pub enum Origin {
     Spec(Value),
     /// A template with overrides.
     Template { name: String, overrides: Value },
+    /// A clone of another VM (`linked`: overlays on its disks).
+    Clone { source: String, linked: bool },
 }
 
 /// One file to put into the guest.
@@ -146,7 +158,7 @@ fn snapshot_name(at: &str, v: &Value) -> Result<Option<String>> {
     }
 }
 
-fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
+fn check_vm(i: usize, mut raw: RawVm) -> Result<VmDecl> {
     let at = format!("vms[{i}]");
     if !crate::creation::template::valid_name(&raw.name) {
         return bad(format!(
@@ -154,7 +166,35 @@ fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
             crate::text::for_bus(&raw.name)
         ));
     }
-    let origin = match (raw.spec, raw.template, raw.overrides) {
+    if let Some(c) = raw.clone.take() {
+        if raw.spec.is_some() || raw.template.is_some() || raw.overrides.is_some() {
+            return bad(format!("{at}: give one of spec, template and clone"));
+        }
+        if !crate::creation::template::valid_name(&c.source) {
+            return bad(format!(
+                "{at}.clone.source: '{}' is not a VM name",
+                crate::text::for_bus(&c.source)
+            ));
+        }
+        if c.source == raw.name {
+            return bad(format!("{at}.clone.source: a VM cannot be its own clone"));
+        }
+        let linked = match c.mode.as_deref() {
+            None | Some("full") => false,
+            Some("linked") => true,
+            Some(_) => return bad(format!("{at}.clone.mode: full or linked")),
+        };
+        raw.spec = None;
+        return check_rest(
+            at,
+            raw,
+            Some(Origin::Clone {
+                source: c.source,
+                linked,
+            }),
+        );
+    }
+    let origin = match (raw.spec.take(), raw.template.take(), raw.overrides.take()) {
         (Some(_), Some(_), _) => {
             return bad(format!("{at}: give spec or template, not both"));
         }
@@ -189,6 +229,11 @@ fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
         (None, None, Some(_)) => return bad(format!("{at}.overrides: only with template")),
         (None, None, None) => None,
     };
+    check_rest(at, raw, origin)
+}
+
+/// The rest of a VM's declaration, once its origin is known.
+fn check_rest(at: String, raw: RawVm, origin: Option<Origin>) -> Result<VmDecl> {
     if raw.vcpus == Some(0) || raw.vcpus.is_some_and(|v| v > 4096) {
         return bad(format!("{at}.vcpus: between 1 and 4096"));
     }
@@ -286,14 +331,88 @@ fn check_vm(i: usize, raw: RawVm) -> Result<VmDecl> {
     })
 }
 
+/// Why `v` is not a `T`, if it is not.
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Option<String> {
+    serde_json::from_value::<T>(v.clone())
+        .err()
+        .map(|e| e.to_string())
+}
+
+type Check = fn(&Value) -> Option<String>;
+
+/// The first field of the object `v` whose value is of the wrong type,
+/// placed (`{at}.{field}: invalid type …`).
+fn wrong_field(at: &str, v: &Value, fields: &[(&str, Check)]) -> Option<String> {
+    let obj = v.as_object()?;
+    fields.iter().find_map(|(k, check)| {
+        obj.get(*k)
+            .filter(|x| !x.is_null())
+            .and_then(|x| check(x).map(|e| format!("{at}.{k}: {e}")))
+    })
+}
+
+/// Where in the document serde's complaint `e` is: the VM, the share or
+/// file, the field. Pure.
+fn placed(doc: &Value, e: serde_json::Error) -> String {
+    let Some(vms) = doc.get("vms").and_then(Value::as_array) else {
+        return match doc.get("vms") {
+            Some(_) => "vms: must be a list".into(),
+            None => format!("document: {e}"),
+        };
+    };
+    let strings: &[(&str, Check)] = &[
+        ("host_path", typed::<String>),
+        ("guest_path", typed::<String>),
+        ("options", typed::<String>),
+        ("source", typed::<String>),
+        ("destination", typed::<String>),
+        ("mode", typed::<String>),
+        ("owner", typed::<String>),
+    ];
+    for (i, vm) in vms.iter().enumerate() {
+        let at = format!("vms[{i}]");
+        let Some(err) = typed::<RawVm>(vm) else {
+            continue;
+        };
+        let scalars: &[(&str, Check)] = &[
+            ("name", typed::<String>),
+            ("template", typed::<String>),
+            ("vcpus", typed::<u32>),
+            ("memory", typed::<u64>),
+            ("agent_timeout_secs", typed::<u32>),
+            ("clone", typed::<RawClone>),
+            ("nfs_shares", typed::<Vec<Value>>),
+            ("file_injections", typed::<Vec<Value>>),
+        ];
+        if let Some(m) = wrong_field(&at, vm, scalars) {
+            return m;
+        }
+        for (list, check) in [
+            ("nfs_shares", typed::<RawShare> as Check),
+            ("file_injections", typed::<RawFile> as Check),
+        ] {
+            for (j, item) in vm[list].as_array().into_iter().flatten().enumerate() {
+                let item_at = format!("{at}.{list}[{j}]");
+                if let Some(m) = wrong_field(&item_at, item, strings) {
+                    return m;
+                }
+                if let Some(m) = check(item) {
+                    return format!("{item_at}: {m}");
+                }
+            }
+        }
+        return format!("{at}: {err}");
+    }
+    format!("document: {e}")
+}
+
 impl ApplyDoc {
     /// Parse and check a document. Pure.
     pub fn parse(text: &str) -> Result<Self> {
-        if text.len() > 4 * 1024 * 1024 {
-            return bad("document: larger than 4 MiB".into());
-        }
-        let raw: RawDoc = serde_json::from_str(text)
-            .map_err(|e| Error::InvalidArgument(format!("document: {e}")))?;
+        // Strictly: at most 4 MiB, no key given twice, acceptable text.
+        let doc = crate::text::parse_json_strict("document", text, 4 * 1024 * 1024)?;
+        let raw: RawDoc = serde_json::from_value(doc.clone())
+            .map_err(|e| Error::InvalidArgument(placed(&doc, e)))?;
         if raw.vms.is_empty() || raw.vms.len() > MAX_VMS {
             return bad(format!("vms: between 1 and {MAX_VMS} VMs"));
         }
@@ -305,6 +424,10 @@ impl ApplyDoc {
                 return bad(format!("vms[{i}].name: '{}' is declared twice", vm.name));
             }
             vms.push(vm);
+        }
+        // Each destination is a polkit question before anything is done.
+        if vms.iter().map(|v| v.files.len()).sum::<usize>() > MAX_FILES {
+            return bad(format!("vms: at most {MAX_FILES} file_injections in all"));
         }
         Ok(ApplyDoc { vms })
     }

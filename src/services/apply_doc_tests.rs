@@ -132,11 +132,95 @@ fn every_refusal_names_its_place() {
             vm(json!({"file_injections": [{"source": "/etc/../x", "destination": "/x"}]})),
             "vms[0].file_injections[0].source:",
         ),
-        (vm(json!({"colour": 1})), "document: unknown field"),
+        (vm(json!({"colour": 1})), "vms[0]: unknown field `colour`"),
+        (
+            json!({"vms": [{"name": "a"}, {"vcpus": 2}]}),
+            "vms[1]: missing field `name`",
+        ),
+        (
+            vm(json!({"vcpus": "two"})),
+            "vms[0].vcpus: invalid type: string",
+        ),
+        (vm(json!({"memory": -1})), "vms[0].memory: invalid value"),
+        (
+            vm(json!({"nfs_shares": {}})),
+            "vms[0].nfs_shares: invalid type: map",
+        ),
+        (
+            vm(json!({"nfs_shares": [{"host_path": "n:/e"}]})),
+            "vms[0].nfs_shares[0]: missing field `guest_path`",
+        ),
+        (
+            vm(json!({"file_injections": [{"source": "a", "destination": "/x", "mode": 644}]})),
+            "vms[0].file_injections[0].mode: invalid type: integer",
+        ),
+        (
+            vm(json!({"file_injections": [{"source": "a", "destination": "/x", "size": 1}]})),
+            "vms[0].file_injections[0]: unknown field `size`",
+        ),
+        (json!({"vms": 1}), "vms: must be a list"),
+        (
+            json!({"vms": (0..3).map(|i| json!({"name": format!("v{i}"),
+                "file_injections": (0..100).map(|j| json!({"source": "a", "destination": format!("/f{j}")})).collect::<Vec<_>>()}))
+                .collect::<Vec<_>>()}),
+            "vms: at most 256 file_injections in all",
+        ),
+        (
+            vm(json!({"clone": {"source": "a"}, "spec": {}})),
+            "vms[0]: give one of spec, template and clone",
+        ),
+        (
+            vm(json!({"clone": {}})),
+            "vms[0].clone: missing field `source`",
+        ),
+        (
+            vm(json!({"clone": {"source": "a", "mode": "deep"}})),
+            "vms[0].clone.mode: full or linked",
+        ),
+        (
+            vm(json!({"clone": {"source": "web1"}})),
+            "vms[0].clone.source:",
+        ),
+        (
+            vm(json!({"clone": {"source": "a b"}})),
+            "vms[0].clone.source:",
+        ),
+        (json!({"hosts": []}), "document: unknown field `hosts`"),
     ] {
         let e = err(doc.clone());
         assert!(e.starts_with(start), "{doc}: {e}");
     }
+}
+
+#[test]
+fn a_vm_may_be_made_as_a_clone() {
+    let doc = parse(
+        json!({"vms": [{"name": "b", "clone": {"source": "a", "mode": "linked"}, "vcpus": 2}]}),
+    )
+    .unwrap();
+    assert_eq!(
+        doc.vms[0].origin,
+        Some(Origin::Clone {
+            source: "a".into(),
+            linked: true
+        })
+    );
+    assert_eq!(doc.vms[0].vcpus, Some(2));
+    let doc = parse(json!({"vms": [{"name": "b", "clone": {"source": "a"}}]})).unwrap();
+    assert!(matches!(
+        doc.vms[0].origin,
+        Some(Origin::Clone { linked: false, .. })
+    ));
+}
+
+#[test]
+fn keys_given_twice_and_bad_text_are_refused() {
+    let e = ApplyDoc::parse(r#"{"vms": [{"name": "a", "name": "b"}]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("duplicate key vms[0].name"), "{e}");
+    let e = ApplyDoc::parse("{\"vms\": [").unwrap_err().to_string();
+    assert!(e.starts_with("document is not valid JSON"), "{e}");
 }
 
 fn schema() -> jsonschema::Validator {
@@ -178,6 +262,10 @@ fn the_schema_agrees_with_the_parser() {
         json!({"vms": [{"name": "x", "file_injections": [{"source": "/etc/../x", "destination": "/x"}]}]}),
         json!({"vms": [{"name": "x", "colour": 1}]}),
         json!({"hosts": []}),
+        json!({"vms": [{"name": "b", "clone": {"source": "a", "mode": "linked"}}]}),
+        json!({"vms": [{"name": "b", "clone": {"source": "a"}, "template": "t"}]}),
+        json!({"vms": [{"name": "b", "clone": {"source": "a", "mode": "deep"}}]}),
+        json!({"vms": [{"name": "b", "clone": {}}]}),
     ] {
         assert_eq!(
             s.is_valid(&doc),

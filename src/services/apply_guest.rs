@@ -4,14 +4,13 @@
 //! mounted) and file injections (written only when content, mode or owner
 //! differ). Each looks first; a dry run only looks.
 
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::rules::{self, GuestFile};
 use super::{push, Ctx, Status, VmReport};
 use crate::services::apply_doc::VmDecl;
 use crate::services::guest::exec::{ExecOutput, ExecRequest};
-use crate::services::guest::files::WriteRequest;
+use crate::services::guest::files::{Source, WriteRequest};
 use crate::services::guest::GuestService;
 use crate::services::nfs_rules::{plan_fstab, FstabChange};
 use crate::{Error, Result};
@@ -25,7 +24,8 @@ command -v mount.nfs >/dev/null 2>&1 && echo present || echo missing"#;
 /// Install the NFS client with the guest's package manager (exit 97:
 /// none known).
 const INSTALL_NFS_CLIENT: &str = r#"if command -v apt-get >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q nfs-common
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q nfs-common || { apt-get update -q && apt-get install -y -q nfs-common; }
 elif command -v dnf >/dev/null 2>&1; then dnf install -y -q nfs-utils
 elif command -v yum >/dev/null 2>&1; then yum install -y -q nfs-utils
 elif command -v zypper >/dev/null 2>&1; then zypper --non-interactive install nfs-client
@@ -54,6 +54,8 @@ pub(super) struct InGuest<'a> {
     pub g: &'a GuestService,
     pub uuid: &'a str,
     pub c: &'a Ctx,
+    /// The VM's name (for progress).
+    pub name: &'a str,
 }
 
 /// A script's output, or its failure naming what was attempted.
@@ -128,7 +130,9 @@ impl InGuest<'_> {
 
     /// What `findmnt` says is mounted on `point` (empty: nothing).
     async fn mounted_on(&self, point: &str) -> Result<String> {
-        let script = "findmnt -n -o SOURCE,FSTYPE -M \"$1\" || true";
+        // findmnt says 1 when nothing is mounted there; anything else
+        // (127: no findmnt) is a failure, not "nothing".
+        let script = "findmnt -n -o SOURCE,FSTYPE -M \"$1\"; r=$?; [ $r -eq 1 ] && exit 0; exit $r";
         self.run(script, &[point], SHORT, "findmnt").await
     }
 
@@ -168,15 +172,16 @@ impl InGuest<'_> {
             mode: 0o644,
             owner: None,
             overwrite: true,
+            expect_sha256: None,
         };
         let len = bytes.len() as u64;
         self.g
             .write_file(
                 self.uuid,
                 req,
-                memory_file(bytes)?,
+                Source::Caller(memory_file(bytes)?),
                 len,
-                self.c.progress.clone(),
+                self.c.within(self.name, "nfs"),
             )
             .await?;
         Ok(())
@@ -206,9 +211,16 @@ impl InGuest<'_> {
                 .filter(|l| !l.is_empty())
                 .map(|p| format!("make {p}")),
         );
-        let current = self
-            .run(READ_FSTAB, &[], SHORT, "reading /etc/fstab")
-            .await?;
+        let out = self.sh(READ_FSTAB, &[], SHORT).await?;
+        let bytes = out.stdout.clone();
+        ok(out, "reading /etc/fstab")?;
+        // Rewritten whole: never through a lossy conversion.
+        let current = String::from_utf8(bytes).map_err(|_| {
+            Error::Conflict(
+                "nfs_shares: the guest's /etc/fstab is not UTF-8; vapord does not rewrite it"
+                    .into(),
+            )
+        })?;
         let (text, changes) = plan_fstab(&current, &d.nfs_shares)
             .map_err(|e| Error::Conflict(format!("/etc/fstab of the guest: {e}")))?;
         let edited: Vec<String> = d
@@ -322,18 +334,14 @@ impl InGuest<'_> {
                 mode: f.mode,
                 owner: f.owner.clone(),
                 overwrite: true,
+                // Put in place only when what was read is what was compared.
+                expect_sha256: Some(sha.clone()),
             };
-            let (_, wrote) = self
-                .g
-                .write_file(self.uuid, req, reopen(src)?, *size, c.progress.clone())
+            let src = Source::Shared(src.clone());
+            self.g
+                .write_file(self.uuid, req, src, *size, c.within(self.name, "files"))
                 .await
                 .map_err(|e| e.context(format!("{field}: writing {dest}")))?;
-            if wrote != *sha {
-                return Err(Error::Conflict(format!(
-                    "{field}.source: '{}' changed while it was being copied; apply again",
-                    f.source
-                )));
-            }
         }
         let same = d.files.len() - did.len();
         conclude(r, "files", c, &did, format!("{same} file(s) as declared"));
@@ -362,12 +370,6 @@ fn memory_file(bytes: &[u8]) -> Result<std::fs::File> {
     Ok(f)
 }
 
-/// A new open file description of `f` (its own offset), for one copy.
-fn reopen(f: &std::fs::File) -> Result<std::fs::File> {
-    std::fs::File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map_err(|e| Error::Failed(format!("cannot read a source file again: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,9 +381,6 @@ mod tests {
         let mut s = String::new();
         f.read_to_string(&mut s).unwrap();
         assert_eq!(s, "a b\n");
-        let mut again = String::new();
-        reopen(&f).unwrap().read_to_string(&mut again).unwrap();
-        assert_eq!(again, "a b\n");
     }
 
     #[test]

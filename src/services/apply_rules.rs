@@ -61,6 +61,39 @@ pub struct VmReport {
     pub cloud_init: Option<Value>,
 }
 
+/// The longest detail or error text a report carries per step.
+pub const MAX_DETAIL: usize = 4096;
+/// The most of cloud-init's report kept per VM (serialized).
+pub const MAX_CLOUD_INIT: usize = 16 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` marking a
+/// cut. Pure.
+pub fn cut(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut at = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    s.push('…');
+    s
+}
+
+/// cloud-init's report as the apply report keeps it: whole when small,
+/// else its status and the number of errors. Pure.
+pub fn kept_cloud_init(v: Value) -> Value {
+    if v.to_string().len() <= MAX_CLOUD_INIT {
+        return v;
+    }
+    serde_json::json!({
+        "status": cut(v["status"].as_str().unwrap_or("?").to_owned(), 64),
+        "errors_count": v["errors"].as_array().map_or(0, Vec::len),
+        "truncated": true,
+    })
+}
+
 /// The steps of every VM, in order.
 pub const STEPS: [&str; 8] = [
     "create",

@@ -188,3 +188,17 @@ fn results_and_counts_follow_the_steps() {
         "1 VM(s): 0 would change, 0 unchanged, 0 failed, 1 unknown until their guest answers"
     );
 }
+
+#[test]
+fn long_texts_and_reports_are_cut() {
+    assert_eq!(cut("abc".into(), 3), "abc");
+    let c = cut("ééééé".into(), 6);
+    assert!(c.len() <= 6 && c.ends_with('…'), "{c}");
+    let small = serde_json::json!({"status": "done", "errors": []});
+    assert_eq!(kept_cloud_init(small.clone()), small);
+    let big = serde_json::json!({"status": "error", "errors": ["x".repeat(MAX_CLOUD_INIT)]});
+    let kept = kept_cloud_init(big);
+    assert_eq!(kept["truncated"], true);
+    assert_eq!(kept["status"], "error");
+    assert_eq!(kept["errors_count"], 1);
+}

@@ -22,6 +22,37 @@ use crate::libvirt::DomainRef;
 use crate::progress::Progress;
 use crate::{Error, Result};
 
+/// Where the bytes of a write come from.
+pub enum Source {
+    /// A caller's descriptor, read from where it stands (a pipe too).
+    Caller(std::fs::File),
+    /// A regular file vapord holds, read from its start with `pread` (its
+    /// offset untouched), so several writes may read it at once.
+    Shared(Arc<std::fs::File>),
+}
+
+/// A [`Source`] being read.
+enum Reading {
+    Caller(CallerIo),
+    Shared(Arc<std::fs::File>, u64),
+}
+
+impl Reading {
+    fn read_some(&mut self, buf: &mut [u8], cancel: &AtomicBool) -> Result<usize> {
+        match self {
+            Reading::Caller(io) => io.read_some(buf, cancel),
+            Reading::Shared(f, at) => {
+                use std::os::unix::fs::FileExt;
+                let n = f
+                    .read_at(buf, *at)
+                    .map_err(|e| Error::Failed(format!("cannot read the source: {e}")))?;
+                *at += n as u64;
+                Ok(n)
+            }
+        }
+    }
+}
+
 /// What a caller asks of a write.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
@@ -32,6 +63,9 @@ pub struct WriteRequest {
     pub owner: Option<String>,
     /// Replace an existing file (default); else Conflict.
     pub overwrite: bool,
+    /// The sha256 the bytes must have: when what was read differs (the
+    /// source changed), the file is not put in place (Conflict).
+    pub expect_sha256: Option<String>,
 }
 
 /// A path in the guest as a caller gives it: absolute, at most 4096
@@ -160,7 +194,7 @@ fn run_script(
 fn write_blocking(
     d: &DomainRef,
     req: &WriteRequest,
-    src: std::fs::File,
+    src: Source,
     total: u64,
     progress: &Arc<dyn Progress>,
     cancel: &AtomicBool,
@@ -176,7 +210,10 @@ fn write_blocking(
     )?;
     let copied = (|| {
         let h = d.guest_file_open(&temp, "w", AGENT_TIMEOUT)?;
-        let mut src = CallerIo::new(src);
+        let mut src = match src {
+            Source::Caller(f) => Reading::Caller(CallerIo::new(f)),
+            Source::Shared(f) => Reading::Shared(f, 0),
+        };
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; WRITE_CHUNK];
         let mut done = 0u64;
@@ -212,7 +249,14 @@ fn write_blocking(
         };
         let closed = d.guest_file_close(h, AGENT_TIMEOUT);
         r.and(closed)?;
-        Ok((done, format!("{:x}", hash.finalize())))
+        let sha = format!("{:x}", hash.finalize());
+        match &req.expect_sha256 {
+            Some(want) if *want != sha => Err(Error::Conflict(format!(
+                "the source changed while it was read (sha256 {sha}, not {want}); {} was left as it was",
+                req.path
+            ))),
+            _ => Ok((done, sha)),
+        }
     })();
     let (done, sha) = match copied {
         Ok(v) => v,
@@ -297,7 +341,7 @@ impl GuestService {
         &self,
         uuid: &str,
         req: WriteRequest,
-        src: std::fs::File,
+        src: Source,
         total: u64,
         progress: Arc<dyn Progress>,
     ) -> Result<(u64, String)> {

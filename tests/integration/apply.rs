@@ -7,7 +7,7 @@
 //! timeout, while the guest is provisioned. A second apply changes
 //! nothing; a dry run after a change in the guest says what would change
 //! and changes nothing; the next apply puts it right and replaces the
-//! snapshot. vapor-carol (no explicit guest rule) is refused before
+//! snapshot. A VM can be made as a linked clone of another. vapor-carol (no explicit guest rule) is refused before
 //! anything is done, and a host path source needs storage-host-path.
 
 use std::process::Output;
@@ -38,6 +38,15 @@ fn apply_as(user: &str, doc: &str, extra: &[&str]) -> (Option<Value>, Output) {
         .collect::<Vec<_>>()
         .join("\n");
     (serde_json::from_str(&report).ok(), out)
+}
+
+/// Write `data` to `dir/name`, readable by the test users; its path.
+fn readable(dir: &str, name: &str, data: &[u8]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = format!("{dir}/{name}");
+    std::fs::write(&path, data).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
 }
 
 fn vm<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -82,9 +91,12 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
     let conn = bus().await;
     let none = TestDomain::define("apply-nochannel");
     let silent = TestDomain::define_with("apply-silent", CHANNEL);
+    let base = TestDomain::define("apply-base");
     wait_for_object(&conn, &none.path()).await;
     wait_for_object(&conn, &silent.path()).await;
-    let (none_name, silent_name) = (none.name.clone(), silent.name.clone());
+    wait_for_object(&conn, &base.path()).await;
+    let (none_name, silent_name, base_name) =
+        (none.name.clone(), silent.name.clone(), base.name.clone());
     tokio::task::spawn_blocking(move || {
         let export = nfs_server();
         let token = format!("apply-{}", std::process::id());
@@ -96,18 +108,11 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let motd = format!("provisioned by vapord {token}\n");
-        std::fs::write(format!("{dir}/motd"), &motd).unwrap();
+        readable(&dir, "motd", motd.as_bytes());
         let big: Vec<u8> = (0..6 * 1024 * 1024u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        std::fs::write(format!("{dir}/big.bin"), &big).unwrap();
-        for f in ["motd", "big.bin"] {
-            std::fs::set_permissions(
-                format!("{dir}/{f}"),
-                std::fs::Permissions::from_mode(0o644),
-            )
-            .unwrap();
-        }
+        readable(&dir, "big.bin", &big);
         let name = format!("vt-guest-{}-apply", std::process::id());
         let mut guest_spec = spec(&name, false);
         guest_spec["networks"] = json!([{"type": "network", "source": "vt-nfs"}]);
@@ -127,9 +132,7 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
             {"name": none_name, "agent_timeout_secs": 600, "final_snapshot": false},
             {"name": silent_name, "agent_timeout_secs": 15, "final_snapshot": false}
         ]});
-        let doc_path = format!("{dir}/site.json");
-        std::fs::write(&doc_path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
-        std::fs::set_permissions(&doc_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let doc_path = readable(&dir, "site.json", &serde_json::to_vec_pretty(&doc).unwrap());
 
         // vapor-carol may create and start VMs but has no guest rule:
         // refused before anything is done (the guest is not created).
@@ -141,20 +144,36 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
             !virsh(&["list", "--all", "--name"]).contains(&name),
             "carol's refused apply created the guest"
         );
+        let shut_off = |vm: &str| virsh(&["domstate", vm]).trim() == "shut off";
+        assert!(shut_off(&none_name) && shut_off(&silent_name), "carol's apply started a VM");
         // A host path source vapord would open itself: storage-host-path,
         // which no test user has.
         let host_doc = json!({"vms": [{"name": none_name, "final_snapshot": false,
             "file_injections": [{"source": format!("{dir}/motd"), "destination": "/etc/motd"}]}]});
-        let host_path = format!("{dir}/host.json");
-        std::fs::write(&host_path, host_doc.to_string()).unwrap();
-        std::fs::set_permissions(&host_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let host_path = readable(&dir, "host.json", host_doc.to_string().as_bytes());
         let (_, out) = apply_as(ALICE, &host_path, &["--host-files"]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("org.vapor.virtualization.storage-host-path"), "{err}");
+        assert!(shut_off(&none_name), "a refused apply started a VM");
+
+        // A VM made as a linked clone of a shut-off one (no disks, no
+        // agent channel: it is made and started, then fails at the agent).
+        let clone_name = format!("vt-guest-{}-apply-clone", std::process::id());
+        let clone_doc = json!({"vms": [{"name": clone_name, "final_snapshot": false,
+            "clone": {"source": base_name, "mode": "linked"}}]});
+        let clone_path = readable(&dir, "clone.json", clone_doc.to_string().as_bytes());
+        let (report, out) = apply_as(ALICE, &clone_path, &[]);
+        let report = report.unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        let cl = vm(&report, &clone_name);
+        assert_eq!(status(cl, "create"), "changed", "{cl:#}");
+        assert_eq!(status(cl, "start"), "changed", "{cl:#}");
+        assert_eq!(cl["error_kind"], "NotSupported", "{cl:#}");
+        assert!(virsh(&["domstate", &clone_name]).contains("running"));
 
         // The first apply, as alice. (QEMU under TCG dies early in a boot
         // now and then, see guest.rs: the next apply starts it again.)
         let mut first = None;
+        let mut retried = false;
         for _ in 0..2 {
             let (report, out) = apply_as(ALICE, &doc_path, &[]);
             let report = report.unwrap_or_else(|| {
@@ -163,6 +182,7 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
             let g = vm(&report, &name);
             if g["result"] == "failed" && g["error"].as_str().is_some_and(|e| e.contains("not running")) {
                 eprintln!("the guest stopped while booting; applying again");
+                retried = true;
                 continue;
             }
             assert_eq!(out.status.code(), Some(1), "two VMs fail: {report:#}");
@@ -183,7 +203,9 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         ] {
             assert_eq!(status(g, step), want, "{step}: {g:#}");
         }
-        assert!(["changed", "unchanged"].contains(&status(g, "create")), "{g:#}");
+        let made_now = if retried { "unchanged" } else { "changed" };
+        assert_eq!(status(g, "create"), made_now, "{g:#}");
+        assert_eq!(status(g, "start"), "changed", "{g:#}");
         assert!(g["cloud_init"]["status"].is_string(), "{g:#}");
         let n = vm(&report, &none_name);
         assert_eq!(n["result"], "failed");
@@ -227,7 +249,7 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         assert_eq!(virsh(&["snapshot-dumpxml", &guest.name, "final-form"]), made);
 
         // A change in the guest: the dry run sees it and leaves it.
-        sh(&name, "echo changed by hand >> /etc/motd");
+        sh(&name, "echo changed by hand >> /etc/motd; chmod 600 /etc/motd");
         let (report, out) = apply_as(ALICE, &doc_path, &["--dry-run"]);
         let report = report.expect("a report");
         let g = vm(&report, &name);
@@ -236,6 +258,7 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         assert_eq!(status(g, "nfs"), "unchanged");
         assert_eq!(status(g, "snapshot"), "would-change");
         assert!(sh(&name, "cat /etc/motd").contains("changed by hand"));
+        assert_eq!(virsh(&["snapshot-dumpxml", &guest.name, "final-form"]), made);
         // The VMs without an agent: not waited for in a dry run.
         assert_eq!(vm(&report, &silent_name)["result"], "unknown", "{report:#}");
         assert!(out.status.success(), "{report:#}");
@@ -244,13 +267,33 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         let report = report.expect("a report");
         let g = vm(&report, &name);
         assert_eq!(status(g, "files"), "changed", "{g:#}");
+        let files = g["steps"][6]["detail"].as_str().unwrap();
+        assert!(files.contains("/etc/motd (content, mode)"), "{g:#}");
         assert_eq!(status(g, "nfs"), "unchanged", "{g:#}");
         assert_eq!(status(g, "snapshot"), "changed", "{g:#}");
         assert_eq!(sh(&name, "cat /etc/motd"), motd);
+        assert!(sh(&name, "stat -c %a /etc/motd").starts_with("644"));
         assert_eq!(
             virsh(&["snapshot-list", &guest.name, "--name"]).trim(),
             "final-form"
         );
+        let replaced = virsh(&["snapshot-dumpxml", &guest.name, "final-form"]);
+        assert_ne!(replaced, made, "the snapshot was not made again");
+
+        // More vCPUs than the guest started with: through Update, the
+        // rest pending until its next start; a change, so a new snapshot.
+        let mut more = doc.clone();
+        more["vms"][0]["vcpus"] = json!(3);
+        more["vms"].as_array_mut().unwrap().truncate(1);
+        let more_path = readable(&dir, "more.json", more.to_string().as_bytes());
+        let (report, out) = apply_as(ALICE, &more_path, &[]);
+        let report = report.unwrap_or_else(|| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        let g = vm(&report, &name);
+        assert_eq!(status(g, "resources"), "changed", "{g:#}");
+        assert!(!g["pending"].as_array().unwrap().is_empty(), "{g:#}");
+        assert_eq!(status(g, "files"), "unchanged", "{g:#}");
+        assert_eq!(status(g, "snapshot"), "changed", "{g:#}");
+        assert!(out.status.success(), "{report:#}");
         let _ = std::fs::remove_dir_all(&dir);
     })
     .await
