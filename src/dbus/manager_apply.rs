@@ -89,7 +89,8 @@ async fn host_file(m: &Manager, header: &Header<'_>, source: &str) -> Result<std
     };
     allow(source.to_owned()).await?;
     let real =
-        std::fs::canonicalize(source).map_err(|e| Error::NotFound(format!("{field}: {e}")))?;
+        // No OS detail: what lies behind a link is not the caller's to learn.
+        std::fs::canonicalize(source).map_err(|_| Error::NotFound(format!("{field}: no such file")))?;
     let real = real
         .to_str()
         .ok_or_else(|| Error::InvalidArgument(format!("{field}: not UTF-8 once resolved")))?
@@ -104,7 +105,16 @@ async fn host_file(m: &Manager, header: &Header<'_>, source: &str) -> Result<std
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&real)
-        .map_err(|e| Error::NotFound(format!("{field}: {e}")))?;
+        .map_err(|_| Error::NotFound(format!("{field}: no such file")))?;
+    // O_NOFOLLOW guards the last part only: a directory of the path
+    // swapped for a link since it was resolved shows here.
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .map_err(|e| Error::Failed(format!("{field}: {e}")))?;
+    if opened.to_str() != Some(real.as_str()) {
+        return Err(Error::Conflict(format!(
+            "{field}: the path changed while it was opened; try again"
+        )));
+    }
     if !handle.metadata().is_ok_and(|md| md.is_file()) {
         return Err(Error::InvalidArgument(format!(
             "{field}: {} is not a regular file",

@@ -76,11 +76,56 @@ pub struct ApplyService {
     clones: Arc<CloneService>,
     /// VMs an apply is working on: one apply per VM at a time.
     busy: Mutex<HashSet<String>>,
-    /// VMs (UUIDs) an apply changed and then failed on: their final
-    /// snapshot is made by the next apply that gets that far, whatever
-    /// that one changes. Kept in `owed_file` across restarts.
-    owed: Mutex<BTreeSet<String>>,
-    owed_file: PathBuf,
+    owed: Arc<Owed>,
+}
+
+/// VMs (UUIDs) an apply is about to change or has changed since their
+/// final snapshot: noted before each change, cleared once the snapshot is
+/// made, so an apply that fails (or a vapord that stops) between the two
+/// leaves the snapshot to the next apply that gets that far. Kept in the
+/// state directory across restarts.
+struct Owed {
+    set: Mutex<BTreeSet<String>>,
+    file: PathBuf,
+}
+
+impl Owed {
+    fn load(state_dir: &Path) -> Self {
+        let file = state_dir.join(OWED_FILE);
+        let set = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Owed {
+            set: Mutex::new(set),
+            file,
+        }
+    }
+
+    fn has(&self, uuid: &str) -> bool {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(uuid)
+    }
+
+    fn set(&self, uuid: &str, yes: bool) {
+        let text = {
+            let mut set = self.set.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = if yes {
+                set.insert(uuid.to_owned())
+            } else {
+                set.remove(uuid)
+            };
+            if !changed {
+                return;
+            }
+            serde_json::to_vec(&*set).unwrap_or_default()
+        };
+        if let Err(e) = crate::fsutil::write_atomic(&self.file, &text) {
+            log::warn!(vm_uuid = uuid; "cannot write {}: {e}", self.file.display());
+        }
+    }
 }
 
 /// Where the owed snapshots are kept, in vapord's state directory.
@@ -92,6 +137,7 @@ struct Ctx {
     hashes: HashMap<String, (String, u64)>,
     sources: Sources,
     found: HashMap<String, String>,
+    owed: Arc<Owed>,
     dry_run: bool,
     uid: u32,
     progress: Arc<dyn Progress>,
@@ -130,6 +176,14 @@ impl Progress for Within {
 }
 
 impl Ctx {
+    /// Called before each change to VM `uuid` (never in a dry run): its
+    /// final snapshot, when it has one, is owed from now on.
+    fn changing(&self, d: &VmDecl, uuid: &str) {
+        if !self.dry_run && d.final_snapshot.is_some() {
+            self.owed.set(uuid, true);
+        }
+    }
+
     fn within(&self, vm: &str, step: &str) -> Arc<dyn Progress> {
         Arc::new(Within {
             job: self.progress.clone(),
@@ -226,14 +280,8 @@ impl ApplyService {
         clones: Arc<CloneService>,
         state_dir: &Path,
     ) -> Arc<Self> {
-        let owed_file = state_dir.join(OWED_FILE);
-        let owed = std::fs::read(&owed_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
         Arc::new(Self {
-            owed: Mutex::new(owed),
-            owed_file,
+            owed: Arc::new(Owed::load(state_dir)),
             vms: VmService::new(model.clone()),
             model,
             guest,
@@ -242,33 +290,6 @@ impl ApplyService {
             clones,
             busy: Mutex::new(HashSet::new()),
         })
-    }
-
-    /// Whether VM `uuid` is owed its final snapshot.
-    fn owed(&self, uuid: &str) -> bool {
-        self.owed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(uuid)
-    }
-
-    /// Note (or clear) that VM `uuid` is owed its final snapshot.
-    fn owe(&self, uuid: &str, yes: bool) {
-        let text = {
-            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = if yes {
-                owed.insert(uuid.to_owned())
-            } else {
-                owed.remove(uuid)
-            };
-            if !changed {
-                return;
-            }
-            serde_json::to_vec(&*owed).unwrap_or_default()
-        };
-        if let Err(e) = crate::fsutil::write_atomic(&self.owed_file, &text) {
-            log::warn!(vm_uuid = uuid; "cannot write {}: {e}", self.owed_file.display());
-        }
     }
 
     /// Apply an authorized document; the report of every VM.
@@ -294,6 +315,7 @@ impl ApplyService {
             hashes,
             sources,
             found: req.found,
+            owed: self.owed.clone(),
             dry_run: req.dry_run,
             uid: req.uid,
             progress: progress.clone(),
@@ -344,13 +366,6 @@ impl ApplyService {
         if let Err((step, e)) = outcome {
             log::warn!(vm_name = d.name.as_str(), vm_uuid = r.uuid.as_str(), step = step;
                 "apply: {step} failed: {e}");
-            // What changed before (or within) the failing step is not in a
-            // final snapshot yet: the next apply that gets there makes it.
-            let may_have_changed =
-                r.changed_something() || ["resources", "nfs", "files", "snapshot"].contains(&step);
-            if !c.dry_run && !r.uuid.is_empty() && d.final_snapshot.is_some() && may_have_changed {
-                self.owe(&r.uuid, true);
-            }
             r.steps.retain(|s| s.step != step);
             push(&mut r, step, Status::Failed, e.to_string());
             rest(&mut r, step, Status::Skipped, &format!("{step} failed"));
@@ -440,6 +455,7 @@ impl ApplyService {
                     }
                 };
                 let uuid = made.map_err(at("create"))?;
+                c.changing(d, &uuid);
                 let _ = self.model.refresh_domain(&uuid).await;
                 log::info!(vm_name = d.name.as_str(), vm_uuid = uuid.as_str(), uid = c.uid; "apply: {how}");
                 push(r, "create", Status::Changed, how);
@@ -532,7 +548,7 @@ impl ApplyService {
             g: &self.guest,
             uuid: &uuid,
             c,
-            name: &d.name,
+            d,
         };
         c.step(&d.name, "nfs").map_err(at("nfs"))?;
         inside.nfs(d, r).await.map_err(at("nfs"))?;
@@ -590,6 +606,7 @@ impl ApplyService {
                 memory,
                 ..Default::default()
             };
+            c.changing(d, uuid);
             let report = self.vms.update(uuid, changes).await?;
             let pending = if report.pending.is_empty() {
                 String::new()
@@ -656,7 +673,7 @@ impl ApplyService {
             .of_vm(uuid)
             .iter()
             .any(|s| s.rec.name == *name);
-        let owed = self.owed(uuid);
+        let owed = c.owed.has(uuid);
         let Some(why) = rules::snapshot_due(r.changed_something() || owed, exists) else {
             push(r, "snapshot", Status::Unchanged, format!("'{name}' exists"));
             return Ok(());
@@ -670,6 +687,7 @@ impl ApplyService {
             );
             return Ok(());
         }
+        c.changing(d, uuid);
         if exists {
             let how = SnapshotDelete {
                 children: false,
@@ -688,7 +706,7 @@ impl ApplyService {
         };
         let progress = c.within(&d.name, "snapshot");
         self.snapshots.create(uuid, new, progress).await?;
-        self.owe(uuid, false);
+        c.owed.set(uuid, false);
         let why = if owed && !r.changed_something() {
             "made: an earlier apply changed the VM and failed before it"
         } else {

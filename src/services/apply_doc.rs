@@ -371,6 +371,9 @@ fn placed(doc: &Value, e: serde_json::Error) -> String {
     ];
     for (i, vm) in vms.iter().enumerate() {
         let at = format!("vms[{i}]");
+        if !vm.is_object() {
+            return format!("{at}: must be an object");
+        }
         let Some(err) = typed::<RawVm>(vm) else {
             continue;
         };
@@ -393,6 +396,9 @@ fn placed(doc: &Value, e: serde_json::Error) -> String {
         ] {
             for (j, item) in vm[list].as_array().into_iter().flatten().enumerate() {
                 let item_at = format!("{at}.{list}[{j}]");
+                if !item.is_object() {
+                    return format!("{item_at}: must be an object");
+                }
                 if let Some(m) = wrong_field(&item_at, item, strings) {
                     return m;
                 }

@@ -159,6 +159,11 @@ fn every_refusal_names_its_place() {
             "vms[0].file_injections[0]: unknown field `size`",
         ),
         (json!({"vms": 1}), "vms: must be a list"),
+        (json!({"vms": [3]}), "vms[0]: must be an object"),
+        (
+            vm(json!({"nfs_shares": ["n:/e /m"]})),
+            "vms[0].nfs_shares[0]: must be an object",
+        ),
         (
             json!({"vms": (0..3).map(|i| json!({"name": format!("v{i}"),
                 "file_injections": (0..100).map(|j| json!({"source": "a", "destination": format!("/f{j}")})).collect::<Vec<_>>()}))

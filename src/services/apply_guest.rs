@@ -54,8 +54,7 @@ pub(super) struct InGuest<'a> {
     pub g: &'a GuestService,
     pub uuid: &'a str,
     pub c: &'a Ctx,
-    /// The VM's name (for progress).
-    pub name: &'a str,
+    pub d: &'a VmDecl,
 }
 
 /// A script's output, or its failure naming what was attempted.
@@ -181,7 +180,7 @@ impl InGuest<'_> {
                 req,
                 Source::Caller(memory_file(bytes)?),
                 len,
-                self.c.within(self.name, "nfs"),
+                self.c.within(&self.d.name, "nfs"),
             )
             .await?;
         Ok(())
@@ -197,15 +196,23 @@ impl InGuest<'_> {
         let mut did: Vec<String> = Vec::new();
         if !self.has_nfs_client().await? {
             if !c.dry_run {
+                c.changing(d, self.uuid);
                 self.install_nfs_client().await?;
             }
             did.push("install the NFS client".into());
         }
-        let mut args = vec![if c.dry_run { "1" } else { "0" }];
+        // Looked for first, made only when missing (a change noted before).
+        let mut args = vec!["1"];
         args.extend(d.nfs_shares.iter().map(|s| s.guest_path.as_str()));
         let made = self
-            .run(DIRS, &args, SHORT, "making the mount points")
+            .run(DIRS, &args, SHORT, "looking for the mount points")
             .await?;
+        if !c.dry_run && !made.trim().is_empty() {
+            c.changing(d, self.uuid);
+            args[0] = "0";
+            self.run(DIRS, &args, SHORT, "making the mount points")
+                .await?;
+        }
         did.extend(
             made.lines()
                 .filter(|l| !l.is_empty())
@@ -232,6 +239,7 @@ impl InGuest<'_> {
             .collect();
         if !edited.is_empty() {
             if !c.dry_run {
+                c.changing(d, self.uuid);
                 self.write_bytes("/etc/fstab", text.as_bytes()).await?;
             }
             did.push(format!("fstab: {}", edited.join(", ")));
@@ -257,6 +265,7 @@ impl InGuest<'_> {
             if c.dry_run {
                 continue;
             }
+            c.changing(d, self.uuid);
             if something {
                 // An NFS mount of an older line (another export or options).
                 let what = format!("unmounting {p}");
@@ -329,6 +338,7 @@ impl InGuest<'_> {
             if c.dry_run {
                 continue;
             }
+            c.changing(d, self.uuid);
             let req = WriteRequest {
                 path: f.destination.clone(),
                 mode: f.mode,
@@ -337,9 +347,9 @@ impl InGuest<'_> {
                 // Put in place only when what was read is what was compared.
                 expect_sha256: Some(sha.clone()),
             };
-            let src = Source::Shared(src.clone());
+            let src = Source::Shared(src.clone(), *size);
             self.g
-                .write_file(self.uuid, req, src, *size, c.within(self.name, "files"))
+                .write_file(self.uuid, req, src, *size, c.within(&self.d.name, "files"))
                 .await
                 .map_err(|e| e.context(format!("{field}: writing {dest}")))?;
         }

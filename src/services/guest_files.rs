@@ -27,25 +27,37 @@ pub enum Source {
     /// A caller's descriptor, read from where it stands (a pipe too).
     Caller(std::fs::File),
     /// A regular file vapord holds, read from its start with `pread` (its
-    /// offset untouched), so several writes may read it at once.
-    Shared(Arc<std::fs::File>),
+    /// offset untouched), so several writes may read it at once; exactly
+    /// its size when it was looked at (a file that grew since is a
+    /// Conflict, not copied on and on).
+    Shared(Arc<std::fs::File>, u64),
 }
 
 /// A [`Source`] being read.
 enum Reading {
     Caller(CallerIo),
-    Shared(Arc<std::fs::File>, u64),
+    /// The file, where the next read starts, where it must end.
+    Shared(Arc<std::fs::File>, u64, u64),
 }
 
 impl Reading {
     fn read_some(&mut self, buf: &mut [u8], cancel: &AtomicBool) -> Result<usize> {
         match self {
             Reading::Caller(io) => io.read_some(buf, cancel),
-            Reading::Shared(f, at) => {
+            Reading::Shared(f, at, end) => {
                 use std::os::unix::fs::FileExt;
+                let left = usize::try_from(*end - *at).unwrap_or(usize::MAX);
+                let want = buf.len().min(left);
+                // At the end: one byte more would mean it grew.
+                let probe = if want == 0 { 1 } else { want };
                 let n = f
-                    .read_at(buf, *at)
+                    .read_at(&mut buf[..probe], *at)
                     .map_err(|e| Error::Failed(format!("cannot read the source: {e}")))?;
+                if want == 0 && n > 0 {
+                    return Err(Error::Conflict(
+                        "the source grew while it was copied; nothing was put in place".into(),
+                    ));
+                }
                 *at += n as u64;
                 Ok(n)
             }
@@ -212,7 +224,7 @@ fn write_blocking(
         let h = d.guest_file_open(&temp, "w", AGENT_TIMEOUT)?;
         let mut src = match src {
             Source::Caller(f) => Reading::Caller(CallerIo::new(f)),
-            Source::Shared(f) => Reading::Shared(f, 0),
+            Source::Shared(f, size) => Reading::Shared(f, 0, size),
         };
         let mut hash = Sha256::new();
         let mut buf = vec![0u8; WRITE_CHUNK];
@@ -404,6 +416,27 @@ mod tests {
         for bad in ["", "-rf", "a:b:c", "a b", "u;rm", ":g"] {
             assert!(check_owner(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_shared_source_is_read_to_its_size_and_one_that_grew_is_refused() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"0123456789").unwrap();
+        let f = Arc::new(f);
+        let cancel = AtomicBool::new(false);
+        let mut all = Reading::Shared(f.clone(), 0, 10);
+        let mut buf = [0u8; 64];
+        assert_eq!(all.read_some(&mut buf, &cancel).unwrap(), 10);
+        assert_eq!(all.read_some(&mut buf, &cancel).unwrap(), 0);
+        // Looked at when it had 4 bytes: what came after is a change.
+        let mut grew = Reading::Shared(f, 0, 4);
+        assert_eq!(grew.read_some(&mut buf, &cancel).unwrap(), 4);
+        assert_eq!(&buf[..4], b"0123");
+        assert!(matches!(
+            grew.read_some(&mut buf, &cancel),
+            Err(Error::Conflict(_))
+        ));
     }
 
     #[test]

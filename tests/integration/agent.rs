@@ -307,12 +307,14 @@ async fn waiting_for_an_agent_that_cannot_answer_says_why() {
     let err = call_iface_as(ALICE, &none.path(), VM, "WaitForAgent", &["u", "1"]).unwrap_err();
     assert!(err.contains("is not running"), "{err}");
     virsh(&["start", &none.name]);
+    wait_for_prop(&conn, &none.path(), "State", "running").await;
     let err = call_iface_as(ALICE, &none.path(), VM, "WaitForAgent", &["u", "600"]).unwrap_err();
     assert!(err.contains("has no guest agent channel"), "{err}");
     // A channel but no agent behind it (no OS): Timeout after the timeout.
     let silent = TestDomain::define_with("silentagent", channel);
     wait_for_object(&conn, &silent.path()).await;
     virsh(&["start", &silent.name]);
+    wait_for_prop(&conn, &silent.path(), "State", "running").await;
     let err = call_iface_as(ALICE, &silent.path(), VM, "WaitForAgent", &["u", "2"]).unwrap_err();
     assert!(err.contains("did not answer within 2 s"), "{err}");
     let err =

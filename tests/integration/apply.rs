@@ -169,6 +169,9 @@ async fn apply_provisions_a_real_guest_and_a_second_apply_changes_nothing() {
         assert_eq!(status(cl, "start"), "changed", "{cl:#}");
         assert_eq!(cl["error_kind"], "NotSupported", "{cl:#}");
         assert!(virsh(&["domstate", &clone_name]).contains("running"));
+        // Gone at once: the guest's boot below wants the CPUs.
+        virsh_quiet(&["destroy", &clone_name]);
+        undefine_all(&clone_name, false);
 
         // The first apply, as alice. (QEMU under TCG dies early in a boot
         // now and then, see guest.rs: the next apply starts it again.)

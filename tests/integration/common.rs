@@ -370,6 +370,23 @@ pub async fn get_all(conn: &Connection, path: &str) -> zbus::Result<HashMap<Stri
     p.call("GetAll", &(VM,)).await
 }
 
+/// Wait (bounded) until vapord shows `want` as string property `name`
+/// (a change made behind its back reaches it by an event, a moment later).
+pub async fn wait_for_prop(conn: &Connection, path: &str, name: &str, want: &str) {
+    let deadline = Instant::now() + EVENT_WAIT;
+    loop {
+        let now = prop_string(conn, path, name).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path}: {name} stayed {now}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn prop_string(conn: &Connection, path: &str, name: &str) -> String {
     let p = Proxy::new(
         conn,
