@@ -41,6 +41,8 @@ fn write_request(path: &str, opts: &options::Options) -> Result<WriteRequest, Er
         owner: options::string(opts, "owner")?,
         overwrite: options::flag_or(opts, "overwrite", true)?,
         expect_sha256: None,
+        // Set once the caller is known.
+        caller: 0,
     })
 }
 
@@ -73,6 +75,8 @@ fn exec_request(argv: Vec<String>, opts: &options::Options) -> Result<ExecReques
         timeout: Duration::from_secs(options::uint(opts, "timeout")?.unwrap_or(0)),
         max_output: usize::try_from(max_output).unwrap_or(usize::MAX),
         truncate: options::flag(opts, "truncate")?,
+        // Set once the caller is known.
+        caller: 0,
     })
 }
 
@@ -209,6 +213,7 @@ impl VirtualMachine {
             .await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
         log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "running in the guest: {command}");
+        let req = ExecRequest { caller: uid, ..req };
         let out = self.ctx.guest.exec(&rec.uuid, req).await?;
         Ok((out.code, out.stdout, out.stderr))
     }
@@ -238,6 +243,7 @@ impl VirtualMachine {
             )
             .await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
+        let req = WriteRequest { caller: uid, ..req };
         log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "writing {} in the guest", for_bus(guest_path));
         let guest = self.ctx.guest.clone();
         let uuid = rec.uuid.clone();
@@ -291,7 +297,7 @@ impl VirtualMachine {
             uid,
             |job| async move {
                 guest
-                    .read_file(&uuid, path, file, job as Arc<dyn Progress>)
+                    .read_file(&uuid, path, file, uid, job as Arc<dyn Progress>)
                     .await
             },
         )
@@ -310,7 +316,7 @@ impl VirtualMachine {
             .await?;
         let uid = self.ctx.auth.caller_uid(header).await?;
         log::info!(vm_name = rec.name.as_str(), vm_uuid = rec.uuid.as_str(), uid = uid; "running in the guest: {command}");
-        let status = self.ctx.guest.cloud_init_status(&rec.uuid).await?;
+        let status = self.ctx.guest.cloud_init_status(&rec.uuid, uid).await?;
         Ok(crate::text::json_for_bus(status))
     }
 }

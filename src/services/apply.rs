@@ -38,8 +38,9 @@ use crate::{Error, Result};
 #[path = "apply_guest.rs"]
 mod guest;
 
-/// At most this many VMs are worked on at once.
-const AT_ONCE: usize = 4;
+/// At most this many VMs are worked on at once: one guest program or
+/// transfer each, within a caller's share of them.
+const AT_ONCE: usize = super::guest::PER_CALLER;
 /// How long cloud-init may still be running before the steps after it go
 /// on anyway (its status is reported as it is then).
 const CLOUD_INIT_WAIT: Duration = Duration::from_secs(300);
@@ -628,7 +629,7 @@ impl ApplyService {
     async fn cloud_init(&self, uuid: &str, c: &Ctx, r: &mut VmReport) {
         let started = std::time::Instant::now();
         loop {
-            match self.guest.cloud_init_status(uuid).await {
+            match self.guest.cloud_init_status(uuid, c.uid).await {
                 Ok(text) => {
                     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     let status = v["status"].as_str().unwrap_or("?").to_owned();

@@ -122,6 +122,7 @@ impl InGuest<'_> {
             argv,
             timeout,
             max_output: MAX_OUTPUT,
+            caller: self.c.uid,
             ..Default::default()
         };
         self.g.exec(self.uuid, req).await
@@ -172,6 +173,7 @@ impl InGuest<'_> {
             owner: None,
             overwrite: true,
             expect_sha256: None,
+            caller: self.c.uid,
         };
         let len = bytes.len() as u64;
         self.g
@@ -346,6 +348,7 @@ impl InGuest<'_> {
                 overwrite: true,
                 // Put in place only when what was read is what was compared.
                 expect_sha256: Some(sha.clone()),
+                caller: c.uid,
             };
             let src = Source::Shared(src.clone(), *size);
             self.g

@@ -25,6 +25,11 @@ const CLOUD_INIT_STATUS_TEXT: [&str; 3] = ["cloud-init", "status", "--long"];
 
 /// How long reading what an agent reports may take.
 const INFO_WAIT: Duration = Duration::from_secs(30);
+/// Guest programs and file transfers one caller may run at once (8 in
+/// all): as many as an apply works on VMs at once, so one caller cannot
+/// take them all.
+pub const PER_CALLER: usize = 4;
+
 /// The longest WaitForAgent may wait.
 pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
@@ -44,7 +49,11 @@ impl GuestService {
             model,
             reading: std::sync::Mutex::new(std::collections::HashMap::new()),
             default_wait,
-            transfers: super::storage_transfers::Transfers::new(8, 8),
+            transfers: super::storage_transfers::Transfers::of(
+                "guest programs and file transfers",
+                PER_CALLER,
+                8,
+            ),
         })
     }
 
@@ -192,9 +201,10 @@ impl GuestService {
 
     /// cloud-init's status in the guest (`cloud-init status --long
     /// --format json`), as JSON text; written to the journal with the VM.
-    pub async fn cloud_init_status(&self, uuid: &str) -> Result<String> {
+    pub async fn cloud_init_status(&self, uuid: &str, caller: u32) -> Result<String> {
         let run = |argv: &[&str]| exec::ExecRequest {
             argv: argv.iter().map(|s| s.to_string()).collect(),
+            caller,
             timeout: Duration::from_secs(60),
             // cloud-init's report is small; the guest decides its size.
             max_output: 256 * 1024,

@@ -54,6 +54,8 @@ pub struct ExecRequest {
     pub max_output: usize,
     /// Cut output beyond `max_output` instead of failing.
     pub truncate: bool,
+    /// Whose it is: each caller has a share of the slots.
+    pub caller: u32,
 }
 
 /// How it went.
@@ -321,7 +323,7 @@ impl GuestService {
         let req = req.checked()?;
         let windows = self.windows(uuid).await?;
         // Each holds a daemon thread until the program ends.
-        let _slot = self.transfers.take(0)?;
+        let _slot = self.transfers.take(req.caller)?;
         self.hv()
             .on_domain(uuid, move |_, d| {
                 if windows {

@@ -78,6 +78,8 @@ pub struct WriteRequest {
     /// The sha256 the bytes must have: when what was read differs (the
     /// source changed), the file is not put in place (Conflict).
     pub expect_sha256: Option<String>,
+    /// Whose it is: each caller has a share of the slots.
+    pub caller: u32,
 }
 
 /// A path in the guest as a caller gives it: absolute, at most 4096
@@ -368,7 +370,7 @@ impl GuestService {
             )));
         }
         self.need_posix(uuid).await?;
-        let _slot = self.transfers.take(0)?;
+        let _slot = self.transfers.take(req.caller)?;
         let (_report, cancel) =
             super::super::storage_transfers::bridge(progress.clone(), "writing", total);
         self.hv()
@@ -384,11 +386,12 @@ impl GuestService {
         uuid: &str,
         path: String,
         dst: std::fs::File,
+        caller: u32,
         progress: Arc<dyn Progress>,
     ) -> Result<(u64, String)> {
         check_guest_path(&path)?;
         self.need_posix(uuid).await?;
-        let _slot = self.transfers.take(0)?;
+        let _slot = self.transfers.take(caller)?;
         let (_report, cancel) =
             super::super::storage_transfers::bridge(progress.clone(), "reading", 0);
         self.hv()

@@ -21,6 +21,8 @@ pub const MAX_TRANSFERS: usize = 16;
 pub struct Transfers {
     per_caller: usize,
     total: usize,
+    /// What they are, for refusals ("uploads and downloads").
+    what: &'static str,
     running: Mutex<HashMap<u32, usize>>,
 }
 
@@ -33,9 +35,15 @@ pub struct TransferSlot<'a> {
 
 impl Transfers {
     pub fn new(per_caller: usize, total: usize) -> Self {
+        Self::of("uploads and downloads", per_caller, total)
+    }
+
+    /// [`Transfers::new`] for other work than volume transfers.
+    pub fn of(what: &'static str, per_caller: usize, total: usize) -> Self {
         Transfers {
             per_caller,
             total,
+            what,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -52,14 +60,14 @@ impl Transfers {
         let mine = running.get(&uid).copied().unwrap_or(0);
         if mine >= self.per_caller {
             return Err(Error::LimitExceeded(format!(
-                "at most {} uploads and downloads may run at once per caller; wait for one to finish",
-                self.per_caller
+                "at most {} {} may run at once per caller; wait for one to finish",
+                self.per_caller, self.what
             )));
         }
         if total >= self.total {
             return Err(Error::LimitExceeded(format!(
-                "at most {} uploads and downloads may run at once; try again later",
-                self.total
+                "at most {} {} may run at once; try again later",
+                self.total, self.what
             )));
         }
         *running.entry(uid).or_insert(0) += 1;

@@ -69,3 +69,20 @@ async fn a_transfer_learns_of_a_cancel_while_nothing_moves() {
         .unwrap()
         .unwrap();
 }
+
+#[test]
+fn other_work_is_named_in_refusals_and_each_caller_has_a_share() {
+    let t = Transfers::of("guest programs", 1, 2);
+    let _a = t.take(5).unwrap();
+    let e = t.take(5).unwrap_err().to_string();
+    assert!(
+        e.contains("at most 1 guest programs may run at once per caller"),
+        "{e}"
+    );
+    let _b = t.take(6).unwrap();
+    let e = t.take(7).unwrap_err().to_string();
+    assert!(
+        e.contains("at most 2 guest programs may run at once;"),
+        "{e}"
+    );
+}
