@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 use crate::common::*;
 use crate::guest::shared;
 
-fn vaporctl_as(user: &str, args: &[&str]) -> Output {
+/// vaporctl as `user`, never asking for a password.
+pub fn vaporctl_as(user: &str, args: &[&str]) -> Output {
     let mut a = vec![env!("CARGO_BIN_EXE_vaporctl"), "--no-ask-password"];
     a.extend_from_slice(args);
     as_user(user, &a)

@@ -15,18 +15,13 @@ use std::process::Output;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::agent::vaporctl_as;
 use crate::common::*;
 use crate::guest::{pools, spec, Guest};
 use crate::nfs::nfs_server;
 
 const CHANNEL: &str =
     "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>";
-
-fn vaporctl_as(user: &str, args: &[&str]) -> Output {
-    let mut a = vec![env!("CARGO_BIN_EXE_vaporctl"), "--no-ask-password"];
-    a.extend_from_slice(args);
-    as_user(user, &a)
-}
 
 /// `vaporctl --json apply` as `user`: its report and the whole output.
 fn apply_as(user: &str, doc: &str, extra: &[&str]) -> (Option<Value>, Output) {
