@@ -4,6 +4,7 @@
 #   second-host.sh up      start it (stopping a stale one first)
 #   second-host.sh down    stop it and remove everything it made
 #   second-host.sh virsh ARGS...   virsh against it (through its socket)
+#   second-host.sh exec CMD...     run CMD inside its namespaces
 #
 # The host lives in its own network, mount and UTS namespaces (hostname
 # vapor-b, its own host UUID) with private /etc/libvirt, /run/libvirt,
@@ -17,6 +18,17 @@
 # The real libvirtd (the source of a migration) reaches it at
 # qemu+tcp://10.213.7.2/system; tests read it through its Unix socket,
 # $STATE/run/libvirt-sock (qemu:///system?socket=...).
+#
+# Like a real host, it has a system bus and a polkitd of its own: inside
+# its namespaces /run/dbus is private, so the stock dbus-daemon --system
+# and polkitd serve it, with this machine's bus policy, polkit actions,
+# rules and users; nothing is started on demand there (never an installed
+# vapord: polkitd is started here, vapord by whoever uses the host). A
+# vapord started there with `exec` (its /var/lib/vapor
+# and /run/vapor are private too) owns org.vapor.Virtualization on that bus
+# and manages the second libvirtd as qemu:///system; the first host's
+# libvirtd is reachable there through its socket at
+# $STATE/home-libvirt/libvirt-sock.
 set -euo pipefail
 
 STATE=${VAPOR_SECOND_HOST:-/var/lib/vapor-second-host}
@@ -30,6 +42,11 @@ NSF=$STATE/ns
 log() { printf '[second-host] %s\n' "$*" >&2; }
 
 inside() { nsenter --net=/run/netns/$NS --mount=$NSF/mnt --uts=$NSF/uts -- "$@"; }
+
+polkit_up() {
+    inside busctl --system call org.freedesktop.DBus /org/freedesktop/DBus \
+        org.freedesktop.DBus NameHasOwner s org.freedesktop.PolicyKit1 2>/dev/null | grep -q true
+}
 
 uri() { echo "qemu:///system?socket=$STATE/run/libvirt-sock"; }
 
@@ -68,6 +85,10 @@ down() {
     [ -n "${pids// /}" ] && kill -9 $pids 2>/dev/null || true
     pids="$(ours "$STATE/run/virtlogd.pid")"
     [ -n "$pids" ] && stop_pids $pids
+    # The bus, polkitd and whatever else still runs in the namespace
+    # (a vapord started with exec).
+    [ -e /run/netns/$NS ] && pids="$(ip netns pids $NS 2>/dev/null | tr '\n' ' ')" || pids=""
+    [ -n "${pids// /}" ] && stop_pids $pids
     for f in mnt uts; do
         mountpoint -q "$NSF/$f" 2>/dev/null && umount "$NSF/$f"
     done
@@ -79,7 +100,7 @@ down() {
 
 up() {
     down
-    mkdir -p "$STATE"/{etc,run,lib,log,cache,tests} "$NSF"
+    mkdir -p "$STATE"/{etc,run,lib,log,cache,tests,dbus,no-services,vapor,vapor-run,home-libvirt} "$NSF"
     local conf
     for conf in libvirt.conf libvirtd.conf qemu.conf virtlogd.conf; do
         [ -e /etc/libvirt/$conf ] && cp /etc/libvirt/$conf "$STATE/etc/"
@@ -134,6 +155,7 @@ EOF
             hostname vapor-b
             umount -l /sys
             mount -t sysfs vapor-b-sysfs /sys
+            mount --bind /run/libvirt '$STATE/home-libvirt'
             mount --bind '$STATE/etc' /etc/libvirt
             mount --bind '$STATE/run' /run/libvirt
             mount --bind '$STATE/lib' /var/lib/libvirt
@@ -144,6 +166,11 @@ EOF
             mount --bind '$STATE/hosts' /etc/hosts
             mount --bind '$STATE/resolv.conf' /etc/resolv.conf
             mount --bind '$STATE/hostname' /etc/hostname
+            mount --bind '$STATE/dbus' /run/dbus
+            mount --bind '$STATE/no-services' /usr/share/dbus-1/system-services
+            mkdir -p /var/lib/vapor /run/vapor
+            mount --bind '$STATE/vapor' /var/lib/vapor
+            mount --bind '$STATE/vapor-run' /run/vapor
         "
     # Explicit pid files: the defaults belong to the real daemons.
     inside virtlogd -d -p /run/libvirt/virtlogd.pid -f /etc/libvirt/virtlogd.conf
@@ -154,6 +181,17 @@ EOF
         sleep 0.1
     done
     virsh -q -c "qemu+tcp://$NS_IP/system" hostname >/dev/null
+    # Its system bus (the stock configuration: /run/dbus is its own) and
+    # polkitd on it.
+    chmod 0755 "$STATE/dbus"
+    inside dbus-daemon --system --fork
+    inside setsid /usr/lib/polkit-1/polkitd --no-debug </dev/null >"$STATE/polkitd.log" 2>&1 &
+    for i in $(seq 1 300); do
+        polkit_up && break
+        sleep 0.1
+    done
+    polkit_up || { log "polkitd did not come up: $(cat "$STATE/polkitd.log")"; exit 1; }
+    log "its system bus: unix:path=$STATE/dbus/system_bus_socket, with polkitd"
     log "up: qemu+tcp://$NS_IP/system, socket $STATE/run/libvirt-sock"
 }
 
@@ -161,6 +199,6 @@ case "${1:-}" in
     up) up ;;
     down) down; log "down" ;;
     virsh) shift; exec virsh -c "$(uri)" "$@" ;;
-    exec) shift; inside "$@" ;;
+    exec) shift; exec nsenter --net=/run/netns/$NS --mount=$NSF/mnt --uts=$NSF/uts -- "$@" ;;
     *) echo "usage: $0 up|down|virsh ARGS...|exec CMD..." >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 //! on this machine (`tests/env/second-host.sh`: its own network, mount and
 //! UTS namespaces and host UUID): a running Debian guest moves with its
 //! storage while its progress is watched, runs there and is gone here,
-//! comes back through the second host's own vapord and `vaporctl migrate`,
+//! comes back through the second host's own vapord (on that host's own
+//! system bus and polkitd) and `vaporctl migrate` as vapor-alice,
 //! and a throttled migration is cancelled with the guest still
 //! running here. Refusals before anything starts say why.
 
@@ -22,8 +23,6 @@ const DEST: &str = "vapor-b";
 /// Its URI, as the real libvirtd reaches it.
 const DEST_URI: &str = "qemu+tcp://10.213.7.2/system";
 const JOB: &str = "org.vapor.Virtualization.Job";
-/// The second libvirtd's socket, as processes of this host reach it.
-const B_SOCKET: &str = "qemu:///system?socket=/var/lib/vapor-second-host/run/libvirt-sock";
 
 static SECOND: OnceLock<()> = OnceLock::new();
 
@@ -45,78 +44,59 @@ fn second_host() {
     });
 }
 
-/// The second host's own vapord: on a private bus of its own, reaching
-/// the second libvirtd through its socket, with the first host configured
-/// as `home`; stopped when dropped.
+/// The second host's own vapord, run as that host runs it: the system
+/// vapord inside its namespaces, on its own system bus with its own polkitd
+/// (second-host.sh), managing its libvirtd as `qemu:///system`, with the
+/// first host configured as `home`; stopped when dropped.
 struct SecondVapord {
-    bus_pid: i32,
-    address: String,
     daemon: std::process::Child,
 }
 
+/// The first host's libvirtd as processes inside the second host reach it
+/// (second-host.sh binds its socket there).
+const HOME_URI: &str = "qemu:///system?socket=/var/lib/vapor-second-host/home-libvirt/libvirt-sock";
+
 impl SecondVapord {
     fn start() -> Self {
-        let out = Command::new("dbus-daemon")
-            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "dbus-daemon");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines();
-        let address = lines.next().unwrap().trim().to_owned();
-        let bus_pid = lines.next().unwrap().trim().parse().unwrap();
         let dir = format!(
             "{}/vapord-b-{}",
             env!("CARGO_TARGET_TMPDIR"),
             std::process::id()
         );
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(format!("{dir}/run")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
         let config = format!("{dir}/vapord.toml");
-        // The first host, through its libvirtd's socket (both hosts'
-        // sockets are reachable from here).
-        std::fs::write(&config, "[hosts]\nhome = \"qemu:///system\"\n").unwrap();
-        let log = std::fs::File::create(format!("{dir}/vapord.log")).unwrap();
+        std::fs::write(&config, format!("[hosts]\nhome = \"{HOME_URI}\"\n")).unwrap();
+        let log = format!("{dir}/vapord.log");
         let templates = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates");
-        let daemon = Command::new(env!("CARGO_BIN_EXE_vapord"))
-            .args(["--session", "--config", &config, "--stats-interval", "0"])
-            .args(["--uri", B_SOCKET, "--templates-dir", templates])
-            .args([
-                "--state-dir",
-                &format!("{dir}/state"),
-                "--log-level",
-                "debug",
-            ])
-            .env("DBUS_SESSION_BUS_ADDRESS", &address)
-            // Its console sockets apart from the first host's vapord's.
-            .env("XDG_RUNTIME_DIR", format!("{dir}/run"))
+        let daemon = Command::new("bash")
+            .args([SCRIPT, "exec", env!("CARGO_BIN_EXE_vapord")])
+            .args(["--config", &config, "--stats-interval", "0"])
+            .args(["--templates-dir", templates, "--log-level", "debug"])
             .env("VAPOR_LOG_STDERR", "1")
             .stdout(std::process::Stdio::null())
-            .stderr(log)
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let b = SecondVapord {
-            bus_pid,
-            address,
-            daemon,
-        };
+        let b = SecondVapord { daemon };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !b.vaporctl(&["list"]).status.success() {
+        while !b.vaporctl(ALICE, &["list"]).status.success() {
             assert!(
                 Instant::now() < deadline,
                 "the second host's vapord did not start: {}",
-                std::fs::read_to_string(format!("{dir}/vapord.log")).unwrap_or_default()
+                std::fs::read_to_string(&log).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
         b
     }
 
-    fn vaporctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_vaporctl"))
-            .arg("--session")
+    /// vaporctl as `user` on the second host (its system bus).
+    fn vaporctl(&self, user: &str, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .args([SCRIPT, "exec", "runuser", "-u", user, "--"])
+            .arg(env!("CARGO_BIN_EXE_vaporctl"))
             .args(args)
-            .env("DBUS_SESSION_BUS_ADDRESS", &self.address)
             .output()
             .unwrap()
     }
@@ -126,8 +106,6 @@ impl Drop for SecondVapord {
     fn drop(&mut self) {
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
-        // SAFETY: a plain kill(2) of the bus daemon this test started.
-        unsafe { libc::kill(self.bus_pid, libc::SIGKILL) };
     }
 }
 
@@ -339,7 +317,7 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     let b = SecondVapord::start();
     let name = g.name.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let out = b.vaporctl(&[
+        let args = [
             "migrate",
             &name,
             "home",
@@ -348,13 +326,18 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
             "--no-p2p",
             "--migrate-uri",
             "tcp://10.213.7.1",
-        ]);
-        let list = b.vaporctl(&["list"]);
-        (out, list)
+        ];
+        // That host's polkit refuses a non-member, as this one does.
+        let refused = b.vaporctl(BOB, &args);
+        let out = b.vaporctl(ALICE, &args);
+        let list = b.vaporctl(ALICE, &["list"]);
+        (refused, out, list)
     })
     .await
     .unwrap();
-    let (back, list) = out;
+    let (refused, back, list) = out;
+    let err = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success() && is_refusal(&err), "{err}");
     let text =
         String::from_utf8_lossy(&back.stdout).into_owned() + &String::from_utf8_lossy(&back.stderr);
     assert!(back.status.success(), "vaporctl migrate back: {text}");

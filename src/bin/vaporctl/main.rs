@@ -290,11 +290,13 @@ fn spawn_tty_agent() -> Option<std::process::Child> {
         &wfd.to_string(),
         "--fallback",
     ]);
-    // SAFETY: only async-signal-safe fcntl between fork and exec.
+    // SAFETY: only async-signal-safe fcntl and prctl between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             let flags = libc::fcntl(wfd, libc::F_GETFD);
             libc::fcntl(wfd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            // The agent goes with vaporctl, however vaporctl ends.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }
@@ -396,6 +398,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`vaporctl list | head`) ends vaporctl
+    // quietly, as it does other tools, instead of a panic.
+    // SAFETY: setting a signal's disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let agent = if cli.no_ask_password || cli.session {
         None
