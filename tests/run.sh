@@ -20,7 +20,10 @@ fi
 # One libvirtd, one bus name: test binaries run one after another, tests
 # inside a binary in parallel (each on its own uniquely named domains).
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The migration test's second host and the NFS test's server end with their
+# test binary; should that binary be killed, they end here.
+trap 'rm -f "$log"; tests/env/second-host.sh down >/dev/null 2>&1 || true
+      tests/env/nfs-server.sh down >/dev/null 2>&1 || true' EXIT
 set +e
 # test-fakes: the fake sysfs and kernel for tests/pci_fake.rs (and vapord's
 # --fake-kernel); release builds never have them.

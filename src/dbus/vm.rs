@@ -627,8 +627,9 @@ impl VirtualMachine {
     }
 
     /// What kinds of snapshot the VM allows now: for each of `internal`,
-    /// `external` (disk-only), `external_memory`, `revert_external`,
-    /// `delete_external` and `quiesce` an a{sv} {possible: b, reason: s};
+    /// `external` (disk-only), `external_memory`, `revert_internal`,
+    /// `delete_internal`, `revert_external`, `delete_external` and
+    /// `quiesce` an a{sv} {possible: b, reason: s};
     /// and `auto` (s): the kind CreateSnapshot makes when not told.
     #[zbus(out_args("capabilities"))]
     async fn get_snapshot_capabilities(

@@ -74,16 +74,23 @@ impl VirtualMachine {
         opts: &HashMap<String, OwnedVariant>,
     ) -> Result<String, Error> {
         let o = parse(opts)?;
-        let uri = self.ctx.migrations.resolve(destination)?;
+        // A destination vapord will not reach is refused only once the
+        // caller may migrate: the refusal lists the configured hosts.
+        let resolved = self.ctx.migrations.resolve(destination);
         let shown = crate::text::for_bus(destination).into_owned();
+        let uri_detail = resolved.as_deref().unwrap_or_default();
         let rec = self
             .authorize_with(
                 header,
                 Action::Migrate,
                 &format!("migrate to {shown}"),
-                &[("migrate.destination", destination), ("migrate.uri", &uri)],
+                &[
+                    ("migrate.destination", destination),
+                    ("migrate.uri", uri_detail),
+                ],
             )
             .await?;
+        resolved?;
         let uid = self.ctx.auth.caller_uid(header).await?;
         let svc = self.ctx.migrations.clone();
         let uuid = rec.uuid.clone();

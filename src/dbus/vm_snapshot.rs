@@ -35,6 +35,8 @@ fn capabilities_dict(c: &Capabilities, auto: &str) -> HashMap<String, OwnedVaria
         ("internal", &c.internal),
         ("external", &c.external_disk_only),
         ("external_memory", &c.external_memory),
+        ("revert_internal", &c.revert_internal),
+        ("delete_internal", &c.delete_internal),
         ("revert_external", &c.revert_external),
         ("delete_external", &c.delete_external),
         ("quiesce", &c.quiesce),

@@ -179,6 +179,33 @@ impl Destination {
         self.conn.lookup_storage_vol_by_path(path).is_ok()
     }
 
+    /// Delete the volume at `path` there unless a domain there uses it
+    /// (the image a failed migration pre-created); whether it went.
+    pub fn remove_unused_volume(&self, path: &str) -> Result<bool> {
+        let Ok(vol) = self.conn.lookup_storage_vol_by_path(path) else {
+            return Ok(false);
+        };
+        let domains = self
+            .conn
+            .list_all_domains(0)
+            .map_err(|e| from_virt(e, "cannot list the destination's domains"))?;
+        let used = domains.iter().any(|d| {
+            d.xml_desc(0).ok().is_some_and(|x| {
+                Element::parse(&x).is_ok_and(|el| {
+                    super::xml::domain_disks(&el)
+                        .iter()
+                        .any(|k| k.source == super::xml::DiskSource::Path(path.to_owned()))
+                })
+            })
+        });
+        if used {
+            return Ok(false);
+        }
+        vol.delete(0)
+            .map_err(|e| from_virt(e, format!("cannot delete {path} there")))?;
+        Ok(true)
+    }
+
     /// Whether the destination can run a guest CPU described by `cpu_xml`
     /// (`<cpu>` of the domain) for this emulator, arch, machine and type:
     /// `Err(reason)` when libvirt finds it incompatible.

@@ -159,6 +159,8 @@ pub struct MigrationStatus {
     pub job: String,
     /// `precopy` or `postcopy`.
     pub phase: String,
+    /// Started with `postcopy`: it may switch to post-copy.
+    pub postcopy: bool,
     pub data_processed: u64,
     pub data_remaining: u64,
     pub data_total: u64,

@@ -8,7 +8,8 @@
 //! the next backup can be incremental (only the blocks changed since).
 //! libvirt's copies are then compressed (an incremental one against its
 //! parent's images). A stopped VM's disks are copied (compressed, backing
-//! chains flattened) with `qemu-img`. Every backup holds the VM's lock.
+//! chains flattened) with `qemu-img`. A backup holds the VM's lock while
+//! it reads the disks, and the VM's backup turn to its end.
 //!
 //! A restore verifies every file of the chain against the manifests before
 //! it makes anything, then writes the disks into a pool and defines the VM,
@@ -109,6 +110,11 @@ pub struct BackupService {
     /// One checksum pass over the repository at a time (each reads whole
     /// backups: callers asking together wait their turn).
     verifying: tokio::sync::Mutex<()>,
+    /// One backup (or backup deletion) per VM at a time. A backup holds
+    /// the VM's own lock only while it reads the disks; this one for all of
+    /// it, so a backup compressing is never raced by another of the same
+    /// VM or by the deletion of the backup it builds on.
+    turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether what a dead vapord left is still to be rolled back.
     recovery_pending: std::sync::atomic::AtomicBool,
     /// The backups this vapord is making (recovery leaves them alone).
@@ -289,6 +295,7 @@ impl BackupService {
             repo: std::sync::RwLock::new(Err("it has not been looked for yet".into())),
             attaching: tokio::sync::Mutex::new(()),
             verifying: tokio::sync::Mutex::new(()),
+            turns: std::sync::Mutex::new(std::collections::HashMap::new()),
             recovery_pending: std::sync::atomic::AtomicBool::new(true),
             making: std::sync::Mutex::new(std::collections::HashSet::new()),
             storage,
@@ -356,6 +363,17 @@ impl BackupService {
         self.store.all().iter().map(|r| (**r).clone()).collect()
     }
 
+    /// Wait for, and hold, the VM's backup turn (see `turns`); taken
+    /// before the VM's own lock, never while holding it.
+    async fn turn(&self, uuid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut t = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+            t.retain(|_, l| Arc::strong_count(l) > 1);
+            t.entry(uuid.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     /// Back up a VM; the new backup's id.
     pub async fn backup(
         self: &Arc<Self>,
@@ -363,7 +381,10 @@ impl BackupService {
         req: BackupRequest,
         progress: Arc<dyn Progress>,
     ) -> Result<String> {
-        let _locked = self.model.lock_vm(uuid).await;
+        let _turn = self.turn(uuid).await;
+        // Released once the disks are read (`backup_running`), so other
+        // changes to the VM need not wait for the compression.
+        let mut locked = Some(self.model.lock_vm(uuid).await);
         let store = self.repository().await?;
         let id = repo::new_id(now_secs());
         self.making_now(&id, true);
@@ -375,7 +396,7 @@ impl BackupService {
             }
         };
         let r = self
-            .backup_into(&store, uuid, &id, &partial, req, progress)
+            .backup_into(&store, uuid, &id, &partial, req, progress, &mut locked)
             .await;
         self.making_now(&id, false);
         match r {
@@ -393,6 +414,7 @@ impl BackupService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn backup_into(
         self: &Arc<Self>,
         store: &Repository,
@@ -401,6 +423,7 @@ impl BackupService {
         partial: &Path,
         req: BackupRequest,
         progress: Arc<dyn Progress>,
+        locked: &mut Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<()> {
         progress.update("reading the VM", 0, 0);
         let (running, def, name, metadata) = self
@@ -430,7 +453,7 @@ impl BackupService {
             });
         }
         let (kind, parent, checkpoint) = if running {
-            self.backup_running(uuid, id, partial, &disks, &skipped, req, &progress)
+            self.backup_running(uuid, id, partial, &disks, &skipped, req, &progress, locked)
                 .await?
         } else {
             if req.kind == Wanted::Incremental {
@@ -524,6 +547,7 @@ impl BackupService {
         skipped: &[String],
         req: BackupRequest,
         progress: &Arc<dyn Progress>,
+        locked: &mut Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<(String, Option<String>, Option<String>)> {
         let checkpoints = self.hv().on_domain(uuid, |_, d| d.checkpoints()).await?;
         let all_qcow2 = disks.iter().all(|d| d.format == "qcow2");
@@ -602,6 +626,10 @@ impl BackupService {
         }
         let finished = match copied {
             Ok(()) => {
+                // libvirt's copies are made: the VM itself is no longer
+                // needed (the backup turn still keeps other backups of it
+                // and deletions of its backups waiting).
+                locked.take();
                 self.compress(partial, disks, parent.as_ref(), progress)
                     .await
             }
@@ -828,6 +856,7 @@ impl BackupService {
         let rec = self.existing(id)?;
         let store = self.repository().await?;
         // Not while a backup of the VM (which may build on this one) runs.
+        let _turn = self.turn(&rec.manifest.vm_uuid).await;
         let _locked = self.model.lock_vm(&rec.manifest.vm_uuid).await;
         let all = self.all();
         let dependents = repo::descendants(id, &all);
@@ -849,15 +878,25 @@ impl BackupService {
             store.remove(d)?;
             gone.push(d.clone());
         }
-        // Its checkpoint, if it is still the VM's, goes too.
-        if let Some(c) = rec.manifest.checkpoint.clone() {
+        // Their checkpoints, those still the VM's, go too.
+        let checkpoints: Vec<String> = all
+            .iter()
+            .filter(|b| gone.iter().any(|g| g == b.id()))
+            .filter_map(|b| b.manifest.checkpoint.clone())
+            .collect();
+        if !checkpoints.is_empty() {
             let _ = self
                 .hv()
                 .on_domain(&rec.manifest.vm_uuid, move |_, d| {
-                    // libvirt edits a stopped VM's bitmaps only in some
-                    // versions: then the record alone goes.
-                    d.delete_checkpoint(&c)
-                        .or_else(|_| d.delete_checkpoint_metadata(&c))
+                    let have = d.checkpoints()?;
+                    for c in checkpoints.iter().filter(|c| have.contains(c)) {
+                        // libvirt edits a stopped VM's bitmaps only in some
+                        // versions: then the record alone goes.
+                        let _ = d
+                            .delete_checkpoint(c)
+                            .or_else(|_| d.delete_checkpoint_metadata(c));
+                    }
+                    Ok(())
                 })
                 .await;
         }
@@ -885,7 +924,7 @@ impl BackupService {
             let _ = store.set_verified(b.id(), problems.is_empty(), now_secs());
             if !problems.is_empty() {
                 self.resync();
-                return Err(Error::Failed(format!(
+                return Err(Error::InvalidState(format!(
                     "backup {} is damaged, nothing was restored: {}",
                     b.id(),
                     problems.join("; ")
@@ -904,6 +943,16 @@ impl BackupService {
         progress: Arc<dyn Progress>,
     ) -> Result<String> {
         let top = self.existing(id)?;
+        // Its files stay while it is read: no deletion of it (or retention)
+        // meanwhile.
+        let _turn = self.turn(&top.manifest.vm_uuid).await;
+        let top = self.existing(id)?;
+        // What would refuse the restore is said before the (long) check of
+        // the chain's files, and looked at again when it is made.
+        let r = req.clone();
+        self.hv()
+            .session(move |s| restore_precheck(s, &r).map(|_| ()))
+            .await?;
         let (done, total) = self.verify_chain(id, &progress).await?;
         progress.update("restoring", done, total);
         let dir = self.repository().await?.dir(top.id());
@@ -930,11 +979,14 @@ impl BackupService {
 /// them: (their path, the backup's copy libvirt fills it from at the first
 /// start). A file already there (a deleted VM's) would be used instead, so
 /// it is refused.
+/// Where libvirt keeps VMs' UEFI variables files.
+const NVRAM_DIR: &str = "/var/lib/libvirt/qemu/nvram";
+
 fn nvram_for(rec: &BackupRecord, dir: &str, stem: &str) -> Result<Option<(String, String)>> {
     if !rec.manifest.files.iter().any(|f| f.name == NVRAM_FILE) {
         return Ok(None);
     }
-    let path = format!("/var/lib/libvirt/qemu/nvram/{stem}_VARS.fd");
+    let path = format!("{NVRAM_DIR}/{stem}_VARS.fd");
     if Path::new(&path).symlink_metadata().is_ok() {
         return Err(Error::Conflict(format!(
             "{path} exists already (left by another VM?); move it away first"
@@ -963,6 +1015,18 @@ fn pool_dir(s: &Session<'_>, name: &str) -> Result<(PathBuf, String)> {
     Ok((PathBuf::from(p.target_path), p.uuid))
 }
 
+/// A restore's name and pool, checked: the pool's directory and UUID.
+fn restore_precheck(s: &Session<'_>, req: &RestoreRequest) -> Result<(PathBuf, String)> {
+    crate::storage::spec::check_object_name("new_name", &req.new_name)?;
+    if s.domain_named(&req.new_name).is_ok() {
+        return Err(Error::Conflict(format!(
+            "new_name: a VM named '{}' exists already",
+            req.new_name
+        )));
+    }
+    pool_dir(s, &req.target_pool)
+}
+
 fn restore_blocking(
     s: &Session<'_>,
     rec: &BackupRecord,
@@ -971,14 +1035,7 @@ fn restore_blocking(
     uuid: &str,
     intent: &mut crate::intent::Intent,
 ) -> Result<String> {
-    crate::storage::spec::check_object_name("new_name", &req.new_name)?;
-    if s.domain_named(&req.new_name).is_ok() {
-        return Err(Error::Conflict(format!(
-            "new_name: a VM named '{}' exists already",
-            req.new_name
-        )));
-    }
-    let (target_dir, pool_uuid) = pool_dir(s, &req.target_pool)?;
+    let (target_dir, pool_uuid) = restore_precheck(s, req)?;
     let xml = std::fs::read_to_string(dir.join(repo::DOMAIN_XML))
         .map_err(|e| Error::Failed(format!("cannot read the backed-up definition: {e}")))?;
     let mut doc = Element::parse(&xml)?;

@@ -3,12 +3,15 @@
 //! new images in the target pool, its definition replaced by the backed-up
 //! one (same name, UUID and MAC addresses), its checkpoints forgotten (they
 //! describe the old images, so the next backup is full), and the images
-//! vapord had made for it and that the restore replaced are deleted.
+//! vapord had made for it and that the restore replaced are deleted, as is
+//! its old UEFI variables file.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{copy_from_backup, nvram_for, pool_dir, restored_definition, BackupService, Restored};
+use super::{
+    copy_from_backup, nvram_for, pool_dir, restored_definition, BackupService, Restored, NVRAM_DIR,
+};
 use crate::libvirt::xml::{domain_disks, DiskSource, Element};
 use crate::libvirt::Session;
 use crate::progress::Progress;
@@ -28,6 +31,8 @@ impl BackupService {
     ) -> Result<String> {
         let top = self.existing(id)?;
         let uuid = top.manifest.vm_uuid.clone();
+        let _turn = self.turn(&uuid).await;
+        let top = self.existing(id)?;
         let _locked = self.model.lock_vm(&uuid).await;
         match self.model.get(&uuid) {
             None => {
@@ -44,6 +49,10 @@ impl BackupService {
             }
             Some(_) => {}
         }
+        let tp = target_pool.clone();
+        self.hv()
+            .session(move |s| pool_dir(s, &tp).map(|_| ()))
+            .await?;
         let (done, total) = self.verify_chain(id, &progress).await?;
         progress.update("restoring", done, total);
         let dir = self.repository().await?.dir(top.id());
@@ -163,5 +172,20 @@ fn replace_blocking(
     }
     s.define_domain(&doc.to_xml())
         .map_err(|e| e.context("cannot redefine the VM from its backup"))?;
+    // The UEFI variables file the old definition used goes too (libvirt
+    // writes the restored one at the first start); only a file libvirt
+    // keeps, never one the definition pointed elsewhere.
+    if let Some(old) = crate::libvirt::xml::nvram_path(&current) {
+        let new = nvram.as_ref().map(|(p, _)| p.as_str());
+        let libvirts = Path::new(&old).parent() == Some(Path::new(NVRAM_DIR));
+        let plain = Path::new(&old)
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_file());
+        if libvirts && plain && new != Some(old.as_str()) {
+            if let Err(e) = std::fs::remove_file(&old) {
+                log::warn!("cannot remove the replaced UEFI variables {old}: {e}");
+            }
+        }
+    }
     Ok((pool_uuid, replaced))
 }

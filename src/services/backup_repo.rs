@@ -189,8 +189,15 @@ impl Repository {
     }
 
     /// Write the manifest into the partial directory and make the backup
-    /// complete (rename), syncing both.
+    /// complete (rename), syncing every file first: a backup listed as
+    /// complete after a crash has all its bytes on disk.
     pub fn finish(&self, partial: &Path, manifest: &Manifest) -> Result<()> {
+        for f in &manifest.files {
+            let p = partial.join(&f.name);
+            std::fs::File::open(&p)
+                .and_then(|h| h.sync_all())
+                .map_err(|e| Error::Failed(format!("cannot sync {}: {e}", p.display())))?;
+        }
         let text = serde_json::to_vec_pretty(manifest)
             .map_err(|e| Error::Failed(format!("cannot write the manifest: {e}")))?;
         crate::fsutil::write_atomic(&partial.join(MANIFEST), &text)

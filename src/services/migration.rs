@@ -57,9 +57,6 @@ pub struct MigrationReport {
 struct Copied {
     disks: Vec<Disk>,
     owned: Vec<String>,
-    /// Paths the destination already had a volume at before the copy:
-    /// shared storage, where "the image left here" is the VM's own disk.
-    shared: Vec<String>,
 }
 
 pub struct MigrationService {
@@ -133,7 +130,7 @@ impl MigrationService {
                     let writable = disk.device == "disk" && !disk.readonly && !disk.shareable;
                     if writable && copy != CopyStorage::None {
                         if dest.has_volume(p) {
-                            dest_had.push(p.clone());
+                            dest_had.push((t.clone(), p.clone()));
                         }
                         copied.push((t, p.clone()));
                         copied_disks.push(disk.clone());
@@ -166,6 +163,7 @@ impl MigrationService {
                         dest.pool_dirs()?
                     },
                     copied: copied.clone(),
+                    copied_present: dest_had,
                     shared,
                     cpu_problem,
                 };
@@ -200,7 +198,6 @@ impl MigrationService {
                 let copied = Copied {
                     disks: copied_disks,
                     owned,
-                    shared: dest_had,
                 };
                 Ok((req, facts.dest_hostname, copied))
             })
@@ -212,6 +209,7 @@ impl MigrationService {
             ));
         }
         let started = Instant::now();
+        let postcopy = req.postcopy;
         let show = |st: MigrationStatus| {
             let model = self.model.clone();
             let uuid = uuid.to_owned();
@@ -221,6 +219,7 @@ impl MigrationService {
             destination: dest_name.clone(),
             job: job.clone(),
             phase: "precopy".into(),
+            postcopy,
             ..Default::default()
         })
         .await;
@@ -260,6 +259,7 @@ impl MigrationService {
                             .get(uuid)
                             .and_then(|r| r.migration.as_ref().map(|m| m.phase.clone()))
                             .unwrap_or_else(|| "precopy".into()),
+                        postcopy,
                         data_processed: st.data_processed.unwrap_or(0),
                         data_remaining: st.data_remaining.unwrap_or(0),
                         data_total: st.data_total.unwrap_or(0),
@@ -297,6 +297,9 @@ impl MigrationService {
         let result =
             result.map_err(|e| Error::Failed(format!("the migration task failed: {e}")))?;
         let _ = self.model.refresh_domain(uuid).await;
+        if result.is_err() {
+            self.remove_precreated(&uri, &copied_disks).await;
+        }
         let done = match result {
             Err(_) if aborted => Err(Error::Failed(
                 "the migration was cancelled; the VM runs on here".into(),
@@ -353,6 +356,41 @@ impl MigrationService {
     /// nothing else here uses (the rules of `Delete` with remove_storage);
     /// (removed, kept with why). Nothing is removed while the VM is still
     /// defined here.
+    /// After a migration that failed or was cancelled, the images libvirt
+    /// made on the destination for the copy (none was there before: the
+    /// precheck refuses that), unless a domain there uses one.
+    async fn remove_precreated(&self, uri: &str, copied: &Copied) {
+        let paths: Vec<String> = copied
+            .disks
+            .iter()
+            .filter_map(|d| match &d.source {
+                DiskSource::Path(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        if paths.is_empty() {
+            return;
+        }
+        let uri = uri.to_owned();
+        let r = tokio::task::spawn_blocking(move || {
+            let dest = Destination::open(&uri)?;
+            for p in &paths {
+                match dest.remove_unused_volume(p) {
+                    Ok(true) => {
+                        log::info!("removed {p} on {uri}, made there for the failed migration")
+                    }
+                    Ok(false) => {}
+                    Err(e) => log::warn!("cannot remove {p} on {uri}: {e}"),
+                }
+            }
+            Ok::<_, Error>(())
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            log::warn!("cannot remove what the failed migration made there: {e}");
+        }
+    }
+
     async fn remove_copied(
         &self,
         uuid: &str,
@@ -371,26 +409,8 @@ impl MigrationService {
                     Err(e) => return Err(e),
                 }
                 let mut kept = Vec::new();
-                let disks: Vec<Disk> = copied
-                    .disks
-                    .into_iter()
-                    .filter(|d| match &d.source {
-                        DiskSource::Path(p) if copied.shared.contains(p) => {
-                            kept.push((
-                                p.clone(),
-                                "the destination has it too (shared storage)".to_owned(),
-                            ));
-                            false
-                        }
-                        _ => true,
-                    })
-                    .collect();
-                let owned: Vec<String> = copied
-                    .owned
-                    .into_iter()
-                    .filter(|p| !copied.shared.contains(p))
-                    .collect();
-                let plan = storage_ownership::plan(s, &id, &disks, &owned, None, false)?;
+                let plan =
+                    storage_ownership::plan(s, &id, &copied.disks, &copied.owned, None, false)?;
                 let mut removed = Vec::new();
                 // Delete's reasons, but Migrate has no remove_foreign_storage.
                 kept.extend(plan.kept.into_iter().map(|(p, why)| {
@@ -428,12 +448,22 @@ impl MigrationService {
                 "no migration of this VM is running".into(),
             ));
         };
+        if !cur.postcopy {
+            return Err(Error::InvalidState(
+                "the running migration was not started with postcopy, so it cannot switch \
+                 to post-copy"
+                    .into(),
+            ));
+        }
+        if cur.phase == "postcopy" {
+            return Err(Error::InvalidState(
+                "the migration is in post-copy already".into(),
+            ));
+        }
         self.hv()
             .on_domain(uuid, |_, d| d.start_postcopy())
             .await
-            .map_err(|e| {
-                e.context("cannot switch to post-copy (was the migration started with postcopy?)")
-            })?;
+            .map_err(|e| e.context("cannot switch to post-copy"))?;
         self.model
             .set_migration(
                 uuid,

@@ -171,6 +171,9 @@ pub struct Facts {
     pub vm_name: String,
     /// Disks to copy: (target, file).
     pub copied: Vec<(String, String)>,
+    /// Of those, the ones whose file the destination already has (shared
+    /// storage, or another VM's image there): (target, file).
+    pub copied_present: Vec<(String, String)>,
     /// Running pools' directories on the destination.
     pub dest_pool_dirs: Vec<String>,
     /// Files the VM uses that are not copied: (target, file, present on
@@ -201,6 +204,13 @@ pub fn precheck(f: &Facts) -> Result<()> {
         return Err(Error::Conflict(format!(
             "destination: {} already has a VM named '{}' (or with its UUID)",
             f.dest_hostname, f.vm_name
+        )));
+    }
+    if let Some((t, file)) = f.copied_present.first() {
+        return Err(Error::Conflict(format!(
+            "copy_storage: {} already has {file} (disk {t}); the copy would write over it. \
+             If the hosts share that storage, migrate without copy_storage",
+            f.dest_hostname
         )));
     }
     if let Some((t, file)) = f

@@ -110,6 +110,16 @@ fn what_cannot_work_is_refused_with_its_reason() {
         "{e}"
     );
     let mut f = facts();
+    f.copied_present = vec![("vda".into(), "/pool/web.qcow2".into())];
+    let e = precheck(&f).unwrap_err();
+    assert!(
+        matches!(e, Error::Conflict(_))
+            && e.to_string().contains(
+                "hostb already has /pool/web.qcow2 (disk vda); the copy would write over it"
+            ),
+        "{e}"
+    );
+    let mut f = facts();
     f.cpu_problem = Some("libvirt finds the VM's CPU incompatible".into());
     assert!(matches!(precheck(&f).unwrap_err(), Error::NotSupported(_)));
 }

@@ -293,14 +293,17 @@ impl SnapshotService {
     }
 
     /// Revert the VM to one of its snapshots.
-    pub async fn revert(&self, id: &str, how: SnapshotRevert) -> Result<()> {
+    pub async fn revert(self: &Arc<Self>, id: &str, how: SnapshotRevert) -> Result<()> {
         let snap = self.existing(id)?;
         let _locked = self.model.lock_vm(&snap.vm_uuid).await;
         let name = snap.rec.name.clone();
         let what = format!("cannot revert VM '{}' to snapshot '{name}'", snap.vm_name);
+        let (this, kind) = (self.clone(), snap.rec.kind());
         let r = self
             .hv()
-            .on_domain(&snap.vm_uuid, move |_, d| {
+            .on_domain(&snap.vm_uuid, move |s, d| {
+                let caps = snapshot_rules::capabilities(&this.facts_in(s, d)?);
+                snapshot_rules::may_revert_or_delete(&caps, kind, false)?;
                 let before = files_of(d)?;
                 d.revert_snapshot(&name, how).map_err(|e| match e {
                     Error::InvalidState(m) => Error::InvalidState(m),
@@ -309,11 +312,13 @@ impl SnapshotService {
                 // Reverting to an external snapshot starts new overlays.
                 keep_ownership(d, &before, None);
                 // The disks changed behind the backups' dirty bitmaps: the
-                // next backup must be full, so their checkpoints go.
+                // next backup must be full, so their checkpoints go, with
+                // their bitmaps where libvirt can still remove them.
                 for c in d.checkpoints().unwrap_or_default() {
                     if c.starts_with("vapor-") {
                         let _ = d
-                            .delete_checkpoint_metadata(&c)
+                            .delete_checkpoint(&c)
+                            .or_else(|_| d.delete_checkpoint_metadata(&c))
                             .map_err(|e| log::warn!("cannot forget checkpoint {c}: {e}"));
                     }
                 }
@@ -325,9 +330,10 @@ impl SnapshotService {
     }
 
     /// Delete one snapshot (and its children when asked).
-    pub async fn delete(&self, id: &str, how: SnapshotDelete) -> Result<()> {
+    pub async fn delete(self: &Arc<Self>, id: &str, how: SnapshotDelete) -> Result<()> {
         let snap = self.existing(id)?;
         let _locked = self.model.lock_vm(&snap.vm_uuid).await;
+        let (this, kind) = (self.clone(), snap.rec.kind());
         let name = snap.rec.name.clone();
         let what = format!("cannot delete snapshot '{name}' of VM '{}'", snap.vm_name);
         let mut files: Vec<String> = snap
@@ -342,7 +348,12 @@ impl SnapshotService {
         }
         let r = self
             .hv()
-            .on_domain(&snap.vm_uuid, move |_, d| {
+            .on_domain(&snap.vm_uuid, move |s, d| {
+                // Forgetting the record alone needs nothing of libvirt.
+                if !how.metadata_only {
+                    let caps = snapshot_rules::capabilities(&this.facts_in(s, d)?);
+                    snapshot_rules::may_revert_or_delete(&caps, kind, true)?;
+                }
                 d.delete_snapshot(&name, how)
                     .map_err(|e| e.context(&what))?;
                 // Forget files of the VM's own that the deletion took away.

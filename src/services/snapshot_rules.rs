@@ -99,6 +99,8 @@ pub struct Capabilities {
     pub external_disk_only: Verdict,
     /// New overlay files and a memory file (running VMs).
     pub external_memory: Verdict,
+    pub revert_internal: Verdict,
+    pub delete_internal: Verdict,
     pub revert_external: Verdict,
     pub delete_external: Verdict,
     /// File systems frozen through the guest agent (with disk-only external).
@@ -157,19 +159,24 @@ pub fn capabilities(f: &SnapshotFacts) -> Capabilities {
             version(f.support.version)
         )
     });
-    let pflash_revert = (f.pflash && f.support.version < PFLASH_REVERT).then(|| {
-        format!(
-            "the VM keeps its UEFI variables in pflash; reverting needs libvirt 10.10 (this host has {})",
-            version(f.support.version)
-        )
-    });
+    let pflash_later = |what: &str| {
+        (f.pflash && f.support.version < PFLASH_REVERT).then(|| {
+            format!(
+                "the VM keeps its UEFI variables in pflash; {what} its internal snapshots \
+                 needs libvirt 10.10 (this host has {})",
+                version(f.support.version)
+            )
+        })
+    };
     let stopped =
         (!f.running).then(|| "the VM is not running: there is no memory to save".to_owned());
     let external_disk_only = Verdict::first_of([no_disks.clone(), not_file.clone()]);
     Capabilities {
         internal: Verdict::first_of([no_disks.clone(), not_qcow2, pflash, vfio_running.clone()]),
         external_memory: Verdict::first_of([stopped, no_disks, not_file, vfio_running]),
-        revert_external: Verdict::first_of([external_revert.clone(), pflash_revert]),
+        revert_internal: Verdict::first_of([pflash_later("reverting to")]),
+        delete_internal: Verdict::first_of([pflash_later("deleting")]),
+        revert_external: Verdict::first_of([external_revert.clone()]),
         delete_external: Verdict::first_of([external_revert]),
         quiesce: if !f.running {
             Verdict::no("the VM is not running")
@@ -287,7 +294,32 @@ pub fn choose(caps: &Capabilities, running: bool, req: Request) -> Result<Chosen
         Requested::Internal => Ok(Chosen::Internal),
         Requested::External => external(),
         Requested::Auto if internal_fits && caps.internal.possible => Ok(Chosen::Internal),
+        // Memory was only the default: a disk-only snapshot is the best
+        // left when neither kind can save it (host PCI devices).
+        Requested::Auto
+            if req.memory.is_none()
+                && !caps.external_memory.possible
+                && caps.external_disk_only.possible =>
+        {
+            Ok(Chosen::ExternalDiskOnly)
+        }
         Requested::Auto => external(),
+    }
+}
+
+/// Whether a snapshot of `kind` (`internal`/`external`) may be reverted
+/// to (or deleted, when `delete`) now; the reason when not. Pure.
+pub fn may_revert_or_delete(caps: &Capabilities, kind: &str, delete: bool) -> Result<()> {
+    let v = match (kind == "external", delete) {
+        (false, false) => &caps.revert_internal,
+        (false, true) => &caps.delete_internal,
+        (true, false) => &caps.revert_external,
+        (true, true) => &caps.delete_external,
+    };
+    if v.possible {
+        Ok(())
+    } else {
+        Err(Error::NotSupported(v.reason.clone()))
     }
 }
 

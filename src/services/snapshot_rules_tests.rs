@@ -91,8 +91,23 @@ fn old_libvirt_pflash_and_host_devices_each_say_why() {
         "a stopped VM's host devices do not matter"
     );
     f.support.external_revert_delete = true;
-    let reason = capabilities(&f).revert_external.reason;
-    assert!(reason.contains("reverting needs libvirt 10.10"), "{reason}");
+    let c = capabilities(&f);
+    assert!(c.revert_external.possible && c.delete_external.possible);
+    assert!(c
+        .revert_internal
+        .reason
+        .contains("reverting to its internal snapshots needs libvirt 10.10 (this host has 10.9)"));
+    assert!(c.delete_internal.reason.contains("deleting its internal"));
+    let e = may_revert_or_delete(&c, "internal", false).unwrap_err();
+    assert!(matches!(e, Error::NotSupported(_)), "{e}");
+    assert!(may_revert_or_delete(&c, "internal", true).is_err());
+    may_revert_or_delete(&c, "external", false).unwrap();
+    f.support.external_revert_delete = false;
+    let e = may_revert_or_delete(&capabilities(&f), "external", true).unwrap_err();
+    assert!(e.to_string().contains("needs libvirt 9.9"), "{e}");
+    f.support.version = 10_010_000;
+    let c = capabilities(&f);
+    assert!(c.revert_internal.possible && c.delete_internal.possible);
 }
 
 #[test]
@@ -124,6 +139,14 @@ fn auto_prefers_internal_and_falls_back_to_external() {
     assert_eq!(a(&raw, true, None).unwrap(), Chosen::ExternalMemory);
     let stopped = capabilities(&facts(false, vec![disk("vda", "raw")]));
     assert_eq!(a(&stopped, false, None).unwrap(), Chosen::ExternalDiskOnly);
+    // A running VM with host PCI devices: no kind saves its memory, so
+    // auto makes a disk-only one unless memory was asked for.
+    let mut f = facts(true, vec![disk("vda", "qcow2")]);
+    f.vfio = true;
+    let vfio = capabilities(&f);
+    assert_eq!(a(&vfio, true, None).unwrap(), Chosen::ExternalDiskOnly);
+    let e = a(&vfio, true, Some(true)).unwrap_err();
+    assert!(e.to_string().contains("host PCI devices"), "{e}");
 }
 
 #[test]

@@ -33,14 +33,15 @@ extern "C" fn second_host_down() {
 /// Bring the second host up once per test binary (down again at exit).
 fn second_host() {
     SECOND.get_or_init(|| {
+        // Down at exit even when it does not come up whole.
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(second_host_down) };
         let out = Command::new("bash").args([SCRIPT, "up"]).output().unwrap();
         assert!(
             out.status.success(),
             "second host: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(second_host_down) };
     });
 }
 
@@ -215,10 +216,29 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         "--target",
         &dir,
     ]);
+    // A file already where the copy would go (another VM's image, or the
+    // same one on shared storage) is never written over.
+    let disk = disk_file(&g.name);
+    let on_b = |args: &[&str]| {
+        Command::new("bash")
+            .args([SCRIPT, "exec"])
+            .args(args)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(on_b(&["truncate", "-s", "1M", &disk]));
+    b_virsh(&["pool-refresh", &pools().disk_pool]);
+    let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
+    assert!(
+        err.contains("vapor-b already has") && err.contains("the copy would write over it"),
+        "{err}"
+    );
+    assert!(on_b(&["rm", &disk]));
+    b_virsh(&["pool-refresh", &pools().disk_pool]);
     // The seed image is not there (and not copied: it is read-only).
     let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
     assert!(err.contains("is not on vapor-b"), "{err}");
-    let disk = disk_file(&g.name);
     let seed = seed_target(&g.name);
     let out = busctl_as(ALICE, &g.path, "ChangeMedia", &["ssa{sv}", &seed, "", "0"]);
     assert!(
@@ -309,11 +329,10 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     // here on a private bus, reaching its libvirtd's socket) and vaporctl;
     // the guest's data came along both ways.
     // The copy is there (so its absence later means something).
-    let there = Command::new("bash")
-        .args([SCRIPT, "exec", "test", "-e", &disk])
-        .status()
-        .unwrap();
-    assert!(there.success(), "{disk} is not on the second host");
+    assert!(
+        on_b(&["test", "-e", &disk]),
+        "{disk} is not on the second host"
+    );
     let b = SecondVapord::start();
     let name = g.name.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -342,11 +361,10 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
         String::from_utf8_lossy(&back.stdout).into_owned() + &String::from_utf8_lossy(&back.stderr);
     assert!(back.status.success(), "vaporctl migrate back: {text}");
     assert!(text.contains("downtime"), "{text}");
-    let left = Command::new("bash")
-        .args([SCRIPT, "exec", "test", "-e", &disk])
-        .status()
-        .unwrap();
-    assert!(!left.success(), "{disk} is left on the second host");
+    assert!(
+        !on_b(&["test", "-e", &disk]),
+        "{disk} is left on the second host"
+    );
     assert!(list.status.success(), "vaporctl list on the second host");
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&g.name),
@@ -415,6 +433,11 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     assert!(err.contains("cancelled"), "{err}");
     assert_eq!(virsh(&["domstate", &g.name]).trim(), "running");
     assert!(b_virsh(&["list", "--all", "--name"]).trim().is_empty());
+    // Nor the image the migration had made there for the copy.
+    assert!(
+        !on_b(&["test", "-e", &disk]),
+        "the cancelled migration left {disk} on the second host"
+    );
     assert_eq!(prop_string(&conn, &g.path, "State").await, "running");
     let gg = g.clone();
     tokio::task::spawn_blocking(move || gg.wait_agent())

@@ -49,6 +49,14 @@ impl Client {
     /// The VM with this name or UUID.
     pub async fn vm(&self, name: &str) -> Result<VirtualMachineClient<'static>, Failure> {
         let path = self.vm_path(name).await?;
+        self.vm_at(path).await
+    }
+
+    /// The VM at this object path.
+    pub async fn vm_at(
+        &self,
+        path: OwnedObjectPath,
+    ) -> Result<VirtualMachineClient<'static>, Failure> {
         Ok(VirtualMachineClient::new(&self.conn, path, self.ask).await?)
     }
 

@@ -84,6 +84,71 @@ where
     Ok(result?)
 }
 
+/// As [`with_progress`], and Ctrl-C cancels the call's Job (the Job of
+/// `operation` on `object` this user started): the call then ends with the
+/// Job's own answer. A second Ctrl-C leaves at once, the Job running on.
+pub async fn with_progress_cancelable<T, F>(
+    c: &crate::bus::Client,
+    operation: &str,
+    object: &str,
+    call: F,
+) -> Result<T, Failure>
+where
+    F: Future<Output = zbus::Result<T>>,
+{
+    let bar = follow_jobs(&c.conn).await;
+    tokio::pin!(call);
+    let mut asked = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::signal::ctrl_c() => {
+                if asked {
+                    eprintln!();
+                    std::process::exit(130);
+                }
+                asked = true;
+                eprintln!("\ncancelling (Ctrl-C again to leave it running)");
+                if let Err(e) = cancel_job(c, operation, object).await {
+                    eprintln!("vaporctl: cannot cancel: {}", e.message);
+                }
+            }
+        }
+    };
+    if let Some(b) = bar {
+        b.abort();
+        eprintln!();
+    }
+    Ok(result?)
+}
+
+/// Cancel the running Job of `operation` on `object` this user started.
+async fn cancel_job(c: &crate::bus::Client, operation: &str, object: &str) -> Result<(), Failure> {
+    use crate::output::{prop_str, prop_strs, prop_u64};
+    // SAFETY: getuid cannot fail.
+    let uid = u64::from(unsafe { libc::getuid() });
+    let objects = c.objects().await?;
+    let job = objects
+        .of(vapor::client::proxies::JOB_INTERFACE)
+        .into_iter()
+        .find(|(_, p)| {
+            prop_str(p, "Operation") == operation
+                && prop_strs(p, "Objects").iter().any(|o| o == object)
+                && prop_u64(p, "StartedByUID") == uid
+        })
+        .map(|(path, _)| path.to_owned())
+        .ok_or_else(|| Failure::new(1, format!("no {operation} Job of yours on {object}")))?;
+    let proxy = zbus::Proxy::new(
+        &c.conn,
+        vapor::client::proxies::SERVICE,
+        job,
+        vapor::client::proxies::JOB_INTERFACE,
+    )
+    .await?;
+    proxy.call_method("Cancel", &()).await?;
+    Ok(())
+}
+
 /// A Job's Details in a few words: what a migration has left, its rate,
 /// iteration and expected downtime. Pure.
 pub fn details_text(d: &HashMap<String, OwnedVariant>) -> String {

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::bus::Client;
-use crate::job::with_progress;
+use crate::job::with_progress_cancelable;
 use crate::Failure;
 
 #[derive(Args)]
@@ -74,8 +74,10 @@ pub async fn run(c: &Client, a: &MigrateArgs, json_out: bool) -> Result<(), Fail
     if let Some(u) = &a.migrate_uri {
         o.insert("migrate_uri", u.as_str().into());
     }
-    let v = c.vm(&a.vm).await?;
-    let summary = with_progress(&c.conn, v.migrate(&a.destination, o)).await?;
+    let path = c.vm_path(&a.vm).await?;
+    let v = c.vm_at(path.clone()).await?;
+    let call = v.migrate(&a.destination, o);
+    let summary = with_progress_cancelable(c, "vm-migrate", path.as_str(), call).await?;
     if json_out {
         println!(
             "{}",

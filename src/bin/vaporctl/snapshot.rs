@@ -231,6 +231,8 @@ const KINDS: &[(&str, &str)] = &[
     ("internal", "internal"),
     ("external", "external (disk-only)"),
     ("external_memory", "external with memory"),
+    ("revert_internal", "revert to internal"),
+    ("delete_internal", "delete internal"),
     ("revert_external", "revert to external"),
     ("delete_external", "delete external"),
     ("quiesce", "quiesce"),
