@@ -34,7 +34,30 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// [`Error::Timeout`] (`what` says what was being done). A program that
 /// cannot be started is [`Error::Failed`], naming it. A non-zero exit is not
 /// an error here.
-pub fn run(mut cmd: Command, timeout: Duration, what: &str) -> Result<Output> {
+pub fn run(cmd: Command, timeout: Duration, what: &str) -> Result<Output> {
+    run_watched(cmd, timeout, what, &Watch::default())
+}
+
+/// Told each piece of a program's output as it comes.
+pub type OutputSeen = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// What [`run_watched`] tells about a program while it runs, and asks.
+#[derive(Clone, Default)]
+pub struct Watch {
+    /// Each piece of stdout as it comes (it is still kept as [`run`] keeps it).
+    pub stdout: Option<OutputSeen>,
+    /// Asked every few milliseconds: true stops the program (its group is
+    /// killed, and the result is [`Error::Failed`] saying it was cancelled).
+    pub stop: Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// [`run`], with `watch` seeing stdout as it comes and able to stop it.
+pub fn run_watched(
+    mut cmd: Command,
+    timeout: Duration,
+    what: &str,
+    watch: &Watch,
+) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -50,10 +73,15 @@ pub fn run(mut cmd: Command, timeout: Duration, what: &str) -> Result<Output> {
     let pid = child.id() as libc::pid_t;
 
     let (tx, rx) = mpsc::channel();
-    let readers = read_capped(child.stdout.take(), Stream::Out, tx.clone())
-        .and_then(|()| read_capped(child.stderr.take(), Stream::Err, tx));
+    let readers = read_capped(
+        child.stdout.take(),
+        Stream::Out,
+        tx.clone(),
+        watch.stdout.clone(),
+    )
+    .and_then(|()| read_capped(child.stderr.take(), Stream::Err, tx, None));
     let ended = match readers {
-        Ok(()) => wait_exit(pid, deadline),
+        Ok(()) => wait_exit(pid, deadline, watch.stop.as_deref()),
         Err(_) => Ended::TimedOut, // kill it: its output cannot be read
     };
     // The child is not reaped yet, so its pid still names its group: after a
@@ -72,7 +100,7 @@ pub fn run(mut cmd: Command, timeout: Duration, what: &str) -> Result<Output> {
 
     let secs = timeout.as_secs_f64();
     let until = match ended {
-        Ended::TimedOut => Instant::now() + GRACE,
+        Ended::TimedOut | Ended::Stopped => Instant::now() + GRACE,
         _ => deadline.max(Instant::now() + GRACE),
     };
     let (mut stdout, mut stderr) = (None, None);
@@ -82,6 +110,9 @@ pub fn run(mut cmd: Command, timeout: Duration, what: &str) -> Result<Output> {
             Ok((Stream::Err, bytes)) => stderr = Some(bytes),
             Err(_) => break,
         }
+    }
+    if ended == Ended::Stopped {
+        return Err(Error::Failed(format!("{what}: cancelled")));
     }
     if ended == Ended::TimedOut {
         return Err(Error::Timeout(format!(
@@ -129,6 +160,7 @@ fn read_capped(
     pipe: Option<impl Read + Send + 'static>,
     which: Stream,
     tx: mpsc::Sender<(Stream, Vec<u8>)>,
+    seen: Option<OutputSeen>,
 ) -> io::Result<()> {
     let Some(mut pipe) = pipe else {
         let _ = tx.send((which, Vec::new()));
@@ -143,6 +175,9 @@ fn read_capped(
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
+                        if let Some(f) = &seen {
+                            f(&buf[..n]);
+                        }
                         let room = OUTPUT_CAP - kept.len();
                         kept.extend_from_slice(&buf[..n.min(room)]);
                     }
@@ -162,10 +197,17 @@ enum Ended {
     /// Reaped by someone else: its pid may name another process by now.
     Reaped,
     TimedOut,
+    /// Its watcher asked it to stop.
+    Stopped,
 }
 
-/// Waits for `pid` to exit, without reaping it, until `deadline`.
-fn wait_exit(pid: libc::pid_t, deadline: Instant) -> Ended {
+/// Waits for `pid` to exit, without reaping it, until `deadline` or until
+/// `stop` says so.
+fn wait_exit(
+    pid: libc::pid_t,
+    deadline: Instant,
+    stop: Option<&(dyn Fn() -> bool + Send + Sync)>,
+) -> Ended {
     let mut nap = Duration::from_millis(1);
     loop {
         // SAFETY: waitid fills the zeroed siginfo_t it is given.
@@ -189,6 +231,9 @@ fn wait_exit(pid: libc::pid_t, deadline: Instant) -> Ended {
         let now = Instant::now();
         if now >= deadline {
             return Ended::TimedOut;
+        }
+        if stop.is_some_and(|f| f()) {
+            return Ended::Stopped;
         }
         std::thread::sleep(nap.min(deadline - now));
         nap = (nap * 2).min(Duration::from_millis(20));
@@ -253,6 +298,31 @@ mod tests {
         assert_eq!(out.stdout, b"hello\n");
         assert_eq!(out.stderr, b"oops\n");
         assert_eq!(out.status.code(), Some(3));
+    }
+
+    #[test]
+    fn a_watcher_sees_stdout_as_it_comes_and_can_stop_the_program() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let tmp = tempfile::tempdir().unwrap();
+        let pidfile = tmp.path().join("pid");
+        let script = format!("echo $$ > {}; echo half; exec sleep 30", pidfile.display());
+        let seen = Arc::new(AtomicBool::new(false));
+        let (s1, s2) = (seen.clone(), seen.clone());
+        let watch = Watch {
+            stdout: Some(Arc::new(move |b: &[u8]| {
+                if String::from_utf8_lossy(b).contains("half") {
+                    s1.store(true, Ordering::SeqCst);
+                }
+            })),
+            // Stopped only once the output was seen: it came while the
+            // program ran, not after.
+            stop: Some(Arc::new(move || s2.load(Ordering::SeqCst))),
+        };
+        let err =
+            run_watched(sh(&script), Duration::from_secs(60), "watching", &watch).unwrap_err();
+        assert_eq!(err, Error::Failed("watching: cancelled".into()));
+        assert!(gone(read_pid(&pidfile)), "the program still runs");
     }
 
     #[test]

@@ -98,6 +98,8 @@ struct Source {
     target: String,
     path: String,
     format: String,
+    /// The size the guest sees (read once the disks are known).
+    size: u64,
 }
 
 pub struct BackupService {
@@ -150,6 +152,60 @@ fn virtual_size(path: &str, format: &str) -> Result<u64> {
         .ok_or_else(|| Error::Failed(format!("qemu-img reported no size for {path}")))
 }
 
+/// How far `qemu-img convert -p` says it is, in percent: the last
+/// `(NN.NN/100%)` in `text`. Pure.
+fn convert_percent(text: &str) -> Option<f64> {
+    let end = text.rfind("/100%)")?;
+    let start = text[..end].rfind('(')?;
+    text[start + 1..end]
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=100.0).contains(p))
+}
+
+/// Where one image's conversion stands in the backup's bytes: its step,
+/// the bytes done before it, its virtual size and the total.
+struct Share {
+    step: String,
+    before: u64,
+    size: u64,
+    total: u64,
+}
+
+/// `qemu-img convert -p ARGS` (blocking), reporting its progress as bytes
+/// of the backup and stopped when the caller cancels.
+fn convert(args: &[&str], what: &str, progress: &Arc<dyn Progress>, share: Share) -> Result<()> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.arg("convert").arg("-p").args(args);
+    let p = progress.clone();
+    let seen = move |bytes: &[u8]| {
+        if let Some(pct) = convert_percent(&String::from_utf8_lossy(bytes)) {
+            let done = share.before + (share.size as f64 * pct / 100.0) as u64;
+            p.update(&share.step, done, share.total);
+        }
+    };
+    let p = progress.clone();
+    let watch = crate::process::Watch {
+        stdout: Some(Arc::new(seen)),
+        stop: Some(Arc::new(move || p.cancelled())),
+    };
+    let out =
+        crate::process::run_watched(cmd, QEMU_IMG_TIMEOUT, what, &watch).map_err(|e| match e {
+            Error::Failed(m) if m.ends_with(": cancelled") => {
+                Error::Failed("the backup was cancelled".into())
+            }
+            e => e,
+        })?;
+    if !out.status.success() {
+        return Err(Error::Failed(format!(
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Run blocking work (qemu-img, file reads) off the async runtime.
 async fn blocking<T, F>(f: F) -> Result<T>
 where
@@ -161,19 +217,21 @@ where
         .map_err(|e| Error::Failed(format!("a backup task failed: {e}")))?
 }
 
-/// Report the `i`-th of `n` disks' step, or stop when the caller asked to.
+/// Report a disk's step, `done` of `total` bytes made before it (or stop
+/// when the caller asked to); the step's text.
 fn disk_step(
     progress: &Arc<dyn Progress>,
     verb: &str,
     target: &str,
-    i: usize,
-    n: u64,
-) -> Result<()> {
+    done: u64,
+    total: u64,
+) -> Result<String> {
     if progress.cancelled() {
         return Err(Error::Failed("the backup was cancelled".into()));
     }
-    progress.update(&format!("{verb} {target}"), i as u64, n);
-    Ok(())
+    let step = format!("{verb} {target}");
+    progress.update(&step, done, total);
+    Ok(step)
 }
 
 fn now_secs() -> i64 {
@@ -204,6 +262,7 @@ fn sources(def: &Element) -> Result<Vec<Source>> {
                 target,
                 path: p.clone(),
                 format: d.format.clone().unwrap_or_else(|| "raw".into()),
+                size: 0,
             }),
             _ => {
                 return Err(Error::NotSupported(format!(
@@ -440,12 +499,13 @@ impl BackupService {
             })
             .await?;
         let (def, live) = def;
-        let disks = sources(&live)?;
+        let mut disks = sources(&live)?;
         let skipped = skipped_targets(&live, &disks);
         let mut disk_entries = Vec::new();
-        for s in &disks {
+        for s in &mut disks {
             let (p, f) = (s.path.clone(), s.format.clone());
             let size = blocking(move || virtual_size(&p, &f)).await?;
+            s.size = size;
             disk_entries.push(DiskEntry {
                 target: s.target.clone(),
                 file: format!("{}.qcow2", s.target),
@@ -705,9 +765,18 @@ impl BackupService {
         parent: Option<&BackupRecord>,
         progress: &Arc<dyn Progress>,
     ) -> Result<()> {
-        let n = disks.len() as u64;
-        for (i, d) in disks.iter().enumerate() {
-            disk_step(progress, "compressing", &d.target, i, n)?;
+        let total: u64 = disks.iter().map(|d| d.size).sum();
+        let mut before = 0;
+        for d in disks {
+            let step = disk_step(progress, "compressing", &d.target, before, total)?;
+            let share = Share {
+                step,
+                before,
+                size: d.size,
+                total,
+            };
+            before += d.size;
+            let progress = progress.clone();
             let tmp = partial.join(format!("{}.libvirt.qcow2", d.target));
             let out = partial.join(format!("{}.qcow2", d.target));
             let backing = parent.and_then(|p| {
@@ -735,9 +804,8 @@ impl BackupService {
                             "cannot chain the incremental copy to its parent",
                         )?;
                         let abs = dir.join(b);
-                        qemu_img(
+                        convert(
                             &[
-                                "convert",
                                 "-c",
                                 "-f",
                                 "qcow2",
@@ -751,6 +819,8 @@ impl BackupService {
                                 &o,
                             ],
                             "cannot compress the copy",
+                            &progress,
+                            share,
                         )?;
                         // The backing path as written: relative, so the
                         // chain holds wherever the repository is.
@@ -760,9 +830,11 @@ impl BackupService {
                         )?;
                     }
                     None => {
-                        qemu_img(
-                            &["convert", "-c", "-f", "qcow2", "-O", "qcow2", &t, &o],
+                        convert(
+                            &["-c", "-f", "qcow2", "-O", "qcow2", &t, &o],
                             "cannot compress the copy",
+                            &progress,
+                            share,
                         )?;
                     }
                 }
@@ -771,7 +843,7 @@ impl BackupService {
             })
             .await?;
         }
-        progress.update("compressed", n, n);
+        progress.update("compressed", total, total);
         Ok(())
     }
 
@@ -783,15 +855,23 @@ impl BackupService {
         disks: &[Source],
         progress: &Arc<dyn Progress>,
     ) -> Result<()> {
-        let n = disks.len() as u64;
-        for (i, d) in disks.iter().enumerate() {
-            disk_step(progress, "copying", &d.target, i, n)?;
+        let total: u64 = disks.iter().map(|d| d.size).sum();
+        let mut before = 0;
+        for d in disks {
+            let step = disk_step(progress, "copying", &d.target, before, total)?;
+            let share = Share {
+                step,
+                before,
+                size: d.size,
+                total,
+            };
+            before += d.size;
+            let progress = progress.clone();
             let out = partial.join(format!("{}.qcow2", d.target));
             let d = d.clone();
             blocking(move || {
-                qemu_img(
+                convert(
                     &[
-                        "convert",
                         "-c",
                         "-f",
                         &d.format,
@@ -801,11 +881,13 @@ impl BackupService {
                         &out.to_string_lossy(),
                     ],
                     &format!("cannot copy disk {}", d.target),
+                    &progress,
+                    share,
                 )
             })
             .await?;
         }
-        progress.update("copied", n, n);
+        progress.update("copied", total, total);
         Ok(())
     }
 

@@ -162,3 +162,16 @@ fn what_a_dead_vapord_left_is_recognised() {
         vec!["vapor-2"]
     );
 }
+
+#[test]
+fn qemu_img_progress_is_read_from_its_last_report() {
+    assert_eq!(
+        convert_percent("    (0.00/100%)\r    (12.50/100%)\r"),
+        Some(12.5)
+    );
+    assert_eq!(convert_percent("(100.00/100%)\n"), Some(100.0));
+    assert_eq!(convert_percent("    (4"), None);
+    assert_eq!(convert_percent("(x/100%)"), None);
+    assert_eq!(convert_percent("(250.00/100%)"), None);
+    assert_eq!(convert_percent(""), None);
+}
