@@ -195,9 +195,38 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     // as root.
     let err = migrate_as(ALICE, &g.path, DEST_URI, &copy_all).unwrap_err();
     assert!(
-        err.contains("not a host configured") && err.contains("[hosts]: vapor-b"),
+        err.contains("not a host configured") && err.contains("[hosts]: here, vapor-b"),
         "{err}"
     );
+    // A configured name for this very host (same host UUID).
+    let err = migrate_as(ALICE, &g.path, "here", &copy_all).unwrap_err();
+    assert!(
+        err.contains("destination:") && err.contains("is this host"),
+        "{err}"
+    );
+    // A VM of that name there already.
+    let xml = format!(
+        "{}/taken-{}.xml",
+        env!("CARGO_TARGET_TMPDIR"),
+        std::process::id()
+    );
+    std::fs::write(
+        &xml,
+        format!(
+            "<domain type='qemu'><name>{}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64'>hvm</type></os></domain>",
+            g.name
+        ),
+    )
+    .unwrap();
+    b_virsh(&["define", &xml]);
+    let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
+    assert!(
+        err.contains("vapor-b already has a VM named") && err.contains(&g.name),
+        "{err}"
+    );
+    b_virsh(&["undefine", &g.name]);
+    let _ = std::fs::remove_file(&xml);
     let err = migrate_as(ALICE, &g.path, DEST, &["1", "copy_storage", "s", "some"]).unwrap_err();
     assert!(err.contains("copy_storage: 'some'"), "{err}");
     // No pool there covers the disk's directory.

@@ -219,6 +219,13 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
             .2
     };
     assert!(std::path::Path::new(&overlay).exists());
+    // Stopped, the VM goes back to its internal snapshot: current again,
+    // still shut off, its disk no longer the overlay.
+    snapshot_call(&st1, "Revert", &["0"]);
+    assert!(b(&props(&conn, &st1).await, "IsCurrent"));
+    assert_eq!(prop_string(&conn, &g.path, "State").await, "shutoff");
+    let disks = virsh(&["domblklist", &g.name]);
+    assert!(!disks.contains(&overlay), "{disks}");
 
     // Deleting the VM takes its snapshots and the overlays made for it.
     delete_with_storage(ALICE, &g.path);
