@@ -171,11 +171,13 @@ impl Backup {
         let uid = self.ctx.auth.caller_uid(&header).await?;
         let svc = self.ctx.backups.clone();
         let id = shown(&self.shown).id().to_owned();
+        // Cancelable while the chain is checked and between disks; what
+        // was made is undone.
         let spec = |operation| super::job::JobSpec {
             operation,
             objects: vec![backup_path(&id)],
             uid,
-            cancelable: false,
+            cancelable: true,
         };
         let uuid = match (replace, new_name) {
             (true, Some(_)) => {
@@ -267,11 +269,11 @@ impl Backup {
                 operation: "backup-verify",
                 objects: vec![backup_path(&id)],
                 uid,
-                cancelable: false,
+                cancelable: true,
             },
             |job| async move {
-                job.update("checking every file", 0, 0);
-                svc.verify(&id).await
+                svc.verify(&id, job as Arc<dyn crate::progress::Progress>)
+                    .await
             },
         )
         .await?;

@@ -206,6 +206,28 @@ fn convert(args: &[&str], what: &str, progress: &Arc<dyn Progress>, share: Share
     Ok(())
 }
 
+/// A backup's files checked against its manifest (blocking), as bytes
+/// `before`.. of `total` under `step`; the problems, or an error when the
+/// caller cancelled.
+fn checked(
+    store: &Repository,
+    rec: &BackupRecord,
+    progress: &Arc<dyn Progress>,
+    step: &str,
+    before: u64,
+    total: u64,
+) -> Result<Vec<String>> {
+    let mut done = before;
+    progress.update(step, done, total);
+    store
+        .verify_watched(rec, &mut |k| {
+            done += k;
+            progress.update(step, done, total);
+            !progress.cancelled()
+        })
+        .ok_or_else(|| Error::Failed(format!("{step}: cancelled")))
+}
+
 /// Run blocking work (qemu-img, file reads) off the async runtime.
 async fn blocking<T, F>(f: F) -> Result<T>
 where
@@ -910,18 +932,44 @@ impl BackupService {
 
     /// Check every file of a backup against its manifest; the problems
     /// (none: intact). The result is kept as the backup's `Verified`.
-    pub async fn verify(self: &Arc<Self>, id: &str) -> Result<Vec<String>> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        id: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<Vec<String>> {
         let rec = self.existing(id)?;
         let store = self.repository().await?;
-        let _turn = self.verifying.lock().await;
+        let _turn = self.checksum_turn(&progress).await?;
         let problems = blocking(move || {
-            let p = store.verify(&rec);
+            let total = rec.size_bytes();
+            let p = checked(&store, &rec, &progress, "checking every file", 0, total)?;
             let _ = store.set_verified(rec.id(), p.is_empty(), now_secs());
             Ok(p)
         })
         .await?;
         self.resync();
         Ok(problems)
+    }
+
+    /// Wait for the one checksum pass over the repository at a time (or
+    /// until the caller cancels).
+    async fn checksum_turn(
+        &self,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<tokio::sync::MutexGuard<'_, ()>> {
+        let turn = self.verifying.lock();
+        tokio::pin!(turn);
+        loop {
+            tokio::select! {
+                g = &mut turn => return Ok(g),
+                () = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if progress.cancelled() {
+                        return Err(Error::Failed("cancelled while waiting for another check of the repository".into()));
+                    }
+                    progress.update("waiting for another check of the repository", 0, 0);
+                }
+            }
+        }
     }
 
     fn existing(&self, id: &str) -> Result<Arc<BackupRecord>> {
@@ -997,12 +1045,12 @@ impl BackupService {
         let chain: Vec<BackupRecord> = repo::chain(id, &all)?.into_iter().cloned().collect();
         let total: u64 = chain.iter().map(|b| b.size_bytes()).sum();
         let store = self.repository().await?;
-        let _turn = self.verifying.lock().await;
+        let _turn = self.checksum_turn(progress).await?;
         let mut done = 0;
         for b in &chain {
-            progress.update(&format!("verifying backup {}", b.id()), done, total);
-            let (s, rec) = (store.clone(), b.clone());
-            let problems = blocking(move || Ok(s.verify(&rec))).await?;
+            let step = format!("verifying backup {}", b.id());
+            let (s, rec, p) = (store.clone(), b.clone(), progress.clone());
+            let problems = blocking(move || checked(&s, &rec, &p, &step, done, total)).await?;
             let _ = store.set_verified(b.id(), problems.is_empty(), now_secs());
             if !problems.is_empty() {
                 self.resync();
@@ -1042,11 +1090,12 @@ impl BackupService {
         let uuid = uuid::Uuid::new_v4().to_string();
         let u = uuid.clone();
         let rec = (*top).clone();
+        let p = progress.clone();
         let pool = self
             .hv()
             .session(move |s| {
                 let mut intent = intents.begin("backup-restore", &req.new_name, req.uid)?;
-                let r = restore_blocking(s, &rec, &dir, &req, &u, &mut intent);
+                let r = restore_blocking(s, &rec, &dir, &req, &u, &mut intent, &*p);
                 rollback::conclude(s, intent, r, "the restore")
             })
             .await?;
@@ -1116,6 +1165,7 @@ fn restore_blocking(
     req: &RestoreRequest,
     uuid: &str,
     intent: &mut crate::intent::Intent,
+    progress: &dyn Progress,
 ) -> Result<String> {
     let (target_dir, pool_uuid) = restore_precheck(s, req)?;
     let xml = std::fs::read_to_string(dir.join(repo::DOMAIN_XML))
@@ -1129,6 +1179,7 @@ fn restore_blocking(
         (&target_dir, &pool_uuid, &req.target_pool),
         &name,
         intent,
+        progress,
     )?;
     // The UEFI variables are copied by libvirt from the backup at the
     // first start.
@@ -1166,6 +1217,7 @@ fn copy_from_backup(
     target: (&Path, &str, &str),
     file_name: &dyn Fn(&str) -> String,
     intent: &mut crate::intent::Intent,
+    progress: &dyn Progress,
 ) -> Result<(String, (Vec<String>, Vec<(String, String)>))> {
     // Canonical: libvirt keys a directory pool's volumes by their real path.
     let dir_text = std::fs::canonicalize(dir)
@@ -1176,7 +1228,7 @@ fn copy_from_backup(
         &format!("{}{}", super::storage_rules::INTERNAL_POOL_PREFIX, rec.id()),
         &dir_text,
     )?;
-    let copied = copy_disks(s, rec, &dir_text, target, file_name, intent);
+    let copied = copy_disks(s, rec, &dir_text, target, file_name, intent, progress);
     if let Err(e) = s.stop_pool_by_uuid(&source_pool) {
         log::warn!("cannot stop the restore's transient pool: {e}");
     }
@@ -1193,10 +1245,21 @@ fn copy_disks(
     (target_dir, pool_uuid, pool_name): (&Path, &str, &str),
     file_name: &dyn Fn(&str) -> String,
     intent: &mut crate::intent::Intent,
+    progress: &dyn Progress,
 ) -> Result<(Vec<String>, Vec<(String, String)>)> {
     let mut owned = Vec::new();
     let mut files = Vec::new();
+    let total: u64 = rec.manifest.disks.iter().map(|d| d.virtual_size).sum();
+    let mut done = 0;
     for d in &rec.manifest.disks {
+        // Between disks: what was made is undone with the rest.
+        if progress.cancelled() {
+            return Err(Error::Failed(
+                "the restore was cancelled; nothing was restored".into(),
+            ));
+        }
+        progress.update(&format!("restoring disk {}", d.target), done, total);
+        done += d.virtual_size;
         let name = file_name(&d.target);
         let dest = target_dir.join(&name).to_string_lossy().into_owned();
         if Path::new(&dest).symlink_metadata().is_ok() {
@@ -1227,6 +1290,7 @@ fn copy_disks(
         owned.push(made.path.clone());
         files.push((d.target.clone(), made.path));
     }
+    progress.update("restored the disks", total, total);
     Ok((owned, files))
 }
 

@@ -58,12 +58,13 @@ impl BackupService {
         let dir = self.repository().await?.dir(top.id());
         let intents = self.intents.clone();
         let rec = (*top).clone();
+        let p = progress.clone();
         let (pool, replaced) = self
             .hv()
             .session(move |s| {
                 let mut intent =
                     intents.begin("backup-restore-replace", &rec.manifest.vm_name, uid)?;
-                let r = replace_blocking(s, &rec, &dir, &target_pool, uid, &mut intent);
+                let r = replace_blocking(s, &rec, &dir, &target_pool, uid, &mut intent, &*p);
                 rollback::conclude(s, intent, r, "the restore")
             })
             .await?;
@@ -98,6 +99,7 @@ fn replace_blocking(
     target_pool: &str,
     uid: u32,
     intent: &mut crate::intent::Intent,
+    progress: &dyn Progress,
 ) -> Result<(String, Vec<String>)> {
     let d = s.domain(&rec.manifest.vm_uuid)?;
     if d.is_active()? {
@@ -125,6 +127,7 @@ fn replace_blocking(
         (&target_dir, &pool_uuid, target_pool),
         &file,
         intent,
+        progress,
     )?;
     let xml = std::fs::read_to_string(dir.join(repo::DOMAIN_XML))
         .map_err(|e| Error::Failed(format!("cannot read the backed-up definition: {e}")))?;

@@ -278,11 +278,26 @@ impl Repository {
 
     /// Check every file of a backup against its manifest; the problems.
     pub fn verify(&self, rec: &BackupRecord) -> Vec<String> {
+        self.verify_watched(rec, &mut |_| true).unwrap_or_default()
+    }
+
+    /// [`Self::verify`], telling `go` the size of each piece read; `None`
+    /// when `go` said to stop.
+    pub fn verify_watched(
+        &self,
+        rec: &BackupRecord,
+        go: &mut dyn FnMut(u64) -> bool,
+    ) -> Option<Vec<String>> {
         let dir = self.dir(rec.id());
         let mut problems = Vec::new();
         for f in &rec.manifest.files {
             let path = dir.join(&f.name);
-            match sha256_file(&path) {
+            let read = match sha256_file_watched(&path, go) {
+                Ok(None) => return None,
+                Ok(Some(r)) => Ok(r),
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok((bytes, sum)) if bytes == f.bytes && sum == f.sha256 => {}
                 Ok((bytes, _)) if bytes != f.bytes => problems.push(format!(
                     "{}: {} bytes, the manifest says {}",
@@ -292,7 +307,7 @@ impl Repository {
                 Err(e) => problems.push(format!("{}: {e}", f.name)),
             }
         }
-        problems
+        Some(problems)
     }
 
     /// Remove a complete backup.
@@ -329,6 +344,15 @@ fn check_manifest(id: &str, m: &Manifest) -> Result<()> {
 
 /// Size and sha256 (hex) of a file.
 pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    Ok(sha256_file_watched(path, &mut |_| true)?.unwrap_or_default())
+}
+
+/// [`sha256_file`], telling `go` the size of each piece read; `None` when
+/// `go` said to stop.
+pub fn sha256_file_watched(
+    path: &Path,
+    go: &mut dyn FnMut(u64) -> bool,
+) -> std::io::Result<Option<(u64, String)>> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -340,12 +364,15 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
         }
         h.update(&buf[..k]);
         n += k as u64;
+        if !go(k as u64) {
+            return Ok(None);
+        }
     }
     let mut hex = String::with_capacity(64);
     for b in h.finalize() {
         hex.push_str(&format!("{b:02x}"));
     }
-    Ok((n, hex))
+    Ok(Some((n, hex)))
 }
 
 /// The file entry of a file in `dir`.

@@ -103,6 +103,14 @@ fn only_complete_backups_are_listed_and_tampering_is_found() {
     let listed = repo.list();
     assert_eq!(listed.len(), 1);
     assert!(repo.verify(&listed[0]).is_empty());
+    // Watched: told every byte read, and stopped when told to.
+    let mut read = 0;
+    let problems = repo.verify_watched(&listed[0], &mut |k| {
+        read += k;
+        true
+    });
+    assert_eq!((problems, read), (Some(vec![]), 10));
+    assert_eq!(repo.verify_watched(&listed[0], &mut |_| false), None);
     std::fs::write(repo.dir("b1").join("vda.qcow2"), b"disk bytez").unwrap();
     assert_eq!(
         repo.verify(&listed[0]),
