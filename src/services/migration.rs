@@ -122,6 +122,7 @@ impl MigrationService {
                 let mut copied = Vec::new();
                 let mut copied_disks = Vec::new();
                 let mut dest_had = Vec::new();
+                let mut missing_bases = Vec::new();
                 let mut shared = Vec::new();
                 for disk in domain_disks(&def) {
                     let (Some(t), DiskSource::Path(p)) = (disk.target.clone(), &disk.source) else {
@@ -131,6 +132,14 @@ impl MigrationService {
                     if writable && copy != CopyStorage::None {
                         if dest.has_volume(p) {
                             dest_had.push((t.clone(), p.clone()));
+                        }
+                        if copy == CopyStorage::Incremental {
+                            missing_bases.extend(
+                                disk.backing
+                                    .iter()
+                                    .filter(|b| !dest.has_volume(b))
+                                    .map(|b| (t.clone(), b.clone())),
+                            );
                         }
                         copied.push((t, p.clone()));
                         copied_disks.push(disk.clone());
@@ -164,6 +173,7 @@ impl MigrationService {
                     },
                     copied: copied.clone(),
                     copied_present: dest_had,
+                    missing_bases,
                     shared,
                     cpu_problem,
                 };

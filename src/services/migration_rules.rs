@@ -174,6 +174,9 @@ pub struct Facts {
     /// Of those, the ones whose file the destination already has (shared
     /// storage, or another VM's image there): (target, file).
     pub copied_present: Vec<(String, String)>,
+    /// With `copy_storage` incremental: the bases of copied disks the
+    /// destination lacks (target, file).
+    pub missing_bases: Vec<(String, String)>,
     /// Running pools' directories on the destination.
     pub dest_pool_dirs: Vec<String>,
     /// Files the VM uses that are not copied: (target, file, present on
@@ -225,6 +228,13 @@ pub fn precheck(f: &Facts) -> Result<()> {
             std::path::Path::new(file)
                 .parent()
                 .map_or(file.as_str(), |p| p.to_str().unwrap_or(file))
+        )));
+    }
+    if let Some((t, file)) = f.missing_bases.first() {
+        return Err(Error::InvalidState(format!(
+            "copy_storage: incremental copies only disk {t}'s top image, and its base {file} \
+             is not on {} (copy it there, or use copy_storage all)",
+            f.dest_hostname
         )));
     }
     if let Some((t, file, _)) = f.shared.iter().find(|(_, _, present)| !present) {

@@ -120,6 +120,16 @@ fn what_cannot_work_is_refused_with_its_reason() {
         "{e}"
     );
     let mut f = facts();
+    f.missing_bases = vec![("vda".into(), "/pool/base.qcow2".into())];
+    let e = precheck(&f).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidState(_))
+            && e.to_string().contains(
+                "its base /pool/base.qcow2 is not on hostb (copy it there, or use copy_storage all)"
+            ),
+        "{e}"
+    );
+    let mut f = facts();
     f.cpu_problem = Some("libvirt finds the VM's CPU incompatible".into());
     assert!(matches!(precheck(&f).unwrap_err(), Error::NotSupported(_)));
 }

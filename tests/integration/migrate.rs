@@ -265,6 +265,18 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     );
     assert!(on_b(&["rm", &disk]));
     b_virsh(&["pool-refresh", &pools().disk_pool]);
+    // An incremental copy needs the disk's base there.
+    let err = migrate_as(
+        ALICE,
+        &g.path,
+        DEST,
+        &["1", "copy_storage", "s", "incremental"],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("incremental copies only disk") && err.contains("is not on vapor-b"),
+        "{err}"
+    );
     // The seed image is not there (and not copied: it is read-only).
     let err = migrate_as(ALICE, &g.path, DEST, &copy_all).unwrap_err();
     assert!(err.contains("is not on vapor-b"), "{err}");
