@@ -174,6 +174,20 @@ impl Destination {
             .collect())
     }
 
+    /// Re-read every running pool's volumes there from its storage, so
+    /// [`Self::has_volume`] also sees files made behind libvirt's back (or
+    /// by another host of a shared pool).
+    pub fn refresh_pools(&self) {
+        if let Ok(pools) = self
+            .conn
+            .list_all_storage_pools(sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+        {
+            for p in pools {
+                let _ = p.refresh(0);
+            }
+        }
+    }
+
     /// Whether a volume (a file a pool covers) exists there at `path`.
     pub fn has_volume(&self, path: &str) -> bool {
         self.conn.lookup_storage_vol_by_path(path).is_ok()
@@ -189,13 +203,19 @@ impl Destination {
             .conn
             .list_all_domains(0)
             .map_err(|e| from_virt(e, "cannot list the destination's domains"))?;
+        let names = |k: &super::xml::Disk| match &k.source {
+            super::xml::DiskSource::Path(p) => p == path,
+            super::xml::DiskSource::Volume { pool, volume } => self
+                .conn
+                .lookup_storage_pool_by_name(pool)
+                .and_then(|p| p.lookup_storage_vol_by_name(volume))
+                .and_then(|v| v.path())
+                .is_ok_and(|p| p == path),
+            _ => false,
+        };
         let used = domains.iter().any(|d| {
             d.xml_desc(0).ok().is_some_and(|x| {
-                Element::parse(&x).is_ok_and(|el| {
-                    super::xml::domain_disks(&el)
-                        .iter()
-                        .any(|k| k.source == super::xml::DiskSource::Path(path.to_owned()))
-                })
+                Element::parse(&x).is_ok_and(|el| super::xml::domain_disks(&el).iter().any(names))
             })
         });
         if used {

@@ -987,6 +987,8 @@ impl BackupService {
         let store = self.repository().await?;
         // Not while a backup of the VM (which may build on this one) runs.
         let _turn = self.turn(&rec.manifest.vm_uuid).await;
+        // It may have gone meanwhile (retention).
+        let rec = self.existing(id)?;
         let _locked = self.model.lock_vm(&rec.manifest.vm_uuid).await;
         let all = self.all();
         let dependents = repo::descendants(id, &all);

@@ -33,7 +33,8 @@ impl BackupService {
         let uuid = top.manifest.vm_uuid.clone();
         let _turn = self.turn(&uuid).await;
         let top = self.existing(id)?;
-        let _locked = self.model.lock_vm(&uuid).await;
+        // Said early; checked again under the VM's lock once the chain
+        // is verified (the VM is not held while that runs).
         match self.model.get(&uuid) {
             None => {
                 return Err(Error::NotFound(format!(
@@ -54,6 +55,7 @@ impl BackupService {
             .session(move |s| pool_dir(s, &tp).map(|_| ()))
             .await?;
         let (done, total) = self.verify_chain(id, &progress).await?;
+        let _locked = self.model.lock_vm(&uuid).await;
         progress.update("restoring", done, total);
         let dir = self.repository().await?.dir(top.id());
         let intents = self.intents.clone();
@@ -184,7 +186,12 @@ fn replace_blocking(
         let plain = Path::new(&old)
             .symlink_metadata()
             .is_ok_and(|m| m.file_type().is_file());
-        if libvirts && plain && new != Some(old.as_str()) {
+        let canonical = std::fs::canonicalize(&old)
+            .map_or_else(|_| old.clone(), |p| p.to_string_lossy().into_owned());
+        let others =
+            crate::services::storage_ownership::paths_in_use(s, Some(&rec.manifest.vm_uuid));
+        let unused = others.is_ok_and(|o| !o.contains_key(&canonical) && !o.contains_key(&old));
+        if libvirts && plain && unused && new != Some(old.as_str()) {
             if let Err(e) = std::fs::remove_file(&old) {
                 log::warn!("cannot remove the replaced UEFI variables {old}: {e}");
             }

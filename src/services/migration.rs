@@ -119,6 +119,9 @@ impl MigrationService {
                 }
                 let dest = Destination::open(&u)?;
                 let def = d.definition(Definition::Live)?;
+                // What is on the destination now, not what its pools last
+                // listed: a copy must never go into a file already there.
+                dest.refresh_pools();
                 let mut copied = Vec::new();
                 let mut copied_disks = Vec::new();
                 let mut dest_had = Vec::new();

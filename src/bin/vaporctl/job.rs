@@ -107,10 +107,15 @@ where
                     eprintln!();
                     std::process::exit(130);
                 }
-                asked = true;
-                eprintln!("\ncancelling (Ctrl-C again to leave it running)");
-                if let Err(e) = cancel_job(c, operation, object).await {
-                    eprintln!("vaporctl: cannot cancel: {}", e.message);
+                match cancel_job(c, operation, object).await {
+                    Ok(()) => {
+                        asked = true;
+                        eprintln!("\ncancelling (Ctrl-C again to leave it running)");
+                    }
+                    // Before the Job exists (polkit still asking, say):
+                    // nothing runs yet to leave running, so Ctrl-C again
+                    // cancels once it does.
+                    Err(e) => eprintln!("\nvaporctl: cannot cancel yet: {}", e.message),
                 }
             }
         }
