@@ -239,21 +239,26 @@ where
         .map_err(|e| Error::Failed(format!("a backup task failed: {e}")))?
 }
 
-/// Report a disk's step, `done` of `total` bytes made before it (or stop
-/// when the caller asked to); the step's text.
+/// Report a disk's step, `before` of `total` bytes made before it (or stop
+/// when the caller asked to); its share of the bytes.
 fn disk_step(
     progress: &Arc<dyn Progress>,
     verb: &str,
-    target: &str,
-    done: u64,
+    d: &Source,
+    before: u64,
     total: u64,
-) -> Result<String> {
+) -> Result<Share> {
     if progress.cancelled() {
         return Err(Error::Failed("the backup was cancelled".into()));
     }
-    let step = format!("{verb} {target}");
-    progress.update(&step, done, total);
-    Ok(step)
+    let step = format!("{verb} {}", d.target);
+    progress.update(&step, before, total);
+    Ok(Share {
+        step,
+        before,
+        size: d.size,
+        total,
+    })
 }
 
 fn now_secs() -> i64 {
@@ -790,13 +795,7 @@ impl BackupService {
         let total: u64 = disks.iter().map(|d| d.size).sum();
         let mut before = 0;
         for d in disks {
-            let step = disk_step(progress, "compressing", &d.target, before, total)?;
-            let share = Share {
-                step,
-                before,
-                size: d.size,
-                total,
-            };
+            let share = disk_step(progress, "compressing", d, before, total)?;
             before += d.size;
             let progress = progress.clone();
             let tmp = partial.join(format!("{}.libvirt.qcow2", d.target));
@@ -880,13 +879,7 @@ impl BackupService {
         let total: u64 = disks.iter().map(|d| d.size).sum();
         let mut before = 0;
         for d in disks {
-            let step = disk_step(progress, "copying", &d.target, before, total)?;
-            let share = Share {
-                step,
-                before,
-                size: d.size,
-                total,
-            };
+            let share = disk_step(progress, "copying", d, before, total)?;
             before += d.size;
             let progress = progress.clone();
             let out = partial.join(format!("{}.qcow2", d.target));
