@@ -203,6 +203,8 @@ impl Destination {
             .conn
             .list_all_domains(0)
             .map_err(|e| from_virt(e, "cannot list the destination's domains"))?;
+        // Whatever cannot be read counts as using it: nothing is deleted
+        // on a guess.
         let names = |k: &super::xml::Disk| match &k.source {
             super::xml::DiskSource::Path(p) => p == path,
             super::xml::DiskSource::Volume { pool, volume } => self
@@ -210,12 +212,13 @@ impl Destination {
                 .lookup_storage_pool_by_name(pool)
                 .and_then(|p| p.lookup_storage_vol_by_name(volume))
                 .and_then(|v| v.path())
-                .is_ok_and(|p| p == path),
+                .map_or(true, |p| p == path),
             _ => false,
         };
         let used = domains.iter().any(|d| {
-            d.xml_desc(0).ok().is_some_and(|x| {
-                Element::parse(&x).is_ok_and(|el| super::xml::domain_disks(&el).iter().any(names))
+            d.xml_desc(0).ok().is_none_or(|x| {
+                Element::parse(&x)
+                    .map_or(true, |el| super::xml::domain_disks(&el).iter().any(names))
             })
         });
         if used {

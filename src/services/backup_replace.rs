@@ -190,7 +190,13 @@ fn replace_blocking(
             .map_or_else(|_| old.clone(), |p| p.to_string_lossy().into_owned());
         let others =
             crate::services::storage_ownership::paths_in_use(s, Some(&rec.manifest.vm_uuid));
-        let unused = others.is_ok_and(|o| !o.contains_key(&canonical) && !o.contains_key(&old));
+        let unused = match others {
+            Ok(o) => !o.contains_key(&canonical) && !o.contains_key(&old),
+            Err(e) => {
+                log::warn!("keeping the replaced UEFI variables {old}: {e}");
+                false
+            }
+        };
         if libvirts && plain && unused && new != Some(old.as_str()) {
             if let Err(e) = std::fs::remove_file(&old) {
                 log::warn!("cannot remove the replaced UEFI variables {old}: {e}");

@@ -242,8 +242,23 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
             .and_then(|v| String::try_from(v.try_clone().ok()?).ok());
         let bytes = p.get("Bytes").and_then(|v| u64::try_from(v).ok());
         let progress = p.get("Progress").and_then(|v| f64::try_from(v).ok());
-        if let (Some(step), Some(bytes), Some(progress)) = (step, bytes, progress) {
-            if step.starts_with("copying") && bytes > 0 && progress > 0.0 && progress < 1.0 {
+        let (Some(step), Some(bytes), Some(progress)) = (step, bytes, progress) else {
+            continue;
+        };
+        if !(step.starts_with("copying vd") && bytes > 0 && progress > 0.0 && progress < 1.0) {
+            continue;
+        }
+        // This backup's Job (others run beside it), asked while it lives.
+        let job = m.header().path().map(|p| p.as_str().to_owned());
+        if let Some(job) = job {
+            let objects: Vec<OwnedObjectPath> =
+                zbus::Proxy::new(&conn, BUS_NAME, job, "org.vapor.Virtualization.Job")
+                    .await
+                    .unwrap()
+                    .get_property("Objects")
+                    .await
+                    .unwrap_or_default();
+            if objects.iter().any(|o| o.as_str() == g.path) {
                 midway.push(bytes);
             }
         }

@@ -98,6 +98,8 @@ where
 {
     let bar = follow_jobs(&c.conn).await;
     tokio::pin!(call);
+    // Ctrl-C asks the Job to stop; the next one leaves at once (whether
+    // or not the first could reach the Job).
     let mut asked = false;
     let result = loop {
         tokio::select! {
@@ -107,15 +109,13 @@ where
                     eprintln!();
                     std::process::exit(130);
                 }
+                asked = true;
                 match cancel_job(c, operation, object).await {
-                    Ok(()) => {
-                        asked = true;
-                        eprintln!("\ncancelling (Ctrl-C again to leave it running)");
-                    }
-                    // Before the Job exists (polkit still asking, say):
-                    // nothing runs yet to leave running, so Ctrl-C again
-                    // cancels once it does.
-                    Err(e) => eprintln!("\nvaporctl: cannot cancel yet: {}", e.message),
+                    Ok(()) => eprintln!("\ncancelling (Ctrl-C again to leave it running)"),
+                    Err(e) => eprintln!(
+                        "\nvaporctl: cannot cancel: {} (Ctrl-C again to leave)",
+                        e.message
+                    ),
                 }
             }
         }
