@@ -190,13 +190,15 @@ fn convert(args: &[&str], what: &str, progress: &Arc<dyn Progress>, share: Share
         stdout: Some(Arc::new(seen)),
         stop: Some(Arc::new(move || p.cancelled())),
     };
-    let out =
-        crate::process::run_watched(cmd, QEMU_IMG_TIMEOUT, what, &watch).map_err(|e| match e {
-            Error::Failed(m) if m.ends_with(": cancelled") => {
-                Error::Failed("the backup was cancelled".into())
-            }
-            e => e,
-        })?;
+    let out = crate::process::run_watched(cmd, QEMU_IMG_TIMEOUT, what, &watch).map_err(|e| {
+        // Stopped because the caller cancelled: said as every other
+        // cancelled step of a backup says it.
+        if progress.cancelled() {
+            Error::Failed("the backup was cancelled".into())
+        } else {
+            e
+        }
+    })?;
     if !out.status.success() {
         return Err(Error::Failed(format!(
             "{what}: {}",

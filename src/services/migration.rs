@@ -364,11 +364,6 @@ impl MigrationService {
         Ok(report)
     }
 
-    /// After a migration that copied the disks and undefined the VM here:
-    /// remove the images it left here that vapord had made for it and that
-    /// nothing else here uses (the rules of `Delete` with remove_storage);
-    /// (removed, kept with why). Nothing is removed while the VM is still
-    /// defined here.
     /// After a migration that failed or was cancelled, the images libvirt
     /// made on the destination for the copy (none was there before: the
     /// precheck refuses that), unless a domain there uses one.
@@ -404,6 +399,11 @@ impl MigrationService {
         }
     }
 
+    /// After a migration that copied the disks and undefined the VM here:
+    /// remove the images it left here that vapord had made for it and that
+    /// nothing else here uses (the rules of `Delete` with remove_storage);
+    /// (removed, kept with why). Nothing is removed while the VM is still
+    /// defined here.
     async fn remove_copied(
         &self,
         uuid: &str,
