@@ -59,7 +59,7 @@ async fn a_running_guest_is_backed_up_fully_then_incrementally_and_restores_as_a
     let conn = bus().await;
     let g = tokio::task::spawn_blocking(|| {
         let g = Guest::create("bk", true);
-        g.wait_agent();
+        g.wait_first_boot();
         mark(&g, "full");
         g
     })

@@ -167,7 +167,7 @@ async fn a_running_guest_migrates_with_its_storage_and_back_and_a_cancelled_one_
     let g = tokio::task::spawn_blocking(|| {
         second_host();
         let g = Guest::create("mig", true);
-        g.wait_agent();
+        g.wait_first_boot();
         let (rc, _) = g.exec(
             "/bin/sh",
             &["-c", "echo travelled > /var/tmp/marker && sync"],

@@ -88,7 +88,7 @@ async fn a_running_guest_goes_back_in_time_and_keeps_its_chain_when_a_middle_sna
     let conn = bus().await;
     let g = tokio::task::spawn_blocking(|| {
         let g = Guest::create("snap", true);
-        g.wait_agent();
+        g.wait_first_boot();
         g
     })
     .await
